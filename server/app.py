@@ -1,0 +1,203 @@
+"""build_server(settings) -> MCPServer; the lifespan builds and tears down AppState.
+
+Nothing slow runs before the first `tools/list`: adapters are constructed
+(cheap, no I/O), the cached discovery snapshot is read, and probing, model
+loading and revalidation start in the background.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from adapters.base import Adapter
+from adapters.registry import create_adapter
+from server import __version__
+from server.audit import AuditLog, load_or_create_key
+from server.batching import EmbedCoalescer
+from server.config import Settings
+from server.discovery import Discovery
+from server.policy import PolicyEngine
+from server.router import Breaker, Router
+from server.state import AppState
+from server.telemetry import CONTENT_TYPE, Metrics
+from server.tools import StateRef, health_report, register_tools
+
+log = logging.getLogger("model_gateway")
+
+INSTRUCTIONS = (
+    "Model tools served by a local-first gateway: `embed` turns texts into vectors, `rerank` orders documents "
+    "by relevance to a query, `chat` generates a reply. Call `models` to see what is routable. Batch texts "
+    "into one `embed` call instead of one call per text."
+)
+
+
+def build_adapters(settings: Settings) -> dict[str, Adapter]:
+    context = settings.adapter_context()
+    return {m.name: create_adapter(m, context) for m in settings.manifests.adapters}
+
+
+@asynccontextmanager
+async def gateway_state(settings: Settings, adapters: Mapping[str, Adapter] | None = None) -> AsyncIterator[AppState]:
+    """Build every long-lived piece, run background work in one task group, close all on exit.
+
+    `adapters` replaces the ones the manifests describe (tests inject fakes through this seam).
+    """
+    perf = settings.manifests.performance
+    metrics = Metrics()
+    adapters = dict(adapters) if adapters is not None else build_adapters(settings)
+    discovery = Discovery(adapters, perf.discovery, settings.snapshot_path, metrics.observe_probe)
+    if settings.use_discovery_cache:
+        discovery.load_cache()
+    breakers = {n: Breaker(perf.breaker, partial(metrics.breaker_changed, n)) for n in adapters}
+    router = Router(adapters, settings.manifests.routes, discovery, breakers)
+    router.privacy_mode = settings.privacy_mode
+    key = load_or_create_key(
+        settings.audit_key.get_secret_value() if settings.audit_key else None,
+        settings.state_dir / "audit" / "audit.key",
+    )
+    audit = AuditLog(settings.audit_path, key, perf.audit.fsync, perf.audit.group_commit_ms)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(_close_adapters, adapters)
+        stack.push_async_callback(audit.aclose)
+        coalescer = await stack.enter_async_context(
+            EmbedCoalescer(perf.batching, perf.deadlines.embed_s, metrics.observe_batch)
+        )
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        state = AppState(
+            settings, adapters, discovery, router, coalescer, PolicyEngine(settings.manifests.policy), audit, metrics
+        )
+        tg.start_soon(discovery.run)
+        try:
+            yield state
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def _close_adapters(adapters: dict[str, Adapter]) -> None:
+    with anyio.CancelScope(shield=True):
+        for name, adapter in adapters.items():
+            try:
+                with anyio.fail_after(10):
+                    await adapter.aclose()
+            except Exception as exc:  # closing one adapter must not leak the others
+                log.warning("adapter %s did not close cleanly: %s", name, type(exc).__name__)
+
+
+def build_server(
+    settings: Settings, ref: StateRef | None = None, adapters: Mapping[str, Adapter] | None = None
+) -> MCPServer[AppState]:
+    """The MCP server. Pass a `ref` already holding state to share one AppState across connections (SSE)."""
+    ref = ref or StateRef()
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
+        if ref.state is not None:
+            yield ref.state
+            return
+        async with gateway_state(settings, adapters) as state:
+            ref.state = state
+            try:
+                yield state
+            finally:
+                ref.state = None
+
+    server: MCPServer[AppState] = MCPServer(
+        "model-gateway",
+        title="brAInwav Model Gateway",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        log_level=settings.log_level,  # type: ignore[arg-type]
+    )
+    register_tools(server, ref)
+    for route in ops_routes(ref):
+        server.custom_route(route.path, methods=["GET"])(route.endpoint)
+    return server
+
+
+def ops_routes(ref: StateRef) -> list[Route]:
+    """GET /health (503 when a capability cannot be served) and GET /metrics."""
+
+    async def health(request: Request) -> Response:
+        if ref.state is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        report = health_report(ref.state)
+        code = 200 if all(report["capabilities"].values()) and report["audit"]["ok"] else 503
+        return JSONResponse(report, status_code=code)
+
+    async def metrics(request: Request) -> Response:
+        if ref.state is None:
+            return Response(b"", media_type=CONTENT_TYPE)
+        ref.state.metrics.snapshot_age.set(ref.state.discovery.snapshot.age_s())
+        return Response(ref.state.metrics.render(), media_type=CONTENT_TYPE)
+
+    return [Route("/health", health, methods=["GET"]), Route("/metrics", metrics, methods=["GET"])]
+
+
+def transport_security(settings: Settings) -> TransportSecuritySettings:
+    hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", *settings.allowed_hosts]
+    origins = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+    origins += [f"http://{h}" for h in settings.allowed_hosts] + [f"https://{h}" for h in settings.allowed_hosts]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+
+
+class BearerAuth:
+    """Requires `Authorization: Bearer <token>` on every path but /health."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") != "/health":
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self._expected):
+                await JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def http_app(settings: Settings, server: MCPServer[AppState]) -> ASGIApp:
+    security = transport_security(settings)
+    app: Starlette
+    if settings.transport == "sse":
+        app = server.sse_app(transport_security=security, host=settings.host)
+    else:
+        app = server.streamable_http_app(
+            json_response=settings.json_response,
+            stateless_http=settings.stateless,
+            transport_security=security,
+            host=settings.host,
+        )
+    if settings.auth_token is not None:
+        return BearerAuth(app, settings.auth_token.get_secret_value())
+    return app
+
+
+async def serve_http(settings: Settings) -> None:
+    import uvicorn
+
+    ref = StateRef()
+    server = build_server(settings, ref)
+    app = http_app(settings, server)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", lifespan="on")
+    if settings.transport == "sse":
+        # legacy SSE runs the MCP lifespan per connection: share one AppState across them
+        async with gateway_state(settings) as state:
+            ref.state = state
+            await uvicorn.Server(config).serve()
+    else:
+        await uvicorn.Server(config).serve()

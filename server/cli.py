@@ -1,0 +1,180 @@
+"""model-gateway: serve | discover | models pull/list | manifests schema.
+
+Heavy imports stay inside the command that needs them, so `serve` reaches the
+first `tools/list` without importing MLX or probing anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from server.errors import ConfigError, GatewayError
+
+
+def _out(text: str) -> None:
+    """Command output for humans and scripts (never used by `serve`)."""
+    sys.stdout.write(text + "\n")
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="model-gateway", description="Local-first MCP model gateway.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the MCP server")
+    serve.add_argument("--transport", choices=["stdio", "sse", "streamable-http"], default="stdio")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--manifests", type=Path, help="user manifests dir; overrides the shipped files")
+    serve.add_argument("--stateless", action="store_true", help="Streamable HTTP without sessions (replicas)")
+    serve.add_argument("--allowed-host", action="append", default=[], help="Host[:port] accepted beyond loopback")
+    serve.add_argument("--privacy-mode", action="store_true", default=None, help="route to local adapters only")
+    serve.add_argument("--metrics-port", type=int, help="stdio only: serve /metrics on 127.0.0.1:PORT")
+
+    disc = sub.add_parser("discover", help="probe every adapter now and print what it serves")
+    disc.add_argument("--json", action="store_true")
+    disc.add_argument("--manifests", type=Path)
+
+    models = sub.add_parser("models", help="model packs")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    pull = msub.add_parser("pull", help="fetch, verify and install model packs")
+    pull.add_argument("names", nargs="*", help="pack names (default: all in models.json)")
+    pull.add_argument("--manifests", type=Path)
+    lst = msub.add_parser("list", help="show packs and whether they are installed")
+    lst.add_argument("--manifests", type=Path)
+    lst.add_argument("--json", action="store_true")
+
+    man = sub.add_parser("manifests", help="manifest tools")
+    mansub = man.add_subparsers(dest="manifests_command", required=True)
+    schema = mansub.add_parser("schema", help="print or write the manifests' JSON Schemas")
+    schema.add_argument("--write", type=Path, help="directory to write *.schema.json into")
+    return p
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from server.config import load_settings
+
+    settings = load_settings(
+        manifests_dir=args.manifests,
+        transport=args.transport,
+        host=args.host,
+        port=args.port,
+        stateless=args.stateless,
+        allowed_hosts=tuple(args.allowed_host),
+        privacy_mode=args.privacy_mode,
+        metrics_port=args.metrics_port,
+    )
+    _configure_logging(settings.log_level)
+    import anyio
+
+    if settings.transport == "stdio":
+        from server.stdio import serve_stdio
+
+        anyio.run(serve_stdio, settings)
+    else:
+        from server.app import serve_http
+
+        anyio.run(serve_http, settings)
+    return 0
+
+
+def _discover(args: argparse.Namespace) -> int:
+    import anyio
+
+    from server.app import build_adapters
+    from server.config import load_settings
+    from server.discovery import Discovery
+
+    settings = load_settings(manifests_dir=args.manifests)
+    _configure_logging("WARNING")
+
+    async def run() -> Any:
+        adapters = build_adapters(settings)
+        try:
+            return await Discovery(adapters, settings.manifests.performance.discovery, settings.snapshot_path).refresh()
+        finally:
+            for a in adapters.values():
+                await a.aclose()
+
+    snap = anyio.run(run)
+    from server.discovery import snapshot_to_json
+
+    data = snapshot_to_json(snap)
+    if args.json:
+        _out(json.dumps(data, indent=2))
+        return 0
+    for name, s in data["adapters"].items():
+        latency = f"{s['latency_ms']:.1f} ms" if s["latency_ms"] is not None else "-"
+        caps = sorted({c for m in s["models"] for c in m["capabilities"]})
+        _out(f"{name:<16} {s['kind']:<7} {s['status']:<5} {latency:>10}  {','.join(caps) or '-'}")
+        for m in s["models"]:
+            _out(f"    {m['name']}  [{', '.join(m['capabilities'])}]")
+        if s["error"]:
+            _out(f"    error: {s['error']}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from server import packs
+    from server.config import default_models_dir
+    from server.manifests import load_manifests
+
+    user_dir = args.manifests
+    manifests = load_manifests(user_dir)
+    models_dir = default_models_dir(os.environ)
+    if args.models_command == "pull":
+        names = args.names or [p.name for p in manifests.models.packs]
+        packs.pull(manifests.models, names, models_dir, progress=lambda msg: print(msg, file=sys.stderr))
+        return 0
+    rows = packs.list_packs(manifests.models, models_dir)
+    if getattr(args, "json", False):
+        _out(json.dumps([r if isinstance(r, dict) else r.__dict__ for r in rows], indent=2, default=str))
+    else:
+        for r in rows:
+            d = r if isinstance(r, dict) else r.__dict__
+            state = "installed" if d.get("installed") else "missing"
+            _out(f"{d.get('name')}: {state}  {d.get('package')}=={d.get('version')}  {d.get('path')}")
+    return 0
+
+
+def _manifests(args: argparse.Namespace) -> int:
+    from server.manifests import manifest_schemas, write_schemas
+
+    if args.write:
+        for p in write_schemas(args.write):
+            _out(str(p))
+    else:
+        _out(json.dumps(manifest_schemas(), indent=2, sort_keys=True))
+    return 0
+
+
+COMMANDS = {"serve": _serve, "discover": _discover, "models": _models, "manifests": _manifests}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, GatewayError) as exc:
+        sys.stderr.write(f"model-gateway: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The only reader of the environment and of config files.
+
+`load_settings()` turns CLI options, environment variables and manifests into
+one frozen `Settings`, passed explicitly to everything else. Secrets named by
+manifests (`api_key_env`, `bearer_token_env`) are resolved here and held as
+`SecretStr`.
+
+Environment variables (all optional):
+  MODEL_GATEWAY_MANIFESTS    user manifests dir (default ~/.config/model-gateway/manifests if present)
+  MODEL_GATEWAY_CACHE_DIR    discovery cache and tool caches (default $XDG_CACHE_HOME/model-gateway)
+  MODEL_GATEWAY_MODELS_DIR   installed model packs (default <cache dir>/models)
+  MODEL_GATEWAY_STATE_DIR    audit log and keys (default $XDG_STATE_HOME/model-gateway)
+  MODEL_GATEWAY_AUDIT_KEY    audit HMAC key (hex); otherwise a key file in the state dir
+  MODEL_GATEWAY_AUTH_TOKEN   bearer token required on HTTP transports
+  MODEL_GATEWAY_PRIVACY_MODE "1" routes to local adapters only
+  MODEL_GATEWAY_LOG_LEVEL    DEBUG | INFO | WARNING | ERROR
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr
+
+from adapters.base import AdapterContext, AdapterLimits
+from adapters.manifest import MCPManifest, OpenAIManifest
+from server.errors import ConfigError
+from server.manifests import Manifests, load_manifests
+
+Transport = Literal["stdio", "sse", "streamable-http"]
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    manifests: Manifests
+    cache_dir: Path
+    models_dir: Path
+    state_dir: Path
+    transport: Transport = "stdio"
+    host: str = "127.0.0.1"
+    port: int = 8765
+    stateless: bool = False
+    json_response: bool = True
+    allowed_hosts: tuple[str, ...] = ()
+    auth_token: SecretStr | None = None
+    privacy_mode: bool = False
+    log_level: str = "INFO"
+    metrics_port: int | None = None
+    principal: str = "local"
+    audit_key: SecretStr | None = None
+    secrets: Mapping[str, SecretStr] = field(default_factory=dict)
+    use_discovery_cache: bool = True
+
+    @property
+    def audit_path(self) -> Path:
+        return self.state_dir / "audit" / "audit.jsonl"
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.cache_dir / "discovery-snapshot.json"
+
+    def adapter_context(self) -> AdapterContext:
+        perf = self.manifests.performance
+        limits = AdapterLimits(
+            max_connections=perf.http.max_connections,
+            max_keepalive_connections=perf.http.max_keepalive_connections,
+            keepalive_expiry_s=perf.http.keepalive_expiry_s,
+            connect_timeout_s=perf.http.connect_timeout_s,
+            read_timeout_s=perf.http.read_timeout_s,
+            probe_deadline_s=perf.discovery.probe_deadline_s,
+            batch_limit=perf.batching.batch_limit,
+        )
+        return AdapterContext(limits=limits, cache_dir=self.cache_dir, models_dir=self.models_dir, secrets=self.secrets)
+
+
+def _home(env: Mapping[str, str]) -> Path:
+    return Path(env.get("HOME") or os.path.expanduser("~"))
+
+
+def default_cache_dir(env: Mapping[str, str]) -> Path:
+    if env.get("MODEL_GATEWAY_CACHE_DIR"):
+        return Path(env["MODEL_GATEWAY_CACHE_DIR"])
+    base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else _home(env) / ".cache"
+    return base / "model-gateway"
+
+
+def default_models_dir(env: Mapping[str, str]) -> Path:
+    if env.get("MODEL_GATEWAY_MODELS_DIR"):
+        return Path(env["MODEL_GATEWAY_MODELS_DIR"])
+    return default_cache_dir(env) / "models"
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    if env.get("MODEL_GATEWAY_STATE_DIR"):
+        return Path(env["MODEL_GATEWAY_STATE_DIR"])
+    base = Path(env["XDG_STATE_HOME"]) if env.get("XDG_STATE_HOME") else _home(env) / ".local" / "state"
+    return base / "model-gateway"
+
+
+def user_manifests_dir(explicit: Path | None, env: Mapping[str, str]) -> Path | None:
+    if explicit is not None:
+        return explicit
+    if env.get("MODEL_GATEWAY_MANIFESTS"):
+        return Path(env["MODEL_GATEWAY_MANIFESTS"])
+    default = _home(env) / ".config" / "model-gateway" / "manifests"
+    return default if default.is_dir() else None
+
+
+def _secret_names(manifests: Manifests) -> set[str]:
+    names = set()
+    for a in manifests.adapters:
+        if isinstance(a, OpenAIManifest) and a.api_key_env:
+            names.add(a.api_key_env)
+        if isinstance(a, MCPManifest) and a.bearer_token_env:
+            names.add(a.bearer_token_env)
+    return names
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def check_bind(host: str, allowed_hosts: tuple[str, ...], auth_token: SecretStr | None) -> None:
+    """Binding beyond loopback needs explicit allowed hosts AND a token."""
+    if host in LOOPBACK_HOSTS:
+        return
+    missing = []
+    if not allowed_hosts:
+        missing.append("--allowed-host HOST[:PORT] (repeatable)")
+    if auth_token is None:
+        missing.append("MODEL_GATEWAY_AUTH_TOKEN (a bearer token clients must send)")
+    if missing:
+        raise ConfigError(f"refusing to bind {host}: a non-loopback address requires " + " and ".join(missing))
+
+
+def load_settings(
+    *,
+    manifests_dir: Path | None = None,
+    transport: Transport = "stdio",
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    stateless: bool = False,
+    allowed_hosts: tuple[str, ...] = (),
+    privacy_mode: bool | None = None,
+    metrics_port: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    env = os.environ if env is None else env
+    manifests = load_manifests(user_manifests_dir(manifests_dir, env))
+    token = SecretStr(env["MODEL_GATEWAY_AUTH_TOKEN"]) if env.get("MODEL_GATEWAY_AUTH_TOKEN") else None
+    if transport != "stdio":
+        check_bind(host, allowed_hosts, token)
+    secrets = {name: SecretStr(env[name]) for name in _secret_names(manifests) if env.get(name)}
+    level = env.get("MODEL_GATEWAY_LOG_LEVEL", "INFO").upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(f"MODEL_GATEWAY_LOG_LEVEL={level!r}: use DEBUG, INFO, WARNING or ERROR")
+    return Settings(
+        manifests=manifests,
+        cache_dir=default_cache_dir(env),
+        models_dir=default_models_dir(env),
+        state_dir=default_state_dir(env),
+        transport=transport,
+        host=host,
+        port=port,
+        stateless=stateless,
+        allowed_hosts=allowed_hosts,
+        auth_token=token,
+        privacy_mode=_truthy(env.get("MODEL_GATEWAY_PRIVACY_MODE")) if privacy_mode is None else privacy_mode,
+        log_level=level,
+        metrics_port=metrics_port,
+        principal=env.get("USER") or env.get("LOGNAME") or "local",
+        audit_key=SecretStr(env["MODEL_GATEWAY_AUDIT_KEY"]) if env.get("MODEL_GATEWAY_AUDIT_KEY") else None,
+        secrets=secrets,
+    )

@@ -1,0 +1,285 @@
+"""Concurrent adapter discovery -> an immutable Snapshot, cached on disk.
+
+Every adapter is probed at once, each under its own deadline; a slow or dead
+adapter never delays the others. The snapshot is swapped in atomically and
+written to the cache so the next start serves from it immediately and
+revalidates in the background (stale-while-revalidate).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+
+from adapters.base import Adapter, ModelInfo, ProbeResult
+from adapters.errors import safe_detail
+from adapters.types import Capability, Privacy
+from server.manifests import DiscoveryConfig
+
+log = logging.getLogger("model_gateway.discovery")
+
+Status = Literal["up", "down", "unknown"]
+SNAPSHOT_VERSION = 1
+ProbeObserver = Callable[[str, float, bool], None]
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterStatus:
+    name: str
+    kind: str
+    privacy: Privacy
+    status: Status
+    models: tuple[ModelInfo, ...]
+    fingerprint: str
+    latency_ms: float | None = None
+    error: str | None = None
+    probed_at: float | None = None
+    version: str | None = None
+    details: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        caps: set[Capability] = set()
+        for m in self.models:
+            caps |= m.capabilities
+        return frozenset(caps)
+
+    @property
+    def routable(self) -> bool:
+        return self.status != "down"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    adapters: Mapping[str, AdapterStatus]
+    created_at: float
+    source: Literal["empty", "cache", "probe"]
+
+    def age_s(self, now: float | None = None) -> float:
+        return max(0.0, (time.time() if now is None else now) - self.created_at)
+
+
+def fingerprint(adapter: Adapter) -> str:
+    info = adapter.info
+    raw = json.dumps([info.name, info.kind, info.privacy, info.endpoint, [m.name for m in info.models]])
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _merge_models(declared: tuple[ModelInfo, ...], probed: tuple[ModelInfo, ...]) -> tuple[ModelInfo, ...]:
+    names = {m.name for m in declared}
+    return declared + tuple(m for m in probed if m.name not in names)
+
+
+def initial_status(adapter: Adapter) -> AdapterStatus:
+    info = adapter.info
+    return AdapterStatus(info.name, info.kind, info.privacy, "unknown", info.models, fingerprint(adapter))
+
+
+def status_from_probe(adapter: Adapter, result: ProbeResult, latency_ms: float) -> AdapterStatus:
+    info = adapter.info
+    return AdapterStatus(
+        name=info.name,
+        kind=info.kind,
+        privacy=info.privacy,
+        status="up" if result.ok else "down",
+        models=_merge_models(info.models, result.models),
+        fingerprint=fingerprint(adapter),
+        latency_ms=round(latency_ms, 3),
+        error=result.error,
+        probed_at=time.time(),
+        version=result.version,
+        details=dict(result.details),
+    )
+
+
+# --- cache (de)serialisation ----------------------------------------------------
+
+
+def _model_to_json(m: ModelInfo) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "capabilities": sorted(m.capabilities),
+        "family": m.family,
+        "dimensions": m.dimensions,
+        "max_input_tokens": m.max_input_tokens,
+    }
+
+
+def snapshot_to_json(snap: Snapshot) -> dict[str, Any]:
+    adapters = {}
+    for name, s in snap.adapters.items():
+        adapters[name] = {
+            "kind": s.kind,
+            "privacy": s.privacy,
+            "status": s.status,
+            "models": [_model_to_json(m) for m in s.models],
+            "fingerprint": s.fingerprint,
+            "latency_ms": s.latency_ms,
+            "error": s.error,
+            "probed_at": s.probed_at,
+            "version": s.version,
+            "details": dict(s.details),
+        }
+    return {"version": SNAPSHOT_VERSION, "created_at": snap.created_at, "adapters": adapters}
+
+
+def _status_from_json(name: str, raw: dict[str, Any]) -> AdapterStatus:
+    models = tuple(
+        ModelInfo(
+            name=m["name"],
+            capabilities=frozenset(m["capabilities"]),
+            family=m.get("family"),
+            dimensions=m.get("dimensions"),
+            max_input_tokens=m.get("max_input_tokens"),
+        )
+        for m in raw["models"]
+    )
+    return AdapterStatus(
+        name=name,
+        kind=raw["kind"],
+        privacy=raw["privacy"],
+        status=raw["status"],
+        models=models,
+        fingerprint=raw["fingerprint"],
+        latency_ms=raw.get("latency_ms"),
+        error=raw.get("error"),
+        probed_at=raw.get("probed_at"),
+        version=raw.get("version"),
+        details=raw.get("details") or {},
+    )
+
+
+def read_cached_snapshot(path: Path, adapters: Mapping[str, Adapter]) -> Snapshot | None:
+    """The cached snapshot, keeping only adapters whose manifest is unchanged."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        if raw.get("version") != SNAPSHOT_VERSION:
+            return None
+        statuses = {}
+        for name, adapter in adapters.items():
+            entry = raw["adapters"].get(name)
+            cached = _status_from_json(name, entry) if entry else None
+            ok = cached is not None and cached.fingerprint == fingerprint(adapter)
+            statuses[name] = cached if ok and cached else initial_status(adapter)
+        return Snapshot(statuses, float(raw["created_at"]), "cache")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_cached_snapshot(path: Path, snap: Snapshot) -> None:
+    """Atomic write: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(snapshot_to_json(snap), separators=(",", ":")), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --- the discovery service ------------------------------------------------------
+
+
+class Discovery:
+    def __init__(
+        self,
+        adapters: Mapping[str, Adapter],
+        config: DiscoveryConfig,
+        cache_path: Path | None = None,
+        on_probe: ProbeObserver | None = None,
+    ) -> None:
+        self.adapters = dict(adapters)
+        self.config = config
+        self.cache_path = cache_path
+        self._on_probe = on_probe
+        self._snapshot = Snapshot({n: initial_status(a) for n, a in self.adapters.items()}, 0.0, "empty")
+        self._wake = anyio.Event()
+        self.refreshes = 0
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def load_cache(self) -> bool:
+        if self.cache_path is None:
+            return False
+        cached = read_cached_snapshot(self.cache_path, self.adapters)
+        if cached is None:
+            return False
+        self._snapshot = cached
+        return True
+
+    async def _probe_one(self, name: str, adapter: Adapter, out: dict[str, AdapterStatus]) -> None:
+        started = time.perf_counter()
+        try:
+            with anyio.fail_after(self.config.probe_deadline_s):
+                result = await adapter.probe()
+        except TimeoutError:
+            result = ProbeResult(ok=False, error=f"probe timed out after {self.config.probe_deadline_s:g}s")
+        except Exception as exc:  # a probe must never take discovery down
+            result = ProbeResult(ok=False, error=safe_detail(f"probe failed: {type(exc).__name__}: {exc}"))
+        latency = (time.perf_counter() - started) * 1000
+        out[name] = status_from_probe(adapter, result, latency)
+        if self._on_probe is not None:
+            self._on_probe(name, latency / 1000, result.ok)
+
+    async def refresh(self) -> Snapshot:
+        """Probe every adapter concurrently and swap in the new snapshot."""
+        results: dict[str, AdapterStatus] = {}
+        async with anyio.create_task_group() as tg:
+            for name, adapter in self.adapters.items():
+                tg.start_soon(self._probe_one, name, adapter, results)
+        snap = Snapshot({n: results[n] for n in self.adapters}, time.time(), "probe")
+        self._snapshot = snap
+        self.refreshes += 1
+        if self.cache_path is not None:
+            try:
+                write_cached_snapshot(self.cache_path, snap)
+            except OSError as exc:
+                log.warning("discovery cache not written: %s", exc.strerror)
+        return snap
+
+    def request_refresh(self) -> None:
+        self._wake.set()
+
+    def observe_call(self, adapter: str, ok: bool) -> None:
+        """A call outcome that contradicts the snapshot triggers a refresh."""
+        current = self._snapshot.adapters.get(adapter)
+        if current is None:
+            return
+        if (ok and current.status == "down") or (not ok and current.status == "up"):
+            self.request_refresh()
+
+    def mark_down(self, adapter: str, error: str) -> None:
+        current = self._snapshot.adapters.get(adapter)
+        if current is None or current.status == "down":
+            return
+        statuses = dict(self._snapshot.adapters)
+        statuses[adapter] = replace(current, status="down", error=error)
+        self._snapshot = replace(self._snapshot, adapters=statuses)
+
+    def _next_delay(self) -> float:
+        snap = self._snapshot
+        if snap.source != "probe":
+            return 0.0
+        delay = self.config.ttl_s - snap.age_s()
+        if any(s.status == "down" for s in snap.adapters.values()):
+            delay = min(delay, self.config.down_recheck_s)
+        return max(0.0, delay)
+
+    async def run(self) -> None:
+        """Background loop owned by the server's lifespan task group."""
+        while True:
+            delay = self._next_delay()
+            if delay > 0:
+                with anyio.move_on_after(delay if math.isfinite(delay) else None):
+                    await self._wake.wait()
+            self._wake = anyio.Event()
+            await self.refresh()

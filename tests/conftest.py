@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Tests never reach a hub: model loading code must work from local directories.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

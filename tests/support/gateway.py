@@ -1,0 +1,56 @@
+"""Build a gateway over fake adapters, with manifests written to a temp dir."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from adapters.base import Adapter
+from server.app import build_server
+from server.config import Settings, load_settings
+from server.tools import StateRef
+
+
+def write_manifests(
+    root: Path,
+    routes: Mapping[str, Any] | None = None,
+    policy: Mapping[str, Any] | None = None,
+    performance: Mapping[str, Any] | None = None,
+    disable: tuple[str, ...] = ("mlx",),
+) -> Path:
+    """A user manifests dir; shipped adapters named in `disable` are switched off."""
+    (root / "adapters").mkdir(parents=True, exist_ok=True)
+    for name in disable:
+        (root / "adapters" / f"{name}.json").write_text(json.dumps(_disabled(name)))
+    if routes is not None:
+        (root / "routes.json").write_text(json.dumps(routes))
+    if policy is not None:
+        (root / "policy.json").write_text(json.dumps(policy))
+    if performance is not None:
+        (root / "performance-config.json").write_text(json.dumps(performance))
+    return root
+
+
+def _disabled(name: str) -> dict[str, Any]:
+    if name == "mlx":
+        return {
+            "name": "mlx",
+            "kind": "mlx",
+            "enabled": False,
+            "models": [{"name": "x", "capabilities": ["embed"], "role": "encoder", "path": "/nonexistent"}],
+        }
+    return {"name": name, "kind": "ollama", "enabled": False}
+
+
+def settings_for(tmp: Path, **manifests: Any) -> Settings:
+    mdir = write_manifests(tmp / "manifests", **manifests)
+    env = {"HOME": str(tmp), "MODEL_GATEWAY_AUDIT_KEY": "00" * 32}
+    s = load_settings(manifests_dir=mdir, env=env)
+    return s
+
+
+def fake_server(tmp: Path, adapters: Mapping[str, Adapter], **manifests: Any) -> tuple[Any, StateRef]:
+    ref = StateRef()
+    return build_server(settings_for(tmp, **manifests), ref, adapters), ref
