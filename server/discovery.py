@@ -201,6 +201,7 @@ class Discovery:
         self._on_probe = on_probe
         self._snapshot = Snapshot({n: initial_status(a) for n, a in self.adapters.items()}, 0.0, "empty")
         self._wake = anyio.Event()
+        self._refreshed = anyio.Event()
         self.refreshes = 0
 
     @property
@@ -239,12 +240,19 @@ class Discovery:
         snap = Snapshot({n: results[n] for n in self.adapters}, time.time(), "probe")
         self._snapshot = snap
         self.refreshes += 1
+        self._refreshed.set()
+        self._refreshed = anyio.Event()
         if self.cache_path is not None:
             try:
                 write_cached_snapshot(self.cache_path, snap)
             except OSError as exc:
                 log.warning("discovery cache not written: %s", exc.strerror)
         return snap
+
+    async def next_refresh(self) -> Snapshot:
+        """Wait for the next completed refresh and return its snapshot."""
+        await self._refreshed.wait()
+        return self._snapshot
 
     def request_refresh(self) -> None:
         self._wake.set()

@@ -67,6 +67,11 @@ class Breaker:
             if self._on_change is not None:
                 self._on_change(state)
 
+    @property
+    def blocking(self) -> bool:
+        """Open and still cooling down: calls skip this adapter without trying it."""
+        return self.state == "open" and time.monotonic() - self.opened_at < self.config.cooldown_s
+
     def allow(self) -> bool:
         if self.state == "open" and time.monotonic() - self.opened_at >= self.config.cooldown_s:
             self._set("half_open")
@@ -196,7 +201,7 @@ class Router:
         if declared is None and capability not in status.capabilities and status.models:
             return f"adapter does not serve {capability}"
         breaker = self.breakers.get(c.adapter)
-        if breaker is not None and breaker.state == "open":
+        if breaker is not None and breaker.blocking:
             return "circuit breaker open"
         return None
 

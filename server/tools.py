@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sys
+from array import array
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent
@@ -165,12 +166,11 @@ async def _run(state: AppState, call: Call, invoke: Any, deadline_s: float, evid
 
 def _vectors_payload(result: EmbedResult, encoding: str) -> dict[str, Any]:
     if encoding == "base64":
-        packed = np.asarray(result.vectors, dtype="<f4").tobytes()
-        return {"embeddings": None, "embeddings_b64": base64.b64encode(packed).decode("ascii")}
-    vectors = result.vectors
-    if isinstance(vectors, np.ndarray):
-        vectors = vectors.tolist()
-    return {"embeddings": [list(v) for v in vectors], "embeddings_b64": None}
+        packed = array("f", (x for v in result.vectors for x in v))
+        if sys.byteorder == "big":
+            packed.byteswap()
+        return {"embeddings": None, "embeddings_b64": base64.b64encode(packed.tobytes()).decode("ascii")}
+    return {"embeddings": [v if isinstance(v, list) else list(v) for v in result.vectors], "embeddings_b64": None}
 
 
 _PYDANTIC_ERROR = re.compile(r"^Error executing tool (\w+): \d+ validation errors? for \w+$")

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+import pytest
+
+from server.discovery import Discovery, read_cached_snapshot
+from server.manifests import DiscoveryConfig
+from tests.support.fakes import FakeAdapter
+
+pytestmark = pytest.mark.anyio
+
+
+class RendezvousAdapter(FakeAdapter):
+    """A probe that finishes only once every peer's probe has started: sequential probing deadlocks."""
+
+    def __init__(self, name: str, peers: list[RendezvousAdapter]) -> None:
+        super().__init__(name)
+        self.peers = peers
+
+    async def probe(self):  # type: ignore[no-untyped-def]
+        self.probe_started.set()
+        for p in self.peers:
+            await p.probe_started.wait()
+        return await super().probe()
+
+
+async def test_probes_run_concurrently() -> None:
+    peers: list[RendezvousAdapter] = []
+    peers += [RendezvousAdapter(f"a{i}", peers) for i in range(5)]
+    discovery = Discovery({p.info.name: p for p in peers}, DiscoveryConfig(probe_deadline_s=5))
+    with anyio.fail_after(3):
+        snap = await discovery.refresh()
+    assert all(s.status == "up" for s in snap.adapters.values())
+
+
+async def test_a_hanging_probe_is_cut_at_its_deadline_and_others_are_recorded() -> None:
+    hang = FakeAdapter("hang", probe_delay_s=3600)
+    ok = FakeAdapter("ok")
+    dead = FakeAdapter("dead", probe_ok=False)
+    discovery = Discovery({"hang": hang, "ok": ok, "dead": dead}, DiscoveryConfig(probe_deadline_s=0.1))
+    with anyio.fail_after(2):
+        snap = await discovery.refresh()
+    assert snap.adapters["ok"].status == "up"
+    assert snap.adapters["dead"].status == "down" and snap.adapters["dead"].error == "refused"
+    assert snap.adapters["hang"].status == "down" and "timed out" in (snap.adapters["hang"].error or "")
+
+
+async def test_snapshot_round_trips_through_the_disk_cache(tmp_path: Path) -> None:
+    path = tmp_path / "snap.json"
+    adapters = {"a": FakeAdapter("a", {"x": {"embed", "rerank"}}), "b": FakeAdapter("b", probe_ok=False)}
+    first = await Discovery(adapters, DiscoveryConfig(), path).refresh()
+    second = Discovery(adapters, DiscoveryConfig(), path)
+    assert second.load_cache() is True
+    assert second.snapshot.source == "cache"
+    assert second.snapshot.adapters == first.adapters
+    assert second.snapshot.created_at == first.created_at
+
+
+async def test_a_cached_entry_is_dropped_when_its_manifest_changed(tmp_path: Path) -> None:
+    path = tmp_path / "snap.json"
+    await Discovery({"a": FakeAdapter("a", {"x": {"embed"}})}, DiscoveryConfig(), path).refresh()
+    changed = {"a": FakeAdapter("a", {"y": {"embed"}})}
+    snap = read_cached_snapshot(path, changed)
+    assert snap is not None and snap.adapters["a"].status == "unknown"
+    assert [m.name for m in snap.adapters["a"].models] == ["y"]
+
+
+async def test_a_corrupt_cache_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "snap.json"
+    path.write_text("{not json")
+    assert Discovery({"a": FakeAdapter("a")}, DiscoveryConfig(), path).load_cache() is False
+    path.write_text(json.dumps({"version": 1, "created_at": 1, "adapters": {"a": {"kind": 1}}}))
+    assert Discovery({"a": FakeAdapter("a")}, DiscoveryConfig(), path).load_cache() is False
+
+
+async def test_background_loop_revalidates_a_cached_snapshot_at_once_and_on_contradicting_calls(tmp_path: Path) -> None:
+    path = tmp_path / "snap.json"
+    a = FakeAdapter("a")
+    await Discovery({"a": a}, DiscoveryConfig(), path).refresh()
+    discovery = Discovery({"a": a}, DiscoveryConfig(ttl_s=3600, down_recheck_s=3600), path)
+    discovery.load_cache()
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(2):
+            tg.start_soon(discovery.run)
+            snap = await discovery.next_refresh()
+        assert snap.source == "probe" and discovery.refreshes == 1
+        discovery.observe_call("a", ok=False)  # snapshot says up, the call failed
+        with anyio.fail_after(2):
+            await discovery.next_refresh()
+        discovery.observe_call("a", ok=True)  # agrees with the snapshot: no refresh
+        await anyio.sleep(0.05)
+        assert discovery.refreshes == 2
+        tg.cancel_scope.cancel()
