@@ -1,4 +1,4 @@
-"""model-gateway: serve | discover | models pull/list | manifests schema.
+"""model-gateway: serve | discover | models pull/list | manifests schema | audit verify.
 
 Heavy imports stay inside the command that needs them, so `serve` reaches the
 first `tools/list` without importing MLX or probing anything.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -24,11 +23,9 @@ def _out(text: str) -> None:
 
 
 def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    from server.logs import configure
+
+    configure(level)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     mansub = man.add_subparsers(dest="manifests_command", required=True)
     schema = mansub.add_parser("schema", help="print or write the manifests' JSON Schemas")
     schema.add_argument("--write", type=Path, help="directory to write *.schema.json into")
+
+    audit = sub.add_parser("audit", help="audit trail tools")
+    asub = audit.add_subparsers(dest="audit_command", required=True)
+    ver = asub.add_parser("verify", help="check the chain and checkpoints; exit 1 on damage")
+    ver.add_argument("path", type=Path, help="the audit log (audit.jsonl) or its folder")
+    ver.add_argument("--repair", action="store_true", help="cut a torn last line (a crash mid-write), then verify")
+    ver.add_argument("--key-file", type=Path, help="hex key file (default: MODEL_GATEWAY_AUDIT_KEY, then audit.key)")
+    ver.add_argument("--json", action="store_true")
     return p
 
 
@@ -162,7 +167,15 @@ def _manifests(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"serve": _serve, "discover": _discover, "models": _models, "manifests": _manifests}
+def _audit(args: argparse.Namespace) -> int:
+    from server.audit_verify import verify_command
+
+    report, text = verify_command(args.path, args.key_file, args.repair, os.environ)
+    _out(json.dumps(text) if args.json else str(text["summary"]))
+    return 0 if report.ok else 1
+
+
+COMMANDS = {"serve": _serve, "discover": _discover, "models": _models, "manifests": _manifests, "audit": _audit}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,18 +20,18 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import anyio
-from opentelemetry import trace
+from opentelemetry.trace import Span
 
 from adapters.base import Adapter
-from adapters.types import Capability
+from adapters.types import Capability, Usage
 from server.audit import evidence as evidence_of
 from server.errors import GatewayError, InternalError, LimitError, NoRouteError, PolicyDeniedError
 from server.policy import Decision, PolicyRequest
 from server.router import Attempt, Candidate
 from server.state import AppState
+from server.telemetry import call_span, end_span_with
 
 log = logging.getLogger("model_gateway.pipeline")
-tracer = trace.get_tracer("model_gateway")
 T = TypeVar("T")
 
 
@@ -130,55 +130,42 @@ async def run_call(
 ) -> Outcome[T]:
     started = time.perf_counter()
     check_limits(state, call)
-    with tracer.start_as_current_span(f"tools/call {call.tool}") as span:
-        span.set_attribute("mcp.method.name", "tools/call")
-        span.set_attribute("gen_ai.tool.name", call.tool)
-        span.set_attribute("gen_ai.operation.name", call.capability)
-        try:
-            candidates, skipped, decision = plan(state, call)
-        except PolicyDeniedError as exc:
-            state.metrics.policy_denials.labels(exc.rule).inc()
-            await _audit(
-                state,
-                "deny",
-                {
-                    **_audit_base(call),
-                    "decision": "deny",
-                    "rule": exc.rule,
-                    "model": call.model,
-                    "request_sha256": _ev(call.request),
-                },
-            )
-            _finish_metrics(state, call, "none", "denied", started, exc.code)
-            raise
-        except GatewayError as exc:
-            _finish_metrics(state, call, "none", "error", started, exc.code)
-            raise
-        await _audit(
-            state,
-            "start",
-            {
-                **_audit_base(call),
-                "decision": "allow",
-                "rule": decision.rule,
-                "model": call.model,
-                "request_sha256": _ev(call.request),
-            },
-        )
-        return await _execute(state, call, candidates, skipped, decision, invoke, deadline_s, evidence, started)
+    with call_span(call.tool, call.capability, call.model) as span:
+        candidates, skipped, decision = await _admit(state, call, started, span)
+        return await _execute(state, call, (candidates, skipped, decision), invoke, deadline_s, evidence, started, span)
+
+
+async def _admit(
+    state: AppState, call: Call, started: float, span: Span
+) -> tuple[list[Candidate], list[Attempt], Decision]:
+    """Route and policy; a denial is audited; admission is audited before any backend is touched."""
+    try:
+        candidates, skipped, decision = plan(state, call)
+    except PolicyDeniedError as exc:
+        state.metrics.policy_denials.labels(exc.rule).inc()
+        deny = {"decision": "deny", "rule": exc.rule, "model": call.model, "request_sha256": _ev(call.request)}
+        await _audit(state, "deny", {**_audit_base(call), **deny})
+        _finish(state, call, span, "none", "denied", started, exc.code)
+        raise
+    except GatewayError as exc:
+        _finish(state, call, span, "none", "error", started, exc.code)
+        raise
+    start = {"decision": "allow", "rule": decision.rule, "model": call.model, "request_sha256": _ev(call.request)}
+    await _audit(state, "start", {**_audit_base(call), **start})
+    return candidates, skipped, decision
 
 
 async def _execute(
     state: AppState,
     call: Call,
-    candidates: list[Candidate],
-    skipped: list[Attempt],
-    decision: Decision,
+    admitted: tuple[list[Candidate], list[Attempt], Decision],
     invoke: Callable[[Adapter, Candidate], Awaitable[T]],
     deadline_s: float,
     evidence: Callable[[T], Any],
     started: float,
+    span: Span,
 ) -> Outcome[T]:
+    candidates, skipped, decision = admitted
     attempts: list[Attempt] = list(skipped)
     state.in_flight += 1
     state.metrics.in_flight.inc()
@@ -202,21 +189,26 @@ async def _execute(
         with anyio.CancelScope(shield=True):
             adapter = chosen.adapter if chosen else (attempts[-1].adapter if attempts else "none")
             _attempt_metrics(state, call, attempts)
-            _finish_metrics(state, call, adapter, outcome, started, error)
-            await _audit(
-                state,
-                "finish",
-                {
-                    **_audit_base(call),
-                    "adapter": adapter,
-                    "model": chosen.model if chosen else call.model,
-                    "outcome": outcome,
-                    "error": error or None,
-                    "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-                    "attempts": [[a.adapter, a.outcome] for a in attempts],
-                    "response_sha256": _ev(evidence(value)) if value is not None else None,
-                },
-            )
+            usage = _usage(value)
+            _finish(state, call, span, adapter, outcome, started, error, usage)
+            finish = {
+                "adapter": adapter,
+                "model": chosen.model if chosen else call.model,
+                "outcome": outcome,
+                "error": error or None,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                "attempts": [[a.adapter, a.outcome] for a in attempts],
+                "usage": usage,
+                "response_sha256": _ev(evidence(value)) if value is not None else None,
+            }
+            await _audit(state, "finish", {**_audit_base(call), **finish})
+
+
+def _usage(value: Any) -> dict[str, int] | None:
+    usage = getattr(value, "usage", None)
+    if not isinstance(usage, Usage):
+        return None
+    return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
 
 
 def _ev(value: Any) -> str:
@@ -233,8 +225,35 @@ def _attempt_metrics(state: AppState, call: Call, attempts: list[Attempt]) -> No
         prev = a
 
 
-def _finish_metrics(state: AppState, call: Call, adapter: str, outcome: str, started: float, error: str) -> None:
-    state.metrics.tool_duration.labels(call.tool, adapter, outcome).observe(time.perf_counter() - started)
+def _finish(
+    state: AppState,
+    call: Call,
+    span: Span,
+    adapter: str,
+    outcome: str,
+    started: float,
+    error: str,
+    usage: dict[str, int] | None = None,
+) -> None:
+    """Metrics, span attributes and the one debug log line every call gets."""
+    elapsed = time.perf_counter() - started
+    state.metrics.tool_duration.labels(call.tool, adapter, outcome).observe(elapsed)
     state.metrics.calls.labels(call.tool, outcome).inc()
     if error:
         state.metrics.errors.labels(call.tool, error).inc()
+    if usage is not None:
+        span.set_attribute("gen_ai.usage.input_tokens", usage["input_tokens"])
+        span.set_attribute("gen_ai.usage.output_tokens", usage["output_tokens"])
+    span.set_attribute("model_gateway.adapter", adapter)
+    end_span_with(span, outcome, error or None)
+    log.debug(
+        "call",
+        extra={
+            "call_id": call.call_id,
+            "tool": call.tool,
+            "adapter": adapter,
+            "outcome": outcome,
+            "error": error or None,
+            "latency_ms": round(elapsed * 1000, 3),
+        },
+    )

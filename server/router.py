@@ -18,11 +18,12 @@ from typing import Generic, Literal, TypeVar
 import anyio
 
 from adapters.base import Adapter
-from adapters.errors import AdapterError, safe_detail
+from adapters.errors import AdapterError, AdapterTimeoutError, safe_detail
 from adapters.types import Capability, Privacy
 from server.discovery import AdapterStatus, Discovery
 from server.errors import AllCandidatesFailedError, NoRouteError, UpstreamRejectedError
 from server.manifests import BreakerConfig, RoutesManifest
+from server.telemetry import attempt_span, end_span_with
 
 log = logging.getLogger("model_gateway.router")
 T = TypeVar("T")
@@ -156,8 +157,10 @@ class Router:
     def resolve(self, capability: Capability, model: str | None) -> list[Candidate]:
         """Every candidate the name can mean, in route order, before health filtering."""
         if model is None or model == "default":
-            targets = self.routes.routes.get(capability) or list(self.adapters)
+            targets = self.routes.routes.get(capability) or []
             found = [c for t in targets for c in self._expand(t, capability)]
+            # no configured route target: any adapter that serves the capability, in manifest order
+            found = found or [c for name in self.adapters for c in self._expand(name, capability)]
         elif model in self.routes.aliases:
             found = [c for t in self.routes.aliases[model] for c in self._expand(t, capability)]
         elif "/" in model and model.partition("/")[0] in self.adapters:
@@ -232,7 +235,7 @@ class Router:
                 attempts.append(Attempt(c.adapter, c.model, "skipped", 0.0, "circuit breaker open"))
                 continue
             started = time.perf_counter()
-            error = await self._attempt(c, fn, deadline_s)
+            error = await self._attempt(c, fn, deadline_s, capability)
             latency = round((time.perf_counter() - started) * 1000, 3)
             if isinstance(error, _Success):
                 attempts.append(Attempt(c.adapter, c.model, "ok", latency))
@@ -247,13 +250,25 @@ class Router:
         raise AllCandidatesFailedError(_all_failed_message(capability, attempts))
 
     async def _attempt(
-        self, c: Candidate, fn: Callable[[Adapter, Candidate], Awaitable[T]], deadline_s: float
+        self, c: Candidate, fn: Callable[[Adapter, Candidate], Awaitable[T]], deadline_s: float, capability: Capability
+    ) -> _Success[T] | AdapterError:
+        adapter = self.adapters[c.adapter]
+        with attempt_span(c.adapter, adapter.info.kind, capability, c.model) as span:
+            result = await self._call(adapter, c, fn, deadline_s)
+            if isinstance(result, AdapterError):
+                end_span_with(span, "failed" if result.retryable else "rejected", type(result).__name__)
+            else:
+                end_span_with(span, "ok")
+            return result
+
+    async def _call(
+        self, adapter: Adapter, c: Candidate, fn: Callable[[Adapter, Candidate], Awaitable[T]], deadline_s: float
     ) -> _Success[T] | AdapterError:
         try:
             with anyio.fail_after(deadline_s):
-                return _Success(await fn(self.adapters[c.adapter], c))
+                return _Success(await fn(adapter, c))
         except TimeoutError:
-            return AdapterError(f"timed out after {deadline_s:g}s", retryable=True)
+            return AdapterTimeoutError(f"timed out after {deadline_s:g}s")
         except AdapterError as exc:
             return exc
         except Exception as exc:  # an adapter bug must not take the call path down

@@ -8,6 +8,11 @@ unless the user installs and configures an SDK.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -15,6 +20,41 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 BREAKER_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# GenAI semantic-convention operation names per capability.
+OPERATION = {"chat": "chat", "embed": "embeddings", "rerank": "rerank"}
+tracer = trace.get_tracer("model_gateway")
+
+
+@contextmanager
+def call_span(tool: str, capability: str, model: str | None) -> Iterator[Span]:
+    """execute_tool span; a child of the SDK's `tools/call` server span (which honours `_meta` trace context)."""
+    with tracer.start_as_current_span(f"execute_tool {tool}", kind=SpanKind.INTERNAL) as span:
+        span.set_attribute("mcp.method.name", "tools/call")
+        span.set_attribute("gen_ai.operation.name", "execute_tool")
+        span.set_attribute("gen_ai.tool.name", tool)
+        span.set_attribute("model_gateway.capability", capability)
+        if model:
+            span.set_attribute("gen_ai.request.model", model)
+        yield span
+
+
+@contextmanager
+def attempt_span(adapter: str, kind: str, capability: str, model: str) -> Iterator[Span]:
+    """One adapter attempt, named `{operation} {model}` as the GenAI conventions ask."""
+    operation = OPERATION.get(capability, capability)
+    with tracer.start_as_current_span(f"{operation} {model}", kind=SpanKind.CLIENT) as span:
+        span.set_attribute("gen_ai.operation.name", operation)
+        span.set_attribute("gen_ai.request.model", model)
+        span.set_attribute("gen_ai.provider.name", kind)
+        span.set_attribute("model_gateway.adapter", adapter)
+        yield span
+
+
+def end_span_with(span: Span, outcome: str, error: str | None = None) -> None:
+    span.set_attribute("model_gateway.outcome", outcome)
+    if error:
+        span.set_attribute("error.type", error)
+        span.set_status(Status(StatusCode.ERROR, error))
 
 
 class Metrics:

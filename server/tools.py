@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from adapters.base import Adapter
 from adapters.types import ChatMessage, ChatRequest, ChatResult, EmbedRequest, EmbedResult, RerankRequest, RerankResult
 from server.errors import GatewayError
+from server.logs import register_set_level
 from server.pipeline import Call, Outcome, run_call
 from server.router import Attempt, Candidate
 from server.state import AppState
@@ -146,9 +147,24 @@ def _state(ctx: Context) -> AppState:
     return state
 
 
+def _wants_progress(ctx: Context) -> bool:
+    """Did the client ask for progress? JSON-RPC carries a token in _meta; the in-process client a callback."""
+    meta: Any = ctx.request_context.meta
+    if isinstance(meta, dict) and meta.get("progressToken") is not None:
+        return True
+    # The SDK has no public "progress requested" flag: look at its dispatch context (wrapped once per layer).
+    outbound = getattr(ctx.request_context.session, "_request_outbound", None)
+    for _ in range(4):
+        if outbound is None:
+            return False
+        if getattr(outbound, "_on_progress", None) is not None or getattr(outbound, "_progress_token", None):
+            return True
+        outbound = getattr(outbound, "_inner", None)
+    return False
+
+
 def _progress(ctx: Context) -> Any:
-    meta = ctx.request_context.meta
-    if meta is None or getattr(meta, "progress_token", None) is None:
+    if not _wants_progress(ctx):
         return None
 
     async def report(done: float, total: float | None, message: str | None) -> None:
@@ -236,6 +252,7 @@ class StateRef:
 
 def register_tools(server: MCPServer[AppState], ref: StateRef) -> None:
     server.middleware.append(argument_errors)
+    register_set_level(server)
 
     @server.tool(structured_output=True)
     async def embed(

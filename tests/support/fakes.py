@@ -57,6 +57,9 @@ class FakeAdapter:
         self.probes = 0
         self.closed = 0
         self.probe_started = anyio.Event()
+        self.entered = anyio.Event()
+        self.cancelled = 0
+        self.cancel_seen = anyio.Event()
 
     async def probe(self) -> ProbeResult:
         self.probes += 1
@@ -66,10 +69,16 @@ class FakeAdapter:
 
     async def _enter(self, capability: Capability, model: str, n: int) -> None:
         self.calls.append((capability, n))
+        self.entered.set()
         if capability not in self.info.capabilities:
             raise CapabilityError(f"{self.info.name} does not serve {capability}")
         if self.delay_s:
-            await anyio.sleep(self.delay_s)
+            try:
+                await anyio.sleep(self.delay_s)
+            except anyio.get_cancelled_exc_class():
+                self.cancelled += 1
+                self.cancel_seen.set()
+                raise
         if self.fail_with is not None:
             raise self.fail_with()
 
@@ -87,6 +96,9 @@ class FakeAdapter:
         await self._enter("chat", req.model, len(req.messages))
         words = req.messages[-1].content.split()
         limit = req.max_tokens or len(words)
+        if req.progress is not None:
+            for n in range(1, min(limit, len(words)) + 1):
+                await req.progress(n, limit, f"{n} tokens")
         text = " ".join(words[:limit])
         reason = "length" if len(words) > limit else "stop"
         return ChatResult(

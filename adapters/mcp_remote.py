@@ -1,0 +1,318 @@
+"""Remote-MCP adapter: serve chat/embed/rerank through another MCP server's tools.
+
+One client session per downstream, opened lazily on first use, reused by every
+call, and run by a dedicated task (see adapters/_mcp_session.py). The tool list
+is cached on disk (mcp-tools-<name>.json under the cache dir) for the server's
+`ttlMs` hint or the manifest's `tools_ttl_s`; it is relisted whenever a session
+opens, so a server that comes back after being down, or that changed a mapped
+tool's schema, is noticed before the next call is sent.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp.client import Client
+from mcp.client._transport import Transport, TransportStreams
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT, CallToolResult, TextContent
+from pydantic import ValidationError
+
+from adapters import _mcp_mapping as mapping_io
+from adapters._batch import map_chunks
+from adapters._http import build_client, redact_url
+from adapters._mcp_catalog import Binding, Catalog, catalog_from_listing, load_catalog, save_catalog
+from adapters._mcp_session import DownstreamSession
+from adapters.base import AdapterContext, AdapterInfo, ModelInfo, ProbeResult
+from adapters.errors import (
+    AdapterError,
+    AdapterTimeoutError,
+    AdapterUnavailableError,
+    CapabilityError,
+    UpstreamProtocolError,
+    safe_detail,
+)
+from adapters.manifest import MCPManifest, MCPToolMapping
+from adapters.types import (
+    CAPABILITIES,
+    Capability,
+    ChatRequest,
+    ChatResult,
+    ChatTimings,
+    EmbedRequest,
+    EmbedResult,
+    RerankRequest,
+    RerankResult,
+    Usage,
+)
+
+_MAX_LIST_PAGES = 20
+_EMBED_CONCURRENCY = 4
+# An isError text that reads like an outage lets the router try the next candidate.
+_TRANSIENT = re.compile(r"timed? ?out|unavailable|overloaded|busy|try again|rate.?limit|temporar", re.IGNORECASE)
+
+
+class MCPRemoteAdapter:
+    def __init__(self, manifest: MCPManifest, context: AdapterContext) -> None:
+        self._manifest = manifest
+        self._context = context
+        self._describe = f"mcp adapter '{manifest.name}'"
+        self._cache_path = context.cache_dir / f"mcp-tools-{manifest.name}.json"
+        self._lock = anyio.Lock()
+        self._session: DownstreamSession | None = None
+        self._retired: list[DownstreamSession] = []
+        self._catalog: Catalog | None = None
+        self._catalog_loaded = False
+        self._closed = False
+        self.info = AdapterInfo(
+            name=manifest.name,
+            kind="mcp",
+            privacy=manifest.privacy,
+            capabilities=_declared(manifest),
+            models=tuple(ModelInfo(name=m.name, capabilities=frozenset(m.capabilities)) for m in manifest.models),
+            endpoint=redact_url(manifest.url) if manifest.url else f"stdio:{Path((manifest.command or ['?'])[0]).name}",
+        )
+
+    def __repr__(self) -> str:
+        return f"MCPRemoteAdapter(name={self.info.name!r}, endpoint={self.info.endpoint!r})"
+
+    # --- the Adapter protocol -------------------------------------------------------
+
+    async def probe(self) -> ProbeResult:
+        try:
+            catalog = await self._cached_catalog()
+            source = "cache"
+            if catalog is None or not catalog.fresh():
+                _, catalog = await self._ready()
+                source = "live"
+        except AdapterError as exc:
+            return ProbeResult(ok=False, error=exc.message)
+        return self._probe_result(catalog, source)
+
+    async def embed(self, req: EmbedRequest) -> EmbedResult:
+        self._require("embed")
+        step = max(1, self._context.limits.batch_limit)
+        chunks = [req.texts[i : i + step] for i in range(0, len(req.texts), step)]
+
+        async def run(texts: tuple[str, ...]) -> tuple[list[list[float]], Usage]:
+            value = await self._call("embed", EmbedRequest(model=req.model, texts=texts, dimensions=req.dimensions))
+            return mapping_io.read_vectors(value, len(texts)), mapping_io.read_usage(value)
+
+        parts = await map_chunks(run, chunks, _EMBED_CONCURRENCY)
+        vectors = [v for part, _ in parts for v in part]
+        if req.dimensions is not None and vectors and len(vectors[0]) != req.dimensions:
+            raise UpstreamProtocolError(
+                f"{self._describe}: asked for {req.dimensions} dimensions, got {len(vectors[0])}"
+            )
+        usage = Usage(input_tokens=sum(u.input_tokens for _, u in parts))
+        return EmbedResult(model=req.model, vectors=vectors, usage=usage)
+
+    async def rerank(self, req: RerankRequest) -> RerankResult:
+        self._require("rerank")
+        value = await self._call("rerank", req)
+        scores = sorted(mapping_io.read_scores(value, len(req.documents)), key=lambda s: (-s.relevance_score, s.index))
+        cut = scores[: req.top_n] if req.top_n is not None else scores
+        usage = mapping_io.read_usage(value)
+        return RerankResult(model=req.model, results=tuple(cut), method="upstream", usage=usage)
+
+    async def chat(self, req: ChatRequest) -> ChatResult:
+        self._require("chat")
+        started = time.perf_counter()
+        value = await self._call("chat", req)
+        content, finish = mapping_io.read_chat(value)
+        timings = ChatTimings(total_ms=(time.perf_counter() - started) * 1000.0)
+        return ChatResult(
+            model=req.model, content=content, finish_reason=finish, usage=mapping_io.read_usage(value), timings=timings
+        )
+
+    async def aclose(self) -> None:
+        """Close the session and wait until the downstream (and any child process) is gone; idempotent."""
+        async with self._lock:
+            self._closed = True
+            sessions = [*self._retired, *([self._session] if self._session else [])]
+            self._session = None
+            self._retired = []
+        for session in sessions:
+            await session.aclose()
+
+    # --- session and catalog ------------------------------------------------------
+
+    async def _ready(self) -> tuple[Client, Catalog]:
+        """The open client and a fresh catalog; opens (or reopens) the session under the lock."""
+        async with self._lock:
+            if self._closed:
+                raise AdapterUnavailableError(f"{self._describe}: adapter is closed")
+            session, opened = self._session, False
+            if session is None or not session.usable:
+                session, opened = self._open(), True
+            client = await session.client()
+            catalog = self._catalog
+            if opened or catalog is None or not catalog.fresh():
+                catalog = await self._relist(client)
+            return client, catalog
+
+    def _open(self) -> DownstreamSession:
+        if self._session is not None:
+            self._session.drop()
+            self._retired = [s for s in self._retired if not s.finished] + [self._session]
+        session = DownstreamSession(
+            self._transport, open_timeout_s=self._manifest.open_timeout_s, describe=self._describe
+        )
+        session.start()
+        self._session = session
+        return session
+
+    def _transport(self) -> Transport:
+        m = self._manifest
+        if m.command is not None:
+            params = StdioServerParameters(command=m.command[0], args=m.command[1:], env=dict(m.env), cwd=m.cwd)
+            # stderr, never stdout: a stdio gateway's stdout carries JSON-RPC only.
+            return stdio_client(params, errlog=sys.stderr)
+        return _http_transport(m.url or "", self._http_headers(), self._context)
+
+    def _http_headers(self) -> dict[str, str]:
+        env = self._manifest.bearer_token_env
+        secret = self._context.secrets.get(env) if env else None
+        return {"Authorization": f"Bearer {secret.get_secret_value()}"} if secret is not None else {}
+
+    async def _cached_catalog(self) -> Catalog | None:
+        if not self._catalog_loaded:
+            self._catalog = await load_catalog(self._cache_path)
+            self._catalog_loaded = True
+        return self._catalog
+
+    async def _relist(self, client: Client) -> Catalog:
+        previous = await self._cached_catalog()
+        tools: list[tuple[str, dict[str, Any]]] = []
+        cursor: str | None = None
+        ttl_ms = 0
+        with anyio.move_on_after(self._context.limits.read_timeout_s) as scope:
+            for _ in range(_MAX_LIST_PAGES):
+                try:
+                    page = await client.list_tools(cursor=cursor, cache_mode="refresh")
+                except MCPError as exc:
+                    raise self._mcp_error(exc, "tools/list", self._session) from exc
+                tools.extend((t.name, t.input_schema) for t in page.tools)
+                ttl_ms = ttl_ms or page.ttl_ms
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+        if scope.cancelled_caught:
+            raise AdapterTimeoutError(f"{self._describe}: tools/list did not answer in time")
+        ttl_s = ttl_ms / 1000.0 if ttl_ms > 0 else self._manifest.tools_ttl_s
+        catalog = catalog_from_listing(tools, ttl_s, previous)
+        for capability in self.info.capabilities:
+            catalog = catalog.accept(capability, self._mapping(capability))
+        self._catalog = catalog
+        await save_catalog(self._cache_path, catalog)
+        return catalog
+
+    def _mapping(self, capability: Capability) -> MCPToolMapping:
+        return self._manifest.tools.get(capability) or MCPToolMapping.model_validate({"tool": capability})
+
+    def _bind(self, capability: Capability, catalog: Catalog) -> Binding:
+        mapping = self._mapping(capability)
+        problem = catalog.problem(capability, mapping, self._describe)
+        if problem is not None:
+            raise problem
+        entry = catalog.tools[mapping.tool]
+        arguments = mapping.arguments or mapping_io.default_arguments(capability, entry.properties)
+        return Binding(tool=mapping.tool, arguments=arguments, result=mapping.result)
+
+    def _probe_result(self, catalog: Catalog, source: str) -> ProbeResult:
+        details = {"source": source, "tools": ",".join(sorted(catalog.tools))[:300]}
+        problems: list[str] = []
+        usable: set[Capability] = set()
+        for capability in sorted(self.info.capabilities):
+            problem = catalog.problem(capability, self._mapping(capability), self._describe)
+            if problem is None:
+                usable.add(capability)
+            else:
+                details[f"disabled.{capability}"] = problem.message
+                problems.append(problem.message)
+        models = tuple(
+            ModelInfo(name=m.name, capabilities=frozenset(m.capabilities) & usable)
+            for m in self._manifest.models
+            if frozenset(m.capabilities) & usable
+        )
+        return ProbeResult(ok=bool(usable), models=models, error="; ".join(problems) or None, details=details)
+
+    # --- calls --------------------------------------------------------------------
+
+    def _require(self, capability: Capability) -> None:
+        if capability not in self.info.capabilities:
+            raise CapabilityError(f"{self._describe} does not serve {capability}")
+
+    async def _call(self, capability: Capability, req: ChatRequest | EmbedRequest | RerankRequest) -> Any:
+        client, catalog = await self._ready()
+        # Taken before any await: a lost connection must retire this session, not a newer one.
+        session = self._session
+        binding = self._bind(capability, catalog)
+        arguments = mapping_io.build_arguments(binding.arguments, mapping_io.gateway_values(req))
+        try:
+            result = await client.call_tool(
+                binding.tool, arguments, read_timeout_seconds=self._context.limits.read_timeout_s
+            )
+        except MCPError as exc:
+            raise self._mcp_error(exc, binding.tool, session) from exc
+        except (RuntimeError, ValidationError) as exc:
+            raise UpstreamProtocolError(f"{self._describe}: tool '{binding.tool}' sent a malformed result") from exc
+        text = _first_text(result)
+        if result.is_error:
+            detail = safe_detail(self._redact(text or "no detail"))
+            retryable = bool(_TRANSIENT.search(detail))
+            raise AdapterError(f"{self._describe}: tool '{binding.tool}' failed: {detail}", retryable=retryable)
+        return mapping_io.structured_value(result.structured_content, text, binding.result)
+
+    def _mcp_error(self, exc: MCPError, what: str, session: DownstreamSession | None) -> AdapterError:
+        if exc.code == CONNECTION_CLOSED:
+            if session is not None:
+                session.drop()
+            return AdapterUnavailableError(f"{self._describe}: connection to the downstream was lost during '{what}'")
+        if exc.code == REQUEST_TIMEOUT:
+            return AdapterTimeoutError(f"{self._describe}: '{what}' timed out downstream")
+        return AdapterError(f"{self._describe}: downstream rejected '{what}': {safe_detail(self._redact(exc.message))}")
+
+    def _redact(self, text: str) -> str:
+        """Downstream text with the bearer token (if any) removed, in case the server echoes it."""
+        env = self._manifest.bearer_token_env
+        secret = self._context.secrets.get(env) if env else None
+        value = secret.get_secret_value() if secret is not None else ""
+        return text.replace(value, "[redacted]") if value else text
+
+
+def _declared(manifest: MCPManifest) -> frozenset[Capability]:
+    declared = set(manifest.tools) | {c for m in manifest.models for c in m.capabilities}
+    return frozenset(declared) if declared else frozenset(CAPABILITIES)
+
+
+def _first_text(result: CallToolResult) -> str | None:
+    for block in result.content:
+        if isinstance(block, TextContent):
+            return block.text
+    return None
+
+
+@asynccontextmanager
+async def _http_session_transport(
+    url: str, headers: dict[str, str], context: AdapterContext
+) -> AsyncIterator[TransportStreams]:
+    async with (
+        build_client(url, context.limits, headers=headers) as http,
+        streamable_http_client(url, http_client=http) as streams,
+    ):
+        yield streams
+
+
+def _http_transport(url: str, headers: dict[str, str], context: AdapterContext) -> Transport:
+    transport: Transport = _http_session_transport(url, headers, context)
+    return transport
