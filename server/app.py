@@ -63,7 +63,7 @@ async def gateway_state(settings: Settings, adapters: Mapping[str, Adapter] | No
         discovery.load_cache()
     breakers = {n: Breaker(perf.breaker, partial(metrics.breaker_changed, n)) for n in adapters}
     router = Router(adapters, settings.manifests.routes, discovery, breakers)
-    router.privacy_mode = settings.privacy_mode
+    router.privacy_mode = discovery.privacy_mode = settings.privacy_mode
     key = load_or_create_key(
         settings.audit_key.get_secret_value() if settings.audit_key else None,
         settings.state_dir / "audit" / "audit.key",

@@ -203,6 +203,8 @@ class Discovery:
         self._wake = anyio.Event()
         self._refreshed = anyio.Event()
         self.refreshes = 0
+        # In privacy mode remote adapters are not even probed: no connection leaves for them.
+        self.privacy_mode = False
 
     @property
     def snapshot(self) -> Snapshot:
@@ -218,6 +220,10 @@ class Discovery:
         return True
 
     async def _probe_one(self, name: str, adapter: Adapter, out: dict[str, AdapterStatus]) -> None:
+        if self.privacy_mode and adapter.info.privacy == "remote":
+            previous = self._snapshot.adapters.get(name) or initial_status(adapter)
+            out[name] = replace(previous, details={**previous.details, "probe": "skipped: privacy mode"})
+            return
         started = time.perf_counter()
         try:
             with anyio.fail_after(self.config.probe_deadline_s):

@@ -35,3 +35,4 @@ class AppState:
     def set_privacy_mode(self, on: bool) -> None:
         """Filters the cached snapshot at once; discovery is not re-run."""
         self.router.privacy_mode = on
+        self.discovery.privacy_mode = on
