@@ -85,7 +85,8 @@ def initial_status(adapter: Adapter) -> AdapterStatus:
     return AdapterStatus(info.name, info.kind, info.privacy, "unknown", info.models, fingerprint(adapter))
 
 
-def status_from_probe(adapter: Adapter, result: ProbeResult, latency_ms: float) -> AdapterStatus:
+def status_from_probe(adapter: Adapter, result: ProbeResult, latency_ms: float, fp: str) -> AdapterStatus:
+    """`fp` is the fingerprint taken before any probe: adapters may widen `info` once they have seen a server."""
     info = adapter.info
     return AdapterStatus(
         name=info.name,
@@ -93,7 +94,7 @@ def status_from_probe(adapter: Adapter, result: ProbeResult, latency_ms: float) 
         privacy=info.privacy,
         status="up" if result.ok else "down",
         models=_merge_models(info.models, result.models),
-        fingerprint=fingerprint(adapter),
+        fingerprint=fp,
         latency_ms=round(latency_ms, 3),
         error=result.error,
         probed_at=time.time(),
@@ -199,6 +200,7 @@ class Discovery:
         self.config = config
         self.cache_path = cache_path
         self._on_probe = on_probe
+        self._fingerprints = {n: fingerprint(a) for n, a in self.adapters.items()}
         self._snapshot = Snapshot({n: initial_status(a) for n, a in self.adapters.items()}, 0.0, "empty")
         self._wake = anyio.Event()
         self._refreshed = anyio.Event()
@@ -233,7 +235,7 @@ class Discovery:
         except Exception as exc:  # a probe must never take discovery down
             result = ProbeResult(ok=False, error=safe_detail(f"probe failed: {type(exc).__name__}: {exc}"))
         latency = (time.perf_counter() - started) * 1000
-        out[name] = status_from_probe(adapter, result, latency)
+        out[name] = status_from_probe(adapter, result, latency, self._fingerprints[name])
         if self._on_probe is not None:
             self._on_probe(name, latency / 1000, result.ok)
 

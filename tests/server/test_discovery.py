@@ -94,3 +94,26 @@ async def test_background_loop_revalidates_a_cached_snapshot_at_once_and_on_cont
         await anyio.sleep(0.05)
         assert discovery.refreshes == 2
         tg.cancel_scope.cancel()
+
+
+class WideningAdapter(FakeAdapter):
+    """Like an Ollama manifest without models: `info` learns the server's models at the first probe."""
+
+    async def probe(self):  # type: ignore[no-untyped-def]
+        from dataclasses import replace
+
+        from adapters.base import ModelInfo
+
+        result = await super().probe()
+        learned = (ModelInfo("learned", frozenset({"chat"})),)
+        self.info = replace(self.info, models=learned)
+        return replace(result, models=learned)
+
+
+async def test_the_cache_survives_adapters_that_learn_models_at_probe_time(tmp_path: Path) -> None:
+    path = tmp_path / "snap.json"
+    await Discovery({"w": WideningAdapter("w", {})}, DiscoveryConfig(), path).refresh()
+    fresh = Discovery({"w": WideningAdapter("w", {})}, DiscoveryConfig(), path)
+    assert fresh.load_cache()
+    assert fresh.snapshot.adapters["w"].status == "up"
+    assert [m.name for m in fresh.snapshot.adapters["w"].models] == ["learned"]
