@@ -25,11 +25,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from adapters.base import Adapter
 from adapters.registry import create_adapter
 from server import __version__
-from server.audit import AuditLog, load_or_create_key
 from server.batching import EmbedCoalescer
 from server.config import Settings
 from server.discovery import Discovery
+from server.governance import limiter_for, open_audit, redactor_for
 from server.policy import PolicyEngine
+from server.principal import SCOPE_KEY, principal_middleware, token_digest
+from server.redact import redact_tool_errors, redacted_logs
 from server.router import Breaker, Router
 from server.state import AppState
 from server.telemetry import CONTENT_TYPE, Metrics
@@ -64,12 +66,10 @@ async def gateway_state(settings: Settings, adapters: Mapping[str, Adapter] | No
     breakers = {n: Breaker(perf.breaker, partial(metrics.breaker_changed, n)) for n in adapters}
     router = Router(adapters, settings.manifests.routes, discovery, breakers)
     router.privacy_mode = discovery.privacy_mode = settings.privacy_mode
-    key = load_or_create_key(
-        settings.audit_key.get_secret_value() if settings.audit_key else None,
-        settings.state_dir / "audit" / "audit.key",
-    )
-    audit = AuditLog(settings.audit_path, key, perf.audit.fsync, perf.audit.group_commit_ms)
+    redactor = redactor_for(settings)
+    audit = open_audit(settings, redactor)
     async with AsyncExitStack() as stack:
+        stack.enter_context(redacted_logs(redactor))
         stack.push_async_callback(_close_adapters, adapters)
         stack.push_async_callback(audit.aclose)
         coalescer = await stack.enter_async_context(
@@ -79,6 +79,7 @@ async def gateway_state(settings: Settings, adapters: Mapping[str, Adapter] | No
         state = AppState(
             settings, adapters, discovery, router, coalescer, PolicyEngine(settings.manifests.policy), audit, metrics
         )
+        state.limiter, state.redactor = limiter_for(settings), redactor
         tg.start_soon(discovery.run)
         try:
             yield state
@@ -122,6 +123,8 @@ def build_server(
         lifespan=lifespan,
         log_level=settings.log_level,  # type: ignore[arg-type]
     )
+    server.middleware.append(principal_middleware)
+    server.middleware.append(redact_tool_errors)
     register_tools(server, ref)
     for route in ops_routes(ref):
         server.custom_route(route.path, methods=["GET"])(route.endpoint)
@@ -155,18 +158,29 @@ def transport_security(settings: Settings) -> TransportSecuritySettings:
 
 
 class BearerAuth:
-    """Requires `Authorization: Bearer <token>` on every path but /health."""
+    """Requires `Authorization: Bearer <token>` on every path but /health; the token's subject is the principal."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, subjects: Mapping[str, str]) -> None:
         self.app = app
-        self._expected = f"Bearer {token}".encode()
+        self._subjects = dict(subjects)  # sha256(token) -> subject; the tokens themselves are not kept
+
+    def _subject(self, header: bytes) -> str | None:
+        scheme, _, token = header.decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        digest = token_digest(token.strip())
+        for known, subject in self._subjects.items():
+            if hmac.compare_digest(known, digest):
+                return subject
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("path") != "/health":
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self._expected):
+            subject = self._subject(dict(scope.get("headers") or []).get(b"authorization", b""))
+            if subject is None:
                 await JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)(scope, receive, send)
                 return
+            scope[SCOPE_KEY] = subject
         await self.app(scope, receive, send)
 
 
@@ -182,8 +196,8 @@ def http_app(settings: Settings, server: MCPServer[AppState]) -> ASGIApp:
             transport_security=security,
             host=settings.host,
         )
-    if settings.auth_token is not None:
-        return BearerAuth(app, settings.auth_token.get_secret_value())
+    if settings.auth_subjects:
+        return BearerAuth(app, settings.auth_subjects)
     return app
 
 

@@ -1,14 +1,30 @@
-"""Append-only JSONL audit trail with a keyed (HMAC-SHA256) chain and group commit.
+"""Append-only JSONL audit trail: keyed chain, signed checkpoints, group commit, rotation.
 
-Each line is one record; its `mac` covers the record's canonical JSON and the
-previous record's mac, keyed with a secret the log never contains, so an edit,
-deletion, insertion or reordering breaks verification. Raw prompts, texts and
-secrets never enter a record: only sha256 evidence of the canonical request
-and response (unless the manifest opts in to content capture).
+Each line is one record. Its `mac` is HMAC-SHA256 over the previous record's
+mac and the record's canonical JSON, keyed with a secret the log never
+contains, so an edit, deletion, insertion or reordering breaks the chain and a
+forger cannot re-compute it (a plain hash chain can be rewritten and rehashed).
+The chain runs on across rotated files (`audit.jsonl.000001`, ... then the
+active `audit.jsonl`), so a swapped, dropped or replaced file breaks it too.
 
-Durability: `write()` returns once the record is on disk under the configured
-fsync policy — `always` (fsync per record), `group` (one fsync per group-commit
-window shared by every record written in it), `never` (flush only).
+A chain alone cannot show that its tail was cut off. Signed checkpoints, in a
+separate file (`audit.checkpoints.jsonl`, chained with their own MACs), record
+the latest durable (seq, mac): after the first record of every run, every
+`checkpoint_every` records or `checkpoint_interval_s`, at each rotation and at
+close. The verifier (server/audit_verify.py) requires the log to reach the
+last checkpoint. Records written after the last checkpoint of a run that
+crashed are the one window a consistent cut of both files can hide; keep the
+checkpoint file (or a copy of it) somewhere the log's writer cannot rewrite to
+close that window too.
+
+Raw prompts, texts and secrets never enter a record: only sha256 evidence of
+the canonical request and response, unless the manifest opts in to content
+capture. Every string is passed through the redactor before it is written.
+
+Durability: `write()` returns once the record is on disk under the fsync
+policy: `always` (fsync per record), `group` (one fsync per group-commit
+window, shared by every record written in it), `never` (written, not synced).
+A sink that cannot write refuses every later call until it can write again.
 """
 
 from __future__ import annotations
@@ -19,9 +35,11 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
+import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +51,8 @@ log = logging.getLogger("model_gateway.audit")
 
 FsyncMode = Literal["always", "group", "never"]
 GENESIS = "0" * 64
+SEGMENT_DIGITS = 6
+RETRY_AFTER_ERROR_S = 5.0
 
 
 def canonical(value: Any) -> bytes:
@@ -48,6 +68,38 @@ def record_mac(key: bytes, prev: str, body: Mapping[str, Any]) -> str:
     return hmac.new(key, prev.encode() + b"\n" + canonical(body), hashlib.sha256).hexdigest()
 
 
+def checkpoint_mac(key: bytes, prev: str, body: Mapping[str, Any]) -> str:
+    # a distinct prefix, so a record line can never pass as a checkpoint or the reverse
+    return hmac.new(key, b"checkpoint\n" + prev.encode() + b"\n" + canonical(body), hashlib.sha256).hexdigest()
+
+
+def key_id(key: bytes) -> str:
+    """A public fingerprint of the key, so the verifier can say 'wrong key' rather than 'edited'."""
+    return hashlib.sha256(b"model-gateway audit key\n" + key).hexdigest()[:16]
+
+
+def checkpoints_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".checkpoints.jsonl")
+
+
+def segment_files(path: Path) -> list[tuple[int, Path]]:
+    """Rotated segments in rotation order, then the active file (index = rotations + 1)."""
+    pattern = re.compile(re.escape(path.name) + r"\.(\d{" + str(SEGMENT_DIGITS) + r"})$")
+    rotated = []
+    if path.parent.is_dir():
+        for p in path.parent.iterdir():
+            m = pattern.match(p.name)
+            if m:
+                rotated.append((int(m.group(1)), p))
+    rotated.sort()
+    active = (rotated[-1][0] + 1) if rotated else 1
+    return [*rotated, (active, path)]
+
+
+def rotated_name(path: Path, index: int) -> Path:
+    return path.with_name(f"{path.name}.{index:0{SEGMENT_DIGITS}d}")
+
+
 def load_or_create_key(key_hex: str | None, key_path: Path) -> bytes:
     """The audit key: from settings if given, else a key file, created on first run."""
     if key_hex:
@@ -59,88 +111,212 @@ def load_or_create_key(key_hex: str | None, key_path: Path) -> bytes:
             raise AuditUnavailableError("audit key is shorter than 16 bytes")
         return key
     if key_path.is_file():
-        return bytes.fromhex(key_path.read_text(encoding="ascii").strip())
+        key = bytes.fromhex(key_path.read_text(encoding="ascii").strip())
+        if len(key) < 16:
+            raise AuditUnavailableError(f"audit key file {key_path} holds fewer than 16 bytes")
+        return key
     key_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as fh:
         fh.write(secrets.token_hex(32) + "\n")
-    log.warning("generated a new audit key at %s; back it up to verify this log later", key_path)
+    log.warning("generated a new audit key at %s; keep a copy elsewhere to verify this log later", key_path)
     return bytes.fromhex(key_path.read_text(encoding="ascii").strip())
 
 
-def _last_record(path: Path) -> tuple[int, str]:
-    """(last seq, last mac) of an existing log, so the chain continues across restarts."""
+def last_line(path: Path, repair: bool) -> tuple[dict[str, Any] | None, int]:
+    """The last complete record of a JSONL file and the torn bytes after it (cut when `repair`)."""
     try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 65536))
-            lines = fh.read().splitlines()
+        st = path.stat()
     except FileNotFoundError:
-        return 0, GENESIS
-    for raw in reversed(lines):
-        try:
-            rec = json.loads(raw)
-            return int(rec["seq"]), str(rec["mac"])
-        except (ValueError, KeyError, TypeError):
-            continue  # a torn last line: the verifier reports it
-    return 0, GENESIS
+        return None, 0
+    if not stat.S_ISREG(st.st_mode):
+        return None, 0
+    with path.open("rb") as fh:
+        fh.seek(max(0, st.st_size - (1 << 20)))
+        tail = fh.read()
+    cut = tail.rfind(b"\n") + 1
+    torn = len(tail) - cut
+    if torn and repair:
+        with path.open("r+b") as fh:
+            fh.truncate(st.st_size - torn)
+            os.fsync(fh.fileno())
+    complete = tail[:cut].splitlines()
+    return (json.loads(complete[-1]) if complete else None), torn
 
 
 class AuditLog:
-    def __init__(self, path: Path, key: bytes, fsync: FsyncMode = "group", group_commit_ms: float = 5.0) -> None:
+    """The audit sink. `write()` is the only entry point calls use; it raises when the sink cannot write."""
+
+    def __init__(
+        self,
+        path: Path,
+        key: bytes,
+        fsync: FsyncMode = "group",
+        group_commit_ms: float = 5.0,
+        *,
+        max_file_bytes: int = 64 * 1024 * 1024,
+        checkpoint_every: int = 1000,
+        checkpoint_interval_s: float = 10.0,
+        redact: Callable[[Any], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = path
         self._key = key
         self.fsync = fsync
         self.group_commit_s = group_commit_ms / 1000
+        self.max_file_bytes = max_file_bytes
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self._redact = redact or (lambda v: v)
+        self._clock = clock
         self.error: str | None = None
+        self._error_at = 0.0
         self.records = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.seq, self._prev = _last_record(path)
-        self._fh = path.open("ab", buffering=0)
-        self._written_gen = 0
-        self._synced_gen = 0
+        self.seq, self._prev, self._cp_n, self._cp_prev = 0, GENESIS, 0, GENESIS
+        self._segment, self._fd, self._cp_fd, self._size = 1, -1, -1, 0
+        self._cp_seq, self._cp_time, self._needs_checkpoint = 0, clock(), True
+        self._written_gen = self._synced_gen = 0
         self._sync_done: anyio.Event | None = None
         self._leader = False
+        try:
+            self._open()
+        except OSError as exc:
+            self._fail("audit log cannot be opened", exc)
+            log.error("%s; every call will be refused until it can write", self.error)
 
     @property
     def healthy(self) -> bool:
         return self.error is None
 
-    def _append(self, body: dict[str, Any]) -> None:
-        self.seq += 1
-        body = {"seq": self.seq, "ts": round(time.time(), 6), **body}
-        mac = record_mac(self._key, self._prev, body)
-        line = canonical({**body, "prev": self._prev, "mac": mac}) + b"\n"
+    @property
+    def key_id(self) -> str:
+        return key_id(self._key)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._segment = segment_files(self.path)[-1][0]
+        last, torn = last_line(self.path, repair=True)
+        if last is None and self._segment > 1:
+            last, _ = last_line(rotated_name(self.path, self._segment - 1), repair=False)
+        if last is not None:
+            self.seq, self._prev = int(last["seq"]), str(last["mac"])
+        cp, _ = last_line(checkpoints_path(self.path), repair=True)
+        if cp is not None:
+            self._cp_n, self._cp_prev, self._cp_seq = int(cp["n"]), str(cp["cmac"]), int(cp["seq"])
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._cp_fd = os.open(checkpoints_path(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._size = os.fstat(self._fd).st_size
+        if torn:
+            log.warning("audit log ended in a torn record (%d bytes, never acknowledged); cut it", torn)
+            self._append({"event": "recover", "torn_bytes": torn})
+
+    def _fail(self, what: str, exc: OSError) -> None:
+        self.error = f"{what}: {exc.strerror or type(exc).__name__}"
+        self._error_at = self._clock()
+
+    def _refuse_if_failed(self) -> None:
+        if self.error is None:
+            return
+        if self._clock() - self._error_at < RETRY_AFTER_ERROR_S:
+            raise AuditUnavailableError(f"call refused: {self.error}")
+        self._close_fds()
         try:
-            self._fh.write(line)
+            self._open()  # a sink that can write again (space freed, permission fixed) serves again
         except OSError as exc:
-            self.seq -= 1
-            self.error = f"audit log not writable: {exc.strerror or type(exc).__name__}"
+            self._fail("audit log cannot be opened", exc)
             raise AuditUnavailableError(f"call refused: {self.error}") from exc
-        self._prev = mac
+        log.warning("audit log writable again after: %s", self.error)
+        self.error = None
+
+    def _line(self, body: dict[str, Any]) -> tuple[bytes, int, str]:
+        seq = self.seq + 1
+        record = {"seq": seq, "ts": round(time.time(), 6), **self._redact(body)}
+        mac = record_mac(self._key, self._prev, record)
+        return canonical({**record, "prev": self._prev, "mac": mac}) + b"\n", seq, mac
+
+    def _append(self, body: dict[str, Any]) -> None:
+        line, seq, mac = self._line(body)
+        if self._size and self._size + len(line) > self.max_file_bytes:
+            self._rotate()
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(28, os.strerror(28))  # a short write on a regular file: the disk is full
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)  # never leave a torn record behind a refusal
+            self._fail("audit log not writable", exc)
+            raise AuditUnavailableError(f"call refused: {self.error}") from exc
+        self.seq, self._prev = seq, mac
+        self._size += len(line)
         self.records += 1
         self._written_gen += 1
 
+    def _rotate(self) -> None:
+        try:
+            os.fsync(self._fd)
+            if self._cp_seq < self.seq:
+                self._checkpoint(self.seq, self._prev, self._segment)
+                os.fsync(self._cp_fd)
+            os.rename(self.path, rotated_name(self.path, self._segment))
+            new_fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
+            self._fail("audit log rotation failed", exc)
+            raise AuditUnavailableError(f"call refused: {self.error}") from exc
+        os.close(self._fd)
+        self._fd, self._segment, self._size = new_fd, self._segment + 1, 0
+
+    def _checkpoint(self, seq: int, mac: str, segment: int) -> None:
+        """Sign (seq, mac) of a record already on disk; the caller syncs the checkpoint file."""
+        n = self._cp_n + 1
+        body = {"n": n, "ts": round(time.time(), 6), "seq": seq, "mac": mac, "segment": segment, "key_id": self.key_id}
+        cmac = checkpoint_mac(self._key, self._cp_prev, body)
+        os.write(self._cp_fd, canonical({**body, "prev": self._cp_prev, "cmac": cmac}) + b"\n")
+        self._cp_n, self._cp_prev, self._cp_seq = n, cmac, seq
+        self._cp_time, self._needs_checkpoint = self._clock(), False
+
+    def _checkpoint_due(self) -> bool:
+        if self._cp_seq >= self.seq:
+            return False
+        return (
+            self._needs_checkpoint
+            or self.seq - self._cp_seq >= self.checkpoint_every
+            or self._clock() - self._cp_time >= self.checkpoint_interval_s
+        )
+
     async def write(self, body: dict[str, Any]) -> None:
         """Append one record; returns when it is durable under the fsync policy."""
-        if self.error is not None:
-            raise AuditUnavailableError(f"call refused: {self.error}")
+        self._refuse_if_failed()
         self._append(body)
         if self.fsync == "always":
-            await self._fsync()
+            await self._sync(self._written_gen)
         elif self.fsync == "group":
             await self._group_commit(self._written_gen)
+        elif self._checkpoint_due():
+            await self._sync(self._written_gen)
 
-    async def _fsync(self) -> None:
+    async def _sync(self, target: int) -> None:
+        seq, mac, segment = self.seq, self._prev, self._segment  # what this sync makes durable
         try:
-            await anyio.to_thread.run_sync(os.fsync, self._fh.fileno())
+            await self._fsync_fd(self._fd)
+            if self._checkpoint_due():
+                self._checkpoint(seq, mac, segment)
+                await self._fsync_fd(self._cp_fd)
         except OSError as exc:
-            self.error = f"audit log fsync failed: {exc.strerror or type(exc).__name__}"
+            self._fail("audit log fsync failed", exc)
             raise AuditUnavailableError(f"call refused: {self.error}") from exc
+        self._synced_gen = max(self._synced_gen, target)
+
+    async def _fsync_fd(self, fd: int) -> None:
+        if self.fsync != "never":
+            # a duplicate, because rotation may close the original while the thread syncs
+            await anyio.to_thread.run_sync(_fsync_owned, os.dup(fd))
 
     async def _group_commit(self, gen: int) -> None:
         while self._synced_gen < gen:
+            if self.error is not None:
+                raise AuditUnavailableError(f"call refused: {self.error}")
             if self._leader:
                 assert self._sync_done is not None
                 await self._sync_done.wait()
@@ -149,19 +325,45 @@ class AuditLog:
             self._sync_done = anyio.Event()
             try:
                 with anyio.CancelScope(shield=True):
+                    # the window gathers company; 0 is classic group commit: records that
+                    # arrive while one fsync runs share the next one
                     await anyio.sleep(self.group_commit_s)
-                    target = self._written_gen
-                    await self._fsync()
-                    self._synced_gen = target
+                    await self._sync(self._written_gen)
             finally:
                 self._leader = False
                 self._sync_done.set()
 
+    def _close_fds(self) -> None:
+        for fd in (self._fd, self._cp_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._cp_fd = -1
+
     def aclose_sync(self) -> None:
-        if not self._fh.closed:
-            with contextlib.suppress(OSError):
-                os.fsync(self._fh.fileno())
-            self._fh.close()
+        if self._fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.fsync(self._fd)
+            if self.error is None and self._cp_seq < self.seq:
+                self._checkpoint(self.seq, self._prev, self._segment)
+                os.fsync(self._cp_fd)
+        self._close_fds()
 
     async def aclose(self) -> None:
         self.aclose_sync()
+
+
+def _fsync_owned(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -10,8 +10,10 @@ Environment variables (all optional):
   MODEL_GATEWAY_CACHE_DIR    discovery cache and tool caches (default $XDG_CACHE_HOME/model-gateway)
   MODEL_GATEWAY_MODELS_DIR   installed model packs (default <cache dir>/models)
   MODEL_GATEWAY_STATE_DIR    audit log and keys (default $XDG_STATE_HOME/model-gateway)
-  MODEL_GATEWAY_AUDIT_KEY    audit HMAC key (hex); otherwise a key file in the state dir
-  MODEL_GATEWAY_AUTH_TOKEN   bearer token required on HTTP transports
+  MODEL_GATEWAY_AUDIT_KEY    audit HMAC key (hex); otherwise a key file
+  MODEL_GATEWAY_AUDIT_KEY_FILE  audit key file (default <state dir>/audit/audit.key, generated on first run)
+  MODEL_GATEWAY_AUTH_TOKEN   bearer token required on HTTP transports (its subject: MODEL_GATEWAY_AUTH_SUBJECT)
+  MODEL_GATEWAY_AUTH_TOKENS_FILE  JSON {"tokens": [{"sha256", "subject"}]}: several tokens, one subject each
   MODEL_GATEWAY_PRIVACY_MODE "1" routes to local adapters only
   MODEL_GATEWAY_LOG_LEVEL    DEBUG | INFO | WARNING | ERROR
 """
@@ -30,6 +32,7 @@ from adapters.base import AdapterContext, AdapterLimits
 from adapters.manifest import MCPManifest, OpenAIManifest
 from server.errors import ConfigError
 from server.manifests import Manifests, load_manifests
+from server.principal import load_tokens_file, token_digest
 
 Transport = Literal["stdio", "sse", "streamable-http"]
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -53,12 +56,18 @@ class Settings:
     metrics_port: int | None = None
     principal: str = "local"
     audit_key: SecretStr | None = None
+    audit_key_file: Path | None = None
+    auth_subjects: Mapping[str, str] = field(default_factory=dict)  # sha256(token) -> principal
     secrets: Mapping[str, SecretStr] = field(default_factory=dict)
     use_discovery_cache: bool = True
 
     @property
     def audit_path(self) -> Path:
         return self.state_dir / "audit" / "audit.jsonl"
+
+    @property
+    def audit_key_path(self) -> Path:
+        return self.audit_key_file or self.state_dir / "audit" / "audit.key"
 
     @property
     def snapshot_path(self) -> Path:
@@ -125,6 +134,17 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _auth_subjects(env: Mapping[str, str], token: SecretStr | None) -> dict[str, str]:
+    subjects = (
+        load_tokens_file(Path(env["MODEL_GATEWAY_AUTH_TOKENS_FILE"]))
+        if env.get("MODEL_GATEWAY_AUTH_TOKENS_FILE")
+        else {}
+    )
+    if token is not None:
+        subjects[token_digest(token.get_secret_value())] = env.get("MODEL_GATEWAY_AUTH_SUBJECT") or "bearer"
+    return subjects
+
+
 def check_bind(host: str, allowed_hosts: tuple[str, ...], auth_token: SecretStr | None) -> None:
     """Binding beyond loopback needs explicit allowed hosts AND a token."""
     if host in LOOPBACK_HOSTS:
@@ -153,8 +173,9 @@ def load_settings(
     env = os.environ if env is None else env
     manifests = load_manifests(user_manifests_dir(manifests_dir, env))
     token = SecretStr(env["MODEL_GATEWAY_AUTH_TOKEN"]) if env.get("MODEL_GATEWAY_AUTH_TOKEN") else None
+    subjects = _auth_subjects(env, token)
     if transport != "stdio":
-        check_bind(host, allowed_hosts, token)
+        check_bind(host, allowed_hosts, token or (SecretStr("tokens-file") if subjects else None))
     secrets = {name: SecretStr(env[name]) for name in _secret_names(manifests) if env.get(name)}
     level = env.get("MODEL_GATEWAY_LOG_LEVEL", "INFO").upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -175,5 +196,7 @@ def load_settings(
         metrics_port=metrics_port,
         principal=env.get("USER") or env.get("LOGNAME") or "local",
         audit_key=SecretStr(env["MODEL_GATEWAY_AUDIT_KEY"]) if env.get("MODEL_GATEWAY_AUDIT_KEY") else None,
+        audit_key_file=Path(env["MODEL_GATEWAY_AUDIT_KEY_FILE"]) if env.get("MODEL_GATEWAY_AUDIT_KEY_FILE") else None,
+        auth_subjects=subjects,
         secrets=secrets,
     )

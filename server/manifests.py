@@ -93,10 +93,41 @@ class RequestLimits(_Strict):
 
 
 class AuditConfig(_Strict):
-    fsync: Literal["always", "group", "never"] = "group"
-    group_commit_ms: float = Field(5.0, ge=0, le=1000)
+    fsync: Literal["always", "group", "never"] = Field(
+        "group",
+        description="'always': fsync per record; 'group': one fsync per group-commit window, shared by the "
+        "records written in it (the call waits for its group); 'never': written, not synced.",
+    )
+    group_commit_ms: float = Field(5.0, ge=0, le=1000, description="Group-commit window in milliseconds.")
     capture_content: bool = Field(False, description="Write raw prompts/texts into audit records (off: hashes only).")
-    max_file_bytes: int = Field(64 * 1024 * 1024, ge=4096)
+    max_file_bytes: int = Field(64 * 1024 * 1024, ge=4096, description="Rotate the active file past this size.")
+    checkpoint_every: int = Field(1000, ge=1, description="Records between signed checkpoints.")
+    checkpoint_interval_s: float = Field(10.0, gt=0, description="Longest time between signed checkpoints.")
+
+
+class RateLimitRule(_Strict):
+    """A token bucket per (principal, tool) matching this rule: `burst` units, refilled at `rate_per_s`."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    principal: str = Field("*", description="Shell glob on the caller's principal.")
+    tool: str = Field("*", description="Shell glob on the tool name.")
+    unit: Literal["calls", "texts", "chars", "max_tokens"] = Field(
+        "calls", description="What one unit is: a call, an input text or document, a character, a requested token."
+    )
+    rate_per_s: float = Field(gt=0, description="Units refilled per second.")
+    burst: float = Field(ge=1, description="Bucket size: the most units spent at once.")
+
+
+class RateLimitConfig(_Strict):
+    rules: list[RateLimitRule] = Field(default_factory=list, description="Every matching rule must have room.")
+    max_buckets: int = Field(10_000, ge=1, description="Buckets kept; the fullest are dropped beyond this.")
+
+    @model_validator(mode="after")
+    def _unique(self) -> RateLimitConfig:
+        ids = [r.id for r in self.rules]
+        if len(ids) != len(set(ids)):
+            raise ValueError("rate limit rule ids must be unique")
+        return self
 
 
 class PerformanceConfig(_Strict):
@@ -108,6 +139,7 @@ class PerformanceConfig(_Strict):
     breaker: BreakerConfig = BreakerConfig()
     limits: RequestLimits = RequestLimits()
     audit: AuditConfig = AuditConfig()
+    rate_limits: RateLimitConfig = RateLimitConfig()
 
 
 class ModelPack(_Strict):

@@ -26,7 +26,8 @@ from adapters.base import Adapter
 from adapters.types import Capability, Usage
 from server.audit import evidence as evidence_of
 from server.errors import GatewayError, InternalError, LimitError, NoRouteError, PolicyDeniedError
-from server.policy import Decision, PolicyRequest
+from server.policy import POLICY_ERROR, Decision, PolicyRequest
+from server.principal import principal_for
 from server.router import Attempt, Candidate
 from server.state import AppState
 from server.telemetry import call_span, end_span_with
@@ -69,6 +70,8 @@ def check_limits(state: AppState, call: Call) -> None:
         raise LimitError(f"max_tokens {call.max_tokens} > limit {lim.max_tokens}")
     if state.in_flight >= state.settings.manifests.performance.concurrency.max_in_flight:
         raise LimitError("gateway busy: too many calls in flight; retry shortly")
+    units = {"texts": call.texts + call.documents, "chars": call.chars, "max_tokens": call.max_tokens}
+    state.limiter.acquire(principal_for(call.principal), call.tool, units)
 
 
 def _policy_request(call: Call, c: Candidate) -> PolicyRequest:
@@ -78,7 +81,7 @@ def _policy_request(call: Call, c: Candidate) -> PolicyRequest:
         model=c.model,
         adapter=c.adapter,
         privacy=c.privacy,
-        principal=call.principal,
+        principal=principal_for(call.principal),
         texts=call.texts,
         chars=call.chars,
         documents=call.documents,
@@ -107,13 +110,35 @@ def plan(state: AppState, call: Call) -> tuple[list[Candidate], list[Attempt], D
     if first_deny is not None:
         c, decision = first_deny
         why = f" ({decision.reason})" if decision.reason else ""
-        raise PolicyDeniedError(f"policy {decision.rule} denies {call.tool} on {c.label}{why}", decision.rule)
+        instead = [decision.hint] if decision.hint else []
+        instead += [f"model {label}" for label in _allowed_elsewhere(state, call, c)]
+        tail = f"; allowed instead: {'; '.join(instead)}" if instead else ""
+        raise PolicyDeniedError(f"policy {decision.rule} denies {call.tool} on {c.label}{why}{tail}", decision.rule)
     reasons = "; ".join(f"{a.adapter}/{a.model}: {a.error}" for a in skipped)
     raise NoRouteError(f"no usable adapter for {call.capability}: {reasons}")
 
 
+def _allowed_elsewhere(state: AppState, call: Call, denied: Candidate, limit: int = 3) -> list[str]:
+    """Models the `models` tool already shows as routable that policy would let this same call use."""
+    found: list[str] = []
+    for name, s in state.discovery.snapshot.adapters.items():
+        for m in s.models:
+            c = Candidate(name, m.name, s.privacy)
+            if call.capability not in m.capabilities or (name, m.name) == (denied.adapter, denied.model):
+                continue
+            if (
+                state.router.skip_reason(call.capability, c) is None
+                and state.policy.evaluate(_policy_request(call, c)).allowed
+            ):
+                found.append(c.label)
+            if len(found) >= limit:
+                return found
+    return found
+
+
 def _audit_base(call: Call) -> dict[str, Any]:
-    return {"call_id": call.call_id, "principal": call.principal, "tool": call.tool, "capability": call.capability}
+    principal = principal_for(call.principal)
+    return {"call_id": call.call_id, "principal": principal, "tool": call.tool, "capability": call.capability}
 
 
 async def _audit(state: AppState, event: str, body: dict[str, Any]) -> None:
@@ -144,13 +169,22 @@ async def _admit(
     except PolicyDeniedError as exc:
         state.metrics.policy_denials.labels(exc.rule).inc()
         deny = {"decision": "deny", "rule": exc.rule, "model": call.model, "request_sha256": _ev(call.request)}
+        deny["outcome"] = "policy_error" if exc.rule == POLICY_ERROR else "denied"
         await _audit(state, "deny", {**_audit_base(call), **deny})
         _finish(state, call, span, "none", "denied", started, exc.code)
         raise
     except GatewayError as exc:
         _finish(state, call, span, "none", "error", started, exc.code)
         raise
-    start = {"decision": "allow", "rule": decision.rule, "model": call.model, "request_sha256": _ev(call.request)}
+    start: dict[str, Any] = {
+        "decision": "allow",
+        "rule": decision.rule,
+        "model": call.model,
+        "request_sha256": _ev(call.request),
+    }
+    start["candidates"] = [c.label for c in candidates]
+    if state.settings.manifests.performance.audit.capture_content:
+        start["request"] = call.request  # opted in by the manifest; still passes the redactor
     await _audit(state, "start", {**_audit_base(call), **start})
     return candidates, skipped, decision
 

@@ -25,6 +25,7 @@ from adapters.types import ChatMessage, ChatRequest, ChatResult, EmbedRequest, E
 from server.errors import GatewayError
 from server.logs import register_set_level
 from server.pipeline import Call, Outcome, run_call
+from server.privacy import register_privacy
 from server.router import Attempt, Candidate
 from server.state import AppState
 
@@ -252,6 +253,7 @@ class StateRef:
 
 def register_tools(server: MCPServer[AppState], ref: StateRef) -> None:
     server.middleware.append(argument_errors)
+    register_privacy(server, ref)
     register_set_level(server)
 
     @server.tool(structured_output=True)

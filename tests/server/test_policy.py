@@ -30,7 +30,7 @@ def test_rules_come_first_and_the_first_match_wins() -> None:
         grants=[{"tool": "*", "adapter": "*", "principal": "*"}],
         default="deny",
     )
-    assert e.evaluate(req(texts=101)) == Decision("deny", "rule:no-big", "split the batch")
+    assert e.evaluate(req(texts=101)) == Decision("deny", "rule:no-big", "split the batch", "at most 100 texts")
     assert e.evaluate(req(adapter="cloud-eu", privacy="remote")).rule == "rule:cloud-ok"
     assert e.evaluate(req()).rule == "grant:0"
 
@@ -45,3 +45,23 @@ def test_remote_adapters_fall_to_default_remote() -> None:
     e = engine()
     assert e.evaluate(req(privacy="remote", adapter="cloud")) == Decision("deny", "default-remote")
     assert e.evaluate(req()) == Decision("allow", "default")
+
+
+def test_a_denial_names_no_size_hint_when_a_smaller_call_would_still_be_denied() -> None:
+    e = engine(rules=[{"id": "big", "effect": "deny", "match": {"chars_over": 5}}], default="deny")
+    assert e.evaluate(req(chars=10)) == Decision("deny", "rule:big", None, None)
+
+
+def test_an_error_inside_evaluation_denies_as_policy_error() -> None:
+    e = engine(rules=[{"id": "p", "effect": "allow", "match": {"principal": ["ali*"]}}])
+    broken = req(principal=None)  # an identity the transport failed to supply
+    d = e.evaluate(broken)
+    assert d.effect == "deny" and d.rule == "policy_error"
+
+
+def test_repeated_rule_ids_are_rejected_when_the_file_loads() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="repeated: a"):
+        PolicyManifest.model_validate({"rules": [{"id": "a", "effect": "allow"}, {"id": "a", "effect": "deny"}]})

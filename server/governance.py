@@ -1,0 +1,38 @@
+"""Builds the governance pieces the lifespan owns: the redactor, the audit sink, the rate limiter."""
+
+from __future__ import annotations
+
+from server.audit import AuditLog, load_or_create_key
+from server.config import Settings
+from server.ratelimit import RateLimiter
+from server.redact import Redactor
+
+
+def redactor_for(settings: Settings) -> Redactor:
+    known = [s.get_secret_value() for s in settings.secrets.values()]
+    for secret in (settings.auth_token, settings.audit_key):
+        if secret is not None:
+            known.append(secret.get_secret_value())
+    return Redactor(known)
+
+
+def open_audit(settings: Settings, redactor: Redactor) -> AuditLog:
+    """The audit sink; a sink that cannot open starts refusing calls rather than stopping the server."""
+    cfg = settings.manifests.performance.audit
+    key = load_or_create_key(
+        settings.audit_key.get_secret_value() if settings.audit_key else None, settings.audit_key_path
+    )
+    return AuditLog(
+        settings.audit_path,
+        key,
+        cfg.fsync,
+        cfg.group_commit_ms,
+        max_file_bytes=cfg.max_file_bytes,
+        checkpoint_every=cfg.checkpoint_every,
+        checkpoint_interval_s=cfg.checkpoint_interval_s,
+        redact=redactor.value,
+    )
+
+
+def limiter_for(settings: Settings) -> RateLimiter:
+    return RateLimiter(settings.manifests.performance.rate_limits)

@@ -1,0 +1,72 @@
+"""Who is calling: the local user on stdio, the authenticated token's subject on HTTP.
+
+The HTTP auth layer (`BearerAuth` in server/app.py) maps the bearer token to a
+subject and leaves it in the ASGI scope; the MCP middleware here lifts it into
+a context variable for the duration of one request, and the pipeline reads it
+through `principal_for()`. Tokens are kept only as sha256 digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from server.errors import ConfigError
+
+SCOPE_KEY = "model_gateway.principal"
+current_principal: ContextVar[str | None] = ContextVar("model_gateway_principal", default=None)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 (hex) of the bearer token.")
+    subject: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9@._:-]+$")
+
+
+class TokensFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tokens: list[TokenEntry] = Field(min_length=1)
+
+
+def load_tokens_file(path: Path) -> dict[str, str]:
+    """sha256(token) -> subject, from a JSON file `{"tokens": [{"sha256": ..., "subject": ...}]}`."""
+    try:
+        parsed = TokensFile.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the auth tokens file ({exc.strerror})") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        raise ConfigError(f"{path}: {field}: {err['msg']}") from exc
+    return {t.sha256: t.subject for t in parsed.tokens}
+
+
+def principal_for(default: str) -> str:
+    """The authenticated subject of the request being served, else `default` (the local user)."""
+    return current_principal.get() or default
+
+
+async def principal_middleware(ctx: Any, call_next: Any) -> Any:
+    """MCP middleware: expose the subject the HTTP auth layer found to everything this request runs."""
+    request = getattr(ctx, "request", None)
+    scope: Mapping[str, Any] | None = getattr(request, "scope", None)
+    subject = scope.get(SCOPE_KEY) if scope is not None else None
+    if not isinstance(subject, str):
+        return await call_next(ctx)
+    token = current_principal.set(subject)
+    try:
+        return await call_next(ctx)
+    finally:
+        current_principal.reset(token)

@@ -1,0 +1,103 @@
+"""Keeps secrets out of audit records and logs.
+
+Known secret values (API keys named by manifests, bearer tokens, the audit key)
+are replaced wherever they appear; so are strings shaped like credentials
+(`sk-...`, `Bearer ...`, `api_key=...`), whose values the gateway never knows.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+MASK = "[redacted]"
+_SHAPES = (
+    re.compile(r"\b(?:sk|pk|rk|ghp|gho|xox[abp])[-_][A-Za-z0-9_-]{8,}"),
+    re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(
+        r"(?i)\b(api[_-]?key|access[_-]?token|token|secret|password|authorization)([\"']?\s*[=:]\s*[\"']?)[^\s\"',;&]{6,}"
+    ),
+)
+
+
+class Redactor:
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # longest first, so a secret that contains another is masked whole
+        self._secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
+
+    def text(self, value: str) -> str:
+        for secret in self._secrets:
+            if secret in value:
+                value = value.replace(secret, MASK)
+        for shape in _SHAPES:
+            value = shape.sub(_mask_match, value)
+        return value
+
+    def value(self, value: Any) -> Any:
+        """A copy of a JSON-like value with every string redacted."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {k: self.value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.value(v) for v in value]
+        return value
+
+
+def _mask_match(m: re.Match[str]) -> str:
+    if m.lastindex == 2:  # key=value: keep the key, so the log still says what was there
+        return f"{m.group(1)}{m.group(2)}{MASK}"
+    return MASK
+
+
+class RedactingFilter(logging.Filter):
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = self.redactor.text(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            text = self.redactor.text(str(exc))
+            if text != str(exc):
+                record.exc_info, record.exc_text = None, None
+                record.msg = f"{record.msg} ({type(exc).__name__}: {text})"
+        return True
+
+
+@contextmanager
+def redacted_logs(redactor: Redactor) -> Iterator[None]:
+    """While the gateway runs, every handler on the root logger drops secrets from what it writes."""
+    handlers = list(logging.getLogger().handlers)
+    filt = RedactingFilter(redactor)
+    for h in handlers:
+        h.addFilter(filt)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(filt)
+
+
+async def redact_tool_errors(ctx: Any, call_next: Any) -> Any:
+    """MCP middleware: the text of an error result passes the lifespan's redactor before it leaves."""
+    result = await call_next(ctx)
+    redactor = getattr(getattr(ctx, "lifespan_context", None), "redactor", None)
+    if ctx.method != "tools/call" or not isinstance(redactor, Redactor):
+        return result
+    if isinstance(result, dict) and result.get("isError"):
+        return redactor.value(result)
+    is_error = getattr(result, "is_error", False)
+    content = getattr(result, "content", None)
+    if is_error and content:
+        for block in content:
+            if isinstance(getattr(block, "text", None), str):
+                block.text = redactor.text(block.text)
+    return result

@@ -1,0 +1,149 @@
+"""The audit sink: records, durability modes, rotation, restarts, fail-closed, content capture."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client
+
+from server.audit import AuditLog, checkpoints_path, segment_files
+from server.audit_verify import verify
+from server.errors import AuditUnavailableError
+from tests.support.fakes import FakeAdapter
+from tests.support.gateway import fake_server
+
+pytestmark = pytest.mark.anyio
+KEY = b"k" * 32
+ROUTES = {"routes": {"embed": ["a/m"], "chat": ["a"], "rerank": ["a"]}}
+
+
+def records(path: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for _, p in segment_files(path) if p.exists() for x in p.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode", ["always", "group", "never"])
+async def test_every_fsync_mode_writes_a_chain_that_verifies(tmp_path: Path, mode: str) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl", KEY, mode, 1.0)  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        for i in range(50):
+            tg.start_soon(log.write, {"event": "start", "call_id": str(i)})
+    await log.aclose()
+    assert [r["seq"] for r in records(log.path)] == list(range(1, 51))
+    report = verify(log.path, KEY)
+    assert report.ok and report.records == 50 and report.checkpoints >= 1
+
+
+async def test_group_commit_shares_one_fsync_among_concurrent_writers(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl", KEY, "group", 20.0)
+    synced: list[int] = []
+    original = log._fsync_fd
+
+    async def counting(fd: int) -> None:
+        synced.append(fd)
+        await original(fd)
+
+    log._fsync_fd = counting  # type: ignore[method-assign]
+    log_fd = log._fd
+    async with anyio.create_task_group() as tg:
+        for i in range(40):
+            tg.start_soon(log.write, {"event": "start", "call_id": str(i)})
+    log_syncs = [fd for fd in synced if fd == log_fd]
+    await log.aclose()
+    assert 1 <= len(log_syncs) < 40  # every writer waited for a group's fsync; far fewer fsyncs than records
+
+
+async def test_the_chain_continues_across_restarts_and_rotations(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    for run in range(3):
+        log = AuditLog(path, KEY, "never", max_file_bytes=4096)
+        for i in range(30):
+            await log.write({"event": "start", "call_id": f"{run}-{i}"})
+        await log.aclose()
+    assert len(segment_files(path)) > 3
+    report = verify(path, KEY)
+    assert report.ok, report.damage
+    assert report.records == 90
+
+
+async def test_a_torn_tail_left_by_a_crash_is_cut_and_recorded_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, KEY, "never")
+    await log.write({"event": "start"})
+    await log.aclose()
+    with path.open("ab") as fh:
+        fh.write(b'{"seq":2,"ev')
+    log = AuditLog(path, KEY, "never")
+    await log.write({"event": "start"})
+    await log.aclose()
+    events = [r["event"] for r in records(path)]
+    assert events == ["start", "recover", "start"]
+    assert records(path)[1]["torn_bytes"] == len(b'{"seq":2,"ev')
+    assert verify(path, KEY).ok
+
+
+async def test_a_full_disk_refuses_calls_and_health_names_the_reason(tmp_path: Path) -> None:
+    adapters = {"a": FakeAdapter("a")}
+    server, _ = fake_server(tmp_path, adapters, routes=ROUTES)
+    audit_dir = tmp_path / ".local" / "state" / "model-gateway" / "audit"
+    audit_dir.mkdir(parents=True)
+    os.symlink("/dev/full", audit_dir / "audit.jsonl")  # every write fails with ENOSPC, as on a full disk
+    async with Client(server) as c:
+        refused = await c.call_tool("embed", {"input": ["x"]})
+        health = json.loads((await c.read_resource("gateway://health")).contents[0].text)
+    assert refused.is_error and "audit log not writable: No space left on device" in refused.content[0].text
+    assert adapters["a"].calls == []  # nothing is served unaudited
+    assert health["audit"]["ok"] is False and "No space left" in health["audit"]["error"]
+    assert health["status"] == "degraded"
+
+
+async def test_an_audit_sink_that_cannot_open_refuses_calls_instead_of_crashing(tmp_path: Path) -> None:
+    (tmp_path / "audit.jsonl").mkdir()  # a directory where the log should be: open() fails even for root
+    log = AuditLog(tmp_path / "audit.jsonl", KEY, "group")
+    assert not log.healthy and "cannot be opened" in (log.error or "")
+    with pytest.raises(AuditUnavailableError, match="call refused"):
+        await log.write({"event": "start"})
+
+
+async def test_a_sink_that_can_write_again_serves_again(tmp_path: Path) -> None:
+    now = [0.0]
+    (tmp_path / "audit.jsonl").mkdir()
+    log = AuditLog(tmp_path / "audit.jsonl", KEY, "never", clock=lambda: now[0])
+    with pytest.raises(AuditUnavailableError):
+        await log.write({"event": "start"})
+    (tmp_path / "audit.jsonl").rmdir()
+    with pytest.raises(AuditUnavailableError):
+        await log.write({"event": "start"})  # not retried before the back-off has passed
+    now[0] = 60.0
+    await log.write({"event": "start"})
+    await log.aclose()
+    assert log.healthy and verify(tmp_path / "audit.jsonl", KEY).ok
+
+
+async def test_records_hold_hashes_unless_the_manifest_opts_in_to_content(tmp_path: Path) -> None:
+    for capture in (False, True):
+        root = tmp_path / str(capture)
+        perf = {"audit": {"capture_content": capture}}
+        server, ref = fake_server(root, {"a": FakeAdapter("a")}, routes=ROUTES, performance=perf)
+        async with Client(server) as c:
+            await c.call_tool("embed", {"input": ["plain words here"]})
+            path = ref.get().audit.path
+        text = path.read_text()
+        assert ("plain words here" in text) is capture
+        start = records(path)[0]
+        assert start["request_sha256"] and start["candidates"] == ["a/m"]
+
+
+async def test_finish_records_carry_adapter_model_outcome_latency_and_evidence(tmp_path: Path) -> None:
+    server, ref = fake_server(tmp_path, {"a": FakeAdapter("a")}, routes=ROUTES)
+    async with Client(server) as c:
+        await c.call_tool("chat", {"messages": [{"role": "user", "content": "hi there"}]})
+        path = ref.get().audit.path
+    start, finish = records(path)
+    assert start["event"] == "start" and start["rule"] == "default" and start["decision"] == "allow"
+    assert finish["adapter"] == "a" and finish["model"] == "m" and finish["outcome"] == "ok"
+    assert isinstance(finish["latency_ms"], float) and len(str(finish["response_sha256"])) == 64
+    assert finish["principal"] == start["principal"] and checkpoints_path(path).exists()
