@@ -152,7 +152,7 @@ class AuditLog:
         path: Path,
         key: bytes,
         fsync: FsyncMode = "group",
-        group_commit_ms: float = 5.0,
+        group_commit_ms: float = 0.0,
         *,
         max_file_bytes: int = 64 * 1024 * 1024,
         checkpoint_every: int = 1000,
@@ -285,10 +285,16 @@ class AuditLog:
             or self._clock() - self._cp_time >= self.checkpoint_interval_s
         )
 
-    async def write(self, body: dict[str, Any]) -> None:
-        """Append one record; returns when it is durable under the fsync policy."""
+    async def write(self, body: dict[str, Any], durable: bool = True) -> None:
+        """Append one record; with `durable`, return once it (and all before it) is on disk under the fsync policy.
+
+        `durable=False` appends in order and leaves the fsync to the next durable write: a call's start
+        record becomes durable together with its finish record, before the result is returned.
+        """
         self._refuse_if_failed()
         self._append(body)
+        if not durable:
+            return
         if self.fsync == "always":
             await self._sync(self._written_gen)
         elif self.fsync == "group":

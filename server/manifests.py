@@ -98,7 +98,12 @@ class AuditConfig(_Strict):
         description="'always': fsync per record; 'group': one fsync per group-commit window, shared by the "
         "records written in it (the call waits for its group); 'never': written, not synced.",
     )
-    group_commit_ms: float = Field(5.0, ge=0, le=1000, description="Group-commit window in milliseconds.")
+    group_commit_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="Extra wait before each group fsync; 0: records arriving during one fsync share the next.",
+    )
     capture_content: bool = Field(False, description="Write raw prompts/texts into audit records (off: hashes only).")
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=4096, description="Rotate the active file past this size.")
     checkpoint_every: int = Field(1000, ge=1, description="Records between signed checkpoints.")

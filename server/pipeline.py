@@ -142,7 +142,8 @@ def _audit_base(call: Call) -> dict[str, Any]:
 
 
 async def _audit(state: AppState, event: str, body: dict[str, Any]) -> None:
-    await state.audit.write({"event": event, **body})
+    # a start record is made durable with its call's finish record, before the result is returned
+    await state.audit.write({"event": event, **body}, durable=event != "start")
     state.metrics.audit_records.labels(event).inc()
 
 
