@@ -29,13 +29,14 @@ from server.batching import EmbedCoalescer
 from server.config import Settings
 from server.discovery import Discovery
 from server.governance import limiter_for, open_audit, redactor_for
+from server.health import StateRef, health_report
 from server.policy import PolicyEngine
 from server.principal import SCOPE_KEY, principal_middleware, token_digest
 from server.redact import redact_tool_errors, redacted_logs
 from server.router import Breaker, Router
 from server.state import AppState
 from server.telemetry import CONTENT_TYPE, Metrics
-from server.tools import StateRef, health_report, register_tools
+from server.tools import register_tools
 
 log = logging.getLogger("model_gateway")
 

@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 
 from server.app import build_server, gateway_state, ops_routes
 from server.config import Settings
-from server.tools import StateRef
+from server.health import StateRef
 
 
 async def serve_stdio(settings: Settings) -> None:

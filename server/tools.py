@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import sys
 from array import array
 from typing import Annotated, Any, Literal
@@ -18,22 +17,25 @@ from typing import Annotated, Any, Literal
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from adapters.base import Adapter
+from adapters.errors import UpstreamProtocolError
 from adapters.types import ChatMessage, ChatRequest, ChatResult, EmbedRequest, EmbedResult, RerankRequest, RerankResult
 from server.errors import GatewayError
+from server.health import StateRef, health_report, models_listing
 from server.logs import register_set_level
+from server.middleware import argument_errors
 from server.pipeline import Call, Outcome, run_call
 from server.privacy import register_privacy
 from server.router import Attempt, Candidate
+from server.schemas import ChatOutput, EmbedOutput, MessageIn, ModelsOutput, RerankOutput
 from server.state import AppState
 
 MAX_TEXTS = 2048
 MAX_TEXT_CHARS = 32768
 MAX_DOCUMENTS = 1000
 MAX_MESSAGES = 256
-MAX_MESSAGE_CHARS = 200_000
 ModelName = Annotated[
     str | None,
     Field(
@@ -44,95 +46,9 @@ ModelName = Annotated[
 ]
 
 
-class UsageOut(BaseModel):
-    input_tokens: int
-    output_tokens: int = 0
-
-
-class AttemptOut(BaseModel):
-    adapter: str
-    model: str
-    outcome: Literal["ok", "failed", "rejected", "skipped"]
-    latency_ms: float
-    error: str | None = None
-
-
-class EmbedOutput(BaseModel):
-    model: str
-    adapter: str
-    dimensions: int
-    count: int
-    embeddings: list[Any] | None = Field(
-        None, description="One array of floats per input, in input order (encoding 'float')."
-    )
-    embeddings_b64: str | None = Field(
-        None, description="count x dimensions little-endian float32, row-major, base64 (encoding 'base64')."
-    )
-    truncated: int = Field(0, description="Inputs cut at the model's maximum input length.")
-    usage: UsageOut
-    route: list[AttemptOut]
-
-
-class RerankItem(BaseModel):
-    index: int
-    relevance_score: float
-    document: str | None = None
-
-
-class RerankOutput(BaseModel):
-    model: str
-    adapter: str
-    method: str = Field(description="How scores were made: cross-encoder, bi-encoder-cosine or upstream.")
-    results: list[RerankItem]
-    usage: UsageOut
-    route: list[AttemptOut]
-
-
-class MessageIn(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=MAX_MESSAGE_CHARS)
-
-
-class MessageOut(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class TimingsOut(BaseModel):
-    total_ms: float
-    time_to_first_token_ms: float | None = None
-    tokens_per_second: float | None = None
-
-
-class ChatOutput(BaseModel):
-    model: str
-    adapter: str
-    message: MessageOut
-    finish_reason: str
-    usage: UsageOut
-    timings: TimingsOut
-    route: list[AttemptOut]
-
-
-class ModelEntry(BaseModel):
-    name: str = Field(description="Routable name: 'adapter/model'.")
-    adapter: str
-    model: str
-    capabilities: list[str]
-    privacy: Literal["local", "remote"]
-    status: Literal["up", "down", "unknown"]
-    routable: bool = Field(description="False when privacy mode or a breaker excludes it now.")
-
-
-class ModelsOutput(BaseModel):
-    models: list[ModelEntry]
-    aliases: dict[str, list[str]]
-    privacy_mode: bool
-
-
-def _route(attempts: list[Attempt]) -> list[AttemptOut]:
+def _route(attempts: list[Attempt]) -> list[dict[str, Any]]:
     return [
-        AttemptOut(adapter=a.adapter, model=a.model, outcome=a.outcome, latency_ms=a.latency_ms, error=a.error)
+        {"adapter": a.adapter, "model": a.model, "outcome": a.outcome, "latency_ms": a.latency_ms, "error": a.error}
         for a in attempts
     ]
 
@@ -190,67 +106,6 @@ def _vectors_payload(result: EmbedResult, encoding: str) -> dict[str, Any]:
     return {"embeddings": [v if isinstance(v, list) else list(v) for v in result.vectors], "embeddings_b64": None}
 
 
-_PYDANTIC_ERROR = re.compile(r"^Error executing tool (\w+): \d+ validation errors? for \w+$")
-_UNION_ARM = re.compile(r"\.(constrained-str|list\[constrained-str\]|str|list\[str\])")
-_WRONG_ARM = {"string_type", "list_type"}
-
-
-def clean_argument_error(text: str) -> str | None:
-    """Pydantic's multi-line report -> one line naming each field and limit, without echoing input."""
-    lines = text.splitlines()
-    head = _PYDANTIC_ERROR.match(lines[0]) if lines else None
-    if head is None:
-        return None
-    problems: dict[str, list[tuple[str, str]]] = {}
-    field = "(arguments)"
-    for line in lines[1:]:
-        if not line.startswith(" "):
-            field = _UNION_ARM.sub("", line.strip())
-        elif not line.startswith("    "):
-            message, _, rest = line.strip().partition(" [type=")
-            problems.setdefault(field, []).append((message, rest.split(",")[0]))
-    parts = []
-    for name, found in problems.items():
-        specific = [m for m, kind in found if kind not in _WRONG_ARM] or [m for m, _ in found[:1]]
-        if len(found) > 1 and len(specific) == len(found):
-            specific = specific[:1]
-        parts += [f"{name}: {m}" for m in specific]
-    return f"invalid arguments for {head.group(1)}: " + "; ".join(parts[:5])
-
-
-def _error_text(result: Any) -> str | None:
-    if isinstance(result, CallToolResult):
-        first = result.content[0] if result.is_error and result.content else None
-        return first.text if isinstance(first, TextContent) else None
-    if isinstance(result, dict) and result.get("isError") and result.get("content"):
-        first = result["content"][0]
-        return first.get("text") if isinstance(first, dict) else None
-    return None
-
-
-async def argument_errors(ctx: Any, call_next: Any) -> Any:
-    """Middleware: rewrite argument-validation failures of tools/call into clear one-line tool errors."""
-    result = await call_next(ctx)
-    if ctx.method != "tools/call":
-        return result
-    text = _error_text(result)
-    cleaned = clean_argument_error(text) if text else None
-    if cleaned is None:
-        return result
-    return CallToolResult(content=[TextContent(type="text", text=cleaned)], is_error=True)
-
-
-class StateRef:
-    """Where static resources (which get no Context) find the lifespan's AppState."""
-
-    state: AppState | None = None
-
-    def get(self) -> AppState:
-        if self.state is None:
-            raise ToolError("gateway is starting")
-        return self.state
-
-
 def register_tools(server: MCPServer[AppState], ref: StateRef) -> None:
     server.middleware.append(argument_errors)
     register_privacy(server, ref)
@@ -298,8 +153,6 @@ def register_tools(server: MCPServer[AppState], ref: StateRef) -> None:
             req = EmbedRequest(model=c.model, texts=texts, dimensions=dimensions, progress=progress)
             result = await state.coalescer.embed(adapter, req, adapter.embed)
             if len(result.vectors) != len(texts):
-                from adapters.errors import UpstreamProtocolError
-
                 raise UpstreamProtocolError(f"{c.label} returned {len(result.vectors)} vectors for {len(texts)} texts")
             return result
 
@@ -320,7 +173,7 @@ def register_tools(server: MCPServer[AppState], ref: StateRef) -> None:
                 **_vectors_payload(r, encoding),
                 "truncated": r.truncated,
                 "usage": {"input_tokens": r.usage.input_tokens, "output_tokens": 0},
-                "route": [a.model_dump() for a in _route(out.attempts)],
+                "route": _route(out.attempts),
             }
         )
 
@@ -380,7 +233,7 @@ def register_tools(server: MCPServer[AppState], ref: StateRef) -> None:
                 "method": r.method,
                 "results": items,
                 "usage": {"input_tokens": r.usage.input_tokens, "output_tokens": 0},
-                "route": [a.model_dump() for a in _route(out.attempts)],
+                "route": _route(out.attempts),
             }
         )
 
@@ -450,7 +303,7 @@ def register_tools(server: MCPServer[AppState], ref: StateRef) -> None:
                     "time_to_first_token_ms": t.time_to_first_token_ms,
                     "tokens_per_second": t.tokens_per_second,
                 },
-                "route": [a.model_dump() for a in _route(out.attempts)],
+                "route": _route(out.attempts),
             }
         )
 
@@ -463,65 +316,3 @@ def register_tools(server: MCPServer[AppState], ref: StateRef) -> None:
     async def health() -> str:
         """Per-adapter status, last probe, latency, error, breaker state and snapshot age."""
         return json.dumps(health_report(ref.get()), separators=(",", ":"))
-
-
-def models_listing(state: AppState) -> ModelsOutput:
-    entries = []
-    for name, s in state.discovery.snapshot.adapters.items():
-        for m in s.models:
-            reason = None
-            for cap in sorted(m.capabilities):
-                reason = state.router.skip_reason(cap, Candidate(name, m.name, s.privacy))
-                if reason is None:
-                    break
-            entries.append(
-                ModelEntry(
-                    name=f"{name}/{m.name}",
-                    adapter=name,
-                    model=m.name,
-                    capabilities=sorted(m.capabilities),
-                    privacy=s.privacy,
-                    status=s.status,
-                    routable=reason is None,
-                )
-            )
-    return ModelsOutput(models=entries, aliases=dict(state.router.routes.aliases), privacy_mode=state.privacy_mode)
-
-
-def health_report(state: AppState) -> dict[str, Any]:
-    snap = state.discovery.snapshot
-    adapters = {}
-    for name, s in snap.adapters.items():
-        breaker = state.router.breakers.get(name)
-        adapters[name] = {
-            "kind": s.kind,
-            "privacy": s.privacy,
-            "status": s.status,
-            "latency_ms": s.latency_ms,
-            "error": s.error,
-            "last_probe": s.probed_at,
-            "version": s.version,
-            "breaker": breaker.state if breaker else None,
-            "details": dict(s.details),
-            "capabilities": sorted(s.capabilities),
-            "models": [m.name for m in s.models],
-        }
-    serving = {cap: _can_serve(state, cap) for cap in ("chat", "embed", "rerank")}
-    return {
-        "status": "ok" if all(serving.values()) and state.audit.healthy else "degraded",
-        "capabilities": serving,
-        "snapshot": {"source": snap.source, "age_s": round(snap.age_s(), 3) if snap.created_at else None},
-        "privacy_mode": state.privacy_mode,
-        "audit": {"ok": state.audit.healthy, "error": state.audit.error, "records": state.audit.records},
-        "in_flight": state.in_flight,
-        "adapters": adapters,
-    }
-
-
-def _can_serve(state: AppState, capability: Any) -> bool:
-    try:
-        candidates = state.router.resolve(capability, None)
-    except GatewayError:
-        return False
-    usable, _ = state.router.usable(capability, candidates)
-    return bool(usable)

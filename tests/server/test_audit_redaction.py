@@ -11,8 +11,8 @@ from mcp import Client
 
 from server.app import build_server
 from server.config import load_settings
+from server.health import StateRef
 from server.redact import Redactor
-from server.tools import StateRef
 from tests.support.fake_ollama import FakeOllama, Fault
 from tests.support.gateway import write_manifests
 from tests.support.processes import free_port

@@ -10,7 +10,7 @@ from typing import Any
 from adapters.base import Adapter
 from server.app import build_server
 from server.config import Settings, load_settings
-from server.tools import StateRef
+from server.health import StateRef
 
 
 def write_manifests(
