@@ -1,0 +1,125 @@
+"""A stub adapter with canned answers, and a gateway process that serves it.
+
+The stub isolates what the gateway itself costs per call (validation, routing,
+policy, audit, metrics, result shaping): its embed/chat/rerank return at once.
+
+As a process: ``python -m benchmarks.stub [--transport stdio|streamable-http] [--port N]``
+(HOME decides where the audit log and caches go, as for the real `serve`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from adapters.base import AdapterInfo, ModelInfo, ProbeResult
+from adapters.types import (
+    ChatRequest,
+    ChatResult,
+    ChatTimings,
+    EmbedRequest,
+    EmbedResult,
+    RerankRequest,
+    RerankResult,
+    Usage,
+    rank,
+)
+
+MODEL = "m"
+CANNED_VECTOR = (0.5, -0.5, 0.5, -0.5, 0.5, -0.5, 0.5, -0.5)  # 8-d, unit length
+ROUTES = {"routes": {"embed": [f"stub/{MODEL}"], "rerank": [f"stub/{MODEL}"], "chat": [f"stub/{MODEL}"]}}
+
+
+class StubAdapter:
+    """Answers every call at once with a canned result; counts calls."""
+
+    def __init__(self, name: str = "stub") -> None:
+        model = ModelInfo(MODEL, frozenset({"embed", "rerank", "chat"}), dimensions=len(CANNED_VECTOR))
+        self.info = AdapterInfo(name, "stub", "local", model.capabilities, (model,))
+        self.calls = 0
+
+    async def probe(self) -> ProbeResult:
+        return ProbeResult(ok=True, models=self.info.models)
+
+    async def embed(self, req: EmbedRequest) -> EmbedResult:
+        self.calls += 1
+        return EmbedResult(req.model, [list(CANNED_VECTOR)] * len(req.texts), Usage(input_tokens=len(req.texts)))
+
+    async def rerank(self, req: RerankRequest) -> RerankResult:
+        self.calls += 1
+        return RerankResult(req.model, rank([0.0] * len(req.documents), req.top_n), "upstream", Usage(1))
+
+    async def chat(self, req: ChatRequest) -> ChatResult:
+        self.calls += 1
+        return ChatResult(req.model, "ok", "stop", Usage(1, 1), ChatTimings(0.0))
+
+    async def aclose(self) -> None:
+        return None
+
+
+def stub_manifests(root: Path, audit_fsync: str | None = None) -> Path:
+    """A user manifests dir: shipped MLX switched off, every capability routed to the stub."""
+    from tests.support.gateway import write_manifests
+
+    return write_manifests(root, routes=ROUTES, performance=performance(audit_fsync))
+
+
+def performance(audit_fsync: str | None) -> dict[str, object] | None:
+    """The shipped performance config, with the audit fsync policy replaced when asked."""
+    if audit_fsync is None:
+        return None
+    import json
+
+    from tests.support.processes import ROOT
+
+    shipped = json.loads((ROOT / "manifests" / "performance-config.json").read_text())
+    shipped["audit"]["fsync"] = audit_fsync
+    return dict(shipped)
+
+
+def _settings(transport: str, port: int, manifests: Path) -> object:
+    from server.config import load_settings
+
+    return load_settings(manifests_dir=manifests, transport=transport, port=port)  # type: ignore[arg-type]
+
+
+async def _serve(transport: str, port: int, manifests: Path) -> None:
+    from server.app import build_server, http_app
+    from server.config import Settings
+    from server.health import StateRef
+
+    settings = _settings(transport, port, manifests)
+    assert isinstance(settings, Settings)
+    server = build_server(settings, StateRef(), {"stub": StubAdapter()})
+    if transport == "stdio":
+        await server.run_stdio_async()
+        return
+    import uvicorn
+
+    config = uvicorn.Config(http_app(settings, server), host="127.0.0.1", port=port, log_level="warning")
+    await uvicorn.Server(config).serve()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The gateway over a stub adapter with canned answers.")
+    parser.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--manifests", type=Path, help="default: a fresh temp dir routing to the stub")
+    parser.add_argument("--audit-fsync", choices=["always", "group", "never"], help="override the shipped policy")
+    args = parser.parse_args(argv)
+    import anyio
+
+    os.environ.setdefault("MODEL_GATEWAY_LOG_LEVEL", "WARNING")
+    with tempfile.TemporaryDirectory(prefix="stub-manifests-") as tmp:
+        manifests = args.manifests or stub_manifests(Path(tmp), args.audit_fsync)
+        try:
+            anyio.run(_serve, args.transport, args.port, manifests)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
