@@ -65,7 +65,11 @@ def evidence(value: Any) -> str:
 
 
 def record_mac(key: bytes, prev: str, body: Mapping[str, Any]) -> str:
-    return hmac.new(key, prev.encode() + b"\n" + canonical(body), hashlib.sha256).hexdigest()
+    return _mac(key, prev, canonical(body))
+
+
+def _mac(key: bytes, prev: str, canonical_body: bytes) -> str:
+    return hmac.new(key, prev.encode() + b"\n" + canonical_body, hashlib.sha256).hexdigest()
 
 
 def checkpoint_mac(key: bytes, prev: str, body: Mapping[str, Any]) -> str:
@@ -158,6 +162,7 @@ class AuditLog:
         checkpoint_every: int = 1000,
         checkpoint_interval_s: float = 10.0,
         redact: Callable[[Any], Any] | None = None,
+        needs_redaction: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
@@ -168,6 +173,8 @@ class AuditLog:
         self.checkpoint_every = checkpoint_every
         self.checkpoint_interval_s = checkpoint_interval_s
         self._redact = redact or (lambda v: v)
+        # a whole-record scan decides whether the (slower) per-string redaction is needed at all
+        self._needs_redaction = needs_redaction or (lambda _: redact is not None)
         self._clock = clock
         self.error: str | None = None
         self._error_at = 0.0
@@ -230,9 +237,14 @@ class AuditLog:
 
     def _line(self, body: dict[str, Any]) -> tuple[bytes, int, str]:
         seq = self.seq + 1
-        record = {"seq": seq, "ts": round(time.time(), 6), **self._redact(body)}
-        mac = record_mac(self._key, self._prev, record)
-        return canonical({**record, "prev": self._prev, "mac": mac}) + b"\n", seq, mac
+        head = {"seq": seq, "ts": round(time.time(), 6)}
+        raw = canonical({**head, **body})
+        if self._needs_redaction(raw.decode()):
+            raw = canonical({**head, **self._redact(body)})
+        mac = _mac(self._key, self._prev, raw)
+        # the MAC covers the canonical record; `prev` and `mac` ride along (verifiers re-canonicalise)
+        tail = f',"prev":"{self._prev}","mac":"{mac}"}}\n'.encode()
+        return raw[:-1] + tail, seq, mac
 
     def _append(self, body: dict[str, Any]) -> None:
         line, seq, mac = self._line(body)

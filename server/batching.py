@@ -1,8 +1,8 @@
 """Coalesces concurrent embed calls per (adapter, model, dimensions).
 
-Continuous batching: a call that finds its key idle is sent at once (no added
-latency at low load); calls that arrive while a batch is upstream queue up and
-leave together as the next batch, bounded by a text count and an estimated
+Continuous batching: a call that finds its key idle is sent at once, in its own
+task (no added latency at low load); calls that arrive while a batch is
+upstream queue up and leave together as the next batch, bounded by a text count and an estimated
 token budget. One drain task per busy key runs in the coalescer's task group,
 so a caller that gives up (deadline, cancellation) never cancels the batch its
 neighbours are waiting on.
@@ -45,7 +45,7 @@ class EmbedCoalescer:
         self.deadline_s = deadline_s
         self._on_batch = on_batch
         self._queues: dict[Key, deque[_Pending]] = {}
-        self._adapters: dict[Key, Adapter] = {}
+        self._busy: set[Key] = set()  # keys with upstream work in flight (a lone call or a drain task)
         self._tg: TaskGroup | None = None
         self.batches = 0
 
@@ -70,12 +70,25 @@ class EmbedCoalescer:
         if self._tg is None or not self.config.coalesce or len(req.texts) >= self.config.max_batch_texts:
             return await call(req)
         key: Key = (adapter.info.name, req.model, req.dimensions)
+        if key not in self._busy and self.config.max_wait_ms == 0:
+            # idle key: go at once, in the caller's own task; whoever arrives meanwhile queues
+            self._busy.add(key)
+            try:
+                result = await call(req)
+            finally:
+                self._release(key, call)
+            self._observe(key[0], 1, len(req.texts))
+            return result
+        return await self._queued(key, req, call)
+
+    async def _queued(
+        self, key: Key, req: EmbedRequest, call: Callable[[EmbedRequest], Awaitable[EmbedResult]]
+    ) -> EmbedResult:
         pending = _Pending(req.texts)
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = deque()
-            self._tg.start_soon(self._drain, key, queue, call)
-        queue.append(pending)
+        self._queues.setdefault(key, deque()).append(pending)
+        if key not in self._busy:
+            self._busy.add(key)
+            self._start_drain(key, call)
         try:
             await pending.done.wait()
         except BaseException:
@@ -85,6 +98,22 @@ class EmbedCoalescer:
             raise pending.error
         assert pending.result is not None
         return pending.result
+
+    def _release(self, key: Key, call: Callable[[EmbedRequest], Awaitable[EmbedResult]]) -> None:
+        """A lone call finished: hand the calls that queued behind it to a drain task, or free the key."""
+        if self._queues.get(key):
+            self._start_drain(key, call)
+        else:
+            self._busy.discard(key)
+
+    def _start_drain(self, key: Key, call: Callable[[EmbedRequest], Awaitable[EmbedResult]]) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(self._drain, key, self._queues[key], call)
+
+    def _observe(self, adapter: str, calls: int, texts: int) -> None:
+        self.batches += 1
+        if self._on_batch is not None:
+            self._on_batch(adapter, calls, texts)
 
     def _take(self, queue: deque[_Pending]) -> list[_Pending]:
         batch: list[_Pending] = []
@@ -114,6 +143,7 @@ class EmbedCoalescer:
                 if batch:
                     await self._run_batch(key, batch, call)
         finally:
+            self._busy.discard(key)
             if self._queues.get(key) is queue:
                 del self._queues[key]
             for p in queue:  # only reached on shutdown
@@ -125,9 +155,7 @@ class EmbedCoalescer:
     ) -> None:
         texts = tuple(t for p in batch for t in p.texts)
         merged = EmbedRequest(model=key[1], texts=texts, dimensions=key[2])
-        self.batches += 1
-        if self._on_batch is not None:
-            self._on_batch(key[0], len(batch), len(texts))
+        self._observe(key[0], len(batch), len(texts))
         try:
             with anyio.fail_after(self.deadline_s):
                 result = await call(merged)

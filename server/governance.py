@@ -31,6 +31,7 @@ def open_audit(settings: Settings, redactor: Redactor) -> AuditLog:
         checkpoint_every=cfg.checkpoint_every,
         checkpoint_interval_s=cfg.checkpoint_interval_s,
         redact=redactor.value,
+        needs_redaction=redactor.found_in,
     )
 
 

@@ -22,6 +22,13 @@ _SHAPES = (
     ),
 )
 
+# one pass for the common "nothing to mask" answer; (?i) is scoped per branch
+_ANY_SHAPE = re.compile(
+    "|".join(
+        f"(?{'i' if shape.flags & re.IGNORECASE else ''}:{shape.pattern.removeprefix('(?i)')})" for shape in _SHAPES
+    )
+)
+
 
 class Redactor:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
@@ -35,6 +42,10 @@ class Redactor:
         for shape in _SHAPES:
             value = shape.sub(_mask_match, value)
         return value
+
+    def found_in(self, text: str) -> bool:
+        """Whether `text` holds anything `text()` would mask: one regex scan, no copy."""
+        return any(s in text for s in self._secrets) or _ANY_SHAPE.search(text) is not None
 
     def value(self, value: Any) -> Any:
         """A copy of a JSON-like value with every string redacted."""

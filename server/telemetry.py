@@ -25,9 +25,17 @@ OPERATION = {"chat": "chat", "embed": "embeddings", "rerank": "rerank"}
 tracer = trace.get_tracer("model_gateway")
 
 
+def tracing_configured() -> bool:
+    """False until an OpenTelemetry SDK provider is installed: then spans are skipped, not just no-ops."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 @contextmanager
 def call_span(tool: str, capability: str, model: str | None) -> Iterator[Span]:
     """execute_tool span; a child of the SDK's `tools/call` server span (which honours `_meta` trace context)."""
+    if not tracing_configured():
+        yield trace.INVALID_SPAN
+        return
     with tracer.start_as_current_span(f"execute_tool {tool}", kind=SpanKind.INTERNAL) as span:
         span.set_attribute("mcp.method.name", "tools/call")
         span.set_attribute("gen_ai.operation.name", "execute_tool")
@@ -41,6 +49,9 @@ def call_span(tool: str, capability: str, model: str | None) -> Iterator[Span]:
 @contextmanager
 def attempt_span(adapter: str, kind: str, capability: str, model: str) -> Iterator[Span]:
     """One adapter attempt, named `{operation} {model}` as the GenAI conventions ask."""
+    if not tracing_configured():
+        yield trace.INVALID_SPAN
+        return
     operation = OPERATION.get(capability, capability)
     with tracer.start_as_current_span(f"{operation} {model}", kind=SpanKind.CLIENT) as span:
         span.set_attribute("gen_ai.operation.name", operation)

@@ -73,3 +73,23 @@ async def test_planted_secrets_appear_in_no_record_log_or_tool_error(
         assert secret not in shown, secret
         assert secret not in audit_text, secret
         assert secret not in caplog.text, secret
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Bearer abcdefghijk",
+        "BEARER abcdefghijk",
+        "sk-abcdefgh12345",
+        'api_key="abcdef123"',
+        "Password: hunter2hunter2",
+        "plain words only",
+        '{"input_tokens":12,"output_tokens":3}',
+        "the known secret sk-live-not-a-shape xyz",
+    ],
+)
+def test_the_one_pass_scan_agrees_with_full_redaction(text: str) -> None:
+    from server.redact import Redactor
+
+    redactor = Redactor(["sk-live-not-a-shape"])
+    assert redactor.found_in(text) == (redactor.text(text) != text)
