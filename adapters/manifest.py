@@ -101,6 +101,10 @@ class MLXOptions(_Strict):
     )
     max_tokens: int = Field(512, ge=1, description="Generation length when a chat call does not set max_tokens.")
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature when a chat call sets none.")
+    blas: Literal["auto", "reference"] = Field(
+        "auto",
+        description="auto: use an installed OpenBLAS on Linux CPUs (same results, ~20x faster); reference: never.",
+    )
 
 
 class MLXManifest(_ManifestBase):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from adapters._blas import load_openblas
 from adapters.base import AdapterContext, AdapterInfo, ModelInfo, ProbeResult
 from adapters.errors import (
     AdapterError,
@@ -155,7 +156,8 @@ class MLXAdapter:
             self._slots[spec.name] = _Slot(spec, model_dir(spec, context.models_dir), caps)
             for name in (spec.name, *spec.aliases):
                 self._names.setdefault(name, spec.name)
-        self._runtime = OwnerThread(f"mlx-{manifest.name}", on_exit=self._drop_models)
+        self.blas: str | None = None  # which BLAS MLX uses, once the owner thread has decided
+        self._runtime = OwnerThread(f"mlx-{manifest.name}", on_exit=self._drop_models, before_mlx=self._choose_blas)
         self.info = AdapterInfo(
             name=manifest.name,
             kind="mlx",
@@ -163,6 +165,10 @@ class MLXAdapter:
             capabilities=frozenset().union(*(s.capabilities for s in self._slots.values())),
             models=tuple(ModelInfo(s.spec.name, s.capabilities) for s in self._slots.values()),
         )
+
+    def _choose_blas(self) -> None:
+        """On the owner thread, before it imports MLX."""
+        self.blas = load_openblas(opt_out=self._options.blas == "reference")
 
     @property
     def forward_passes(self) -> int:
@@ -181,6 +187,8 @@ class MLXAdapter:
     async def probe(self) -> ProbeResult:
         self.start()
         details = {s.spec.name: _describe(s) for s in self._slots.values()}
+        if self.blas is not None:
+            details["blas"] = self.blas
         failed = [s for s in self._slots.values() if s.state == "failed"]
         ok = len(failed) < len(self._slots) and not self._runtime.closing
         error = "; ".join(f"{s.spec.name}: {s.error}" for s in failed) or None

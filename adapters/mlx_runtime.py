@@ -80,8 +80,15 @@ def _call_soon(token: anyio.lowlevel.EventLoopToken, fn: Callable[..., object], 
 
 
 class OwnerThread:
-    def __init__(self, name: str, *, on_exit: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        on_exit: Callable[[], None] | None = None,
+        before_mlx: Callable[[], object] | None = None,
+    ) -> None:
         self.name = name
+        self._before_mlx = before_mlx
         self.closing = False
         self._on_exit = on_exit
         self._queue: deque[_Job[Any]] = deque()
@@ -206,6 +213,8 @@ class OwnerThread:
 
     def _main(self) -> None:
         try:
+            if self._before_mlx is not None:
+                self._before_mlx()
             import mlx.core as mx
         except ImportError as exc:
             self._fail_all(AdapterUnavailableError(f"MLX is not installed: {exc}"))

@@ -47,7 +47,7 @@ def registry() -> list[tuple[tuple[str, ...], str, Bench]]:
     ]
 
 
-def machine() -> dict[str, object]:
+def machine(blas: str) -> dict[str, object]:
     cpu = ""
     try:
         cpu = next(
@@ -62,7 +62,7 @@ def machine() -> dict[str, object]:
         "cores": os.cpu_count(),
         "system": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        "blas": "OpenBLAS (preloaded)" if "libopenblas" in os.environ.get("LD_PRELOAD", "") else "bundled",
+        "blas": blas,
     }
 
 
@@ -80,15 +80,11 @@ async def run(selected: list[tuple[tuple[str, ...], str, Bench]], plan: Plan) ->
     return rows
 
 
-def _with_openblas() -> None:
-    """Re-exec once with OpenBLAS preloaded, as `serve` does, so in-process MLX runs as it would there."""
-    try:
-        from server.blas import preload_env
-    except ImportError:
-        return
-    env = preload_env(os.environ)
-    if env is not None:
-        os.execve(sys.executable, [sys.executable, "-m", "benchmarks", *sys.argv[1:]], env)
+def _with_openblas() -> str:
+    """Put OpenBLAS in front of MLX in this process, as the MLX adapter does in `serve`."""
+    from adapters._blas import load_openblas
+
+    return load_openblas()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a measurement")
     parser.add_argument("--json", type=Path, default=Path(".bench/results.json"), help="where to write the ratios")
     args = parser.parse_args(argv)
-    if argv is None:
-        _with_openblas()
+    blas = _with_openblas()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     wanted = {n.strip() for n in args.only.split(",")} if args.only else None
@@ -107,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(rounds=max(1, args.rounds), quick=args.quick)
     rows = anyio.run(run, selected, plan)
     meta = {
-        "machine": machine(),
+        "machine": machine(blas),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
         "rounds": plan.rounds,

@@ -70,18 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _reexec_with_openblas() -> None:
-    """MLX's Linux CPU wheel bundles a slow reference BLAS; an installed OpenBLAS must be preloaded at exec time."""
-    from server.blas import preload_env
-
-    env = preload_env(os.environ)
-    if env is not None:
-        sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, "-m", "server", *sys.argv[1:]], env)
-
-
 def _serve(args: argparse.Namespace) -> int:
-    _reexec_with_openblas()
     from server.config import load_settings
 
     settings = load_settings(
