@@ -88,15 +88,22 @@ class MCPRemoteAdapter:
     # --- the Adapter protocol -------------------------------------------------------
 
     async def probe(self) -> ProbeResult:
+        """Cheap: the cached tool list, or the open session's; never opens a session (that is the first call's job)."""
         try:
             catalog = await self._cached_catalog()
             source = "cache"
             if catalog is None or not catalog.fresh():
+                if self._session is None or not self._session.usable:
+                    return self._unopened()
                 _, catalog = await self._ready()
                 source = "live"
         except AdapterError as exc:
             return ProbeResult(ok=False, error=exc.message)
         return self._probe_result(catalog, source)
+
+    def _unopened(self) -> ProbeResult:
+        models = tuple(ModelInfo(name=m.name, capabilities=frozenset(m.capabilities)) for m in self._manifest.models)
+        return ProbeResult(ok=True, models=models, details={"session": "not opened yet: opens on the first call"})
 
     async def embed(self, req: EmbedRequest) -> EmbedResult:
         self._require("embed")

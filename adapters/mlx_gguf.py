@@ -70,10 +70,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
         raise GGUFConversionError(f"GGUF file {gguf_path} does not exist")
     source = _source_record(gguf_path)
     if not _is_converted(out_dir, source):
-        _in_own_thread(lambda: _convert(gguf_path, out_dir, source))
+        run_in_mlx_thread(lambda: _convert(gguf_path, out_dir, source))
 
 
-def _in_own_thread(work: Callable[[], None]) -> None:
+def run_in_mlx_thread(work: Callable[[], None]) -> None:
     """Run MLX work on a fresh thread that releases its MLX streams before it ends.
 
     MLX streams are per thread; a thread that used them and exits without `mx.clear_streams()` can make

@@ -13,6 +13,7 @@ from benchmarks.b_upstream import TEXT, embed_call
 from benchmarks.core import Plan, Row, Target, compare, interleave, latency_sample
 from benchmarks.procs import env_for, gateway_params, scratch_home
 from benchmarks.upstream import OLLAMA_MODEL, fake_ollama, gateway_manifests
+from tests.support.gateway import disabled_adapter
 from tests.support.processes import ROOT
 
 
@@ -30,25 +31,9 @@ def two_hop_manifests(root: Path, downstream: Path, home: Path) -> Path:
     }
     (root / "adapters" / "remote.json").write_text(json.dumps(remote))
     for name in ("mlx", "ollama"):
-        (root / "adapters" / f"{name}.json").write_text(json.dumps(_off(name)))
+        (root / "adapters" / f"{name}.json").write_text(json.dumps(disabled_adapter(name)))
     (root / "routes.json").write_text(json.dumps({"routes": {"embed": [f"remote/{OLLAMA_MODEL}"]}}))
-    # the probe starts the downstream process (~1-2 s, more on a loaded machine): the shipped 2 s probe
-    # deadline would mark it down for `down_recheck_s`
-    perf = json.loads((ROOT / "manifests" / "performance-config.json").read_text())
-    perf["discovery"]["probe_deadline_s"] = 20.0
-    (root / "performance-config.json").write_text(json.dumps(perf))
     return root
-
-
-def _off(name: str) -> dict[str, object]:
-    if name == "mlx":
-        return {
-            "name": "mlx",
-            "kind": "mlx",
-            "enabled": False,
-            "models": [{"name": "x", "capabilities": ["embed"], "role": "encoder", "path": "/nonexistent"}],
-        }
-    return {"name": name, "kind": "ollama", "enabled": False}
 
 
 async def bench_remote(plan: Plan) -> list[Row]:

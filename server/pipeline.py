@@ -144,7 +144,7 @@ def _audit_base(call: Call) -> dict[str, Any]:
 async def _audit(state: AppState, event: str, body: dict[str, Any]) -> None:
     # a start record is made durable with its call's finish record, before the result is returned
     await state.audit.write({"event": event, **body}, durable=event != "start")
-    state.metrics.audit_records.labels(event).inc()
+    state.metrics.child(state.metrics.audit_records, event).inc()
 
 
 async def run_call(
@@ -254,7 +254,8 @@ def _attempt_metrics(state: AppState, call: Call, attempts: list[Attempt]) -> No
     prev: Attempt | None = None
     for a in attempts:
         if a.outcome != "skipped":
-            state.metrics.attempt_duration.labels(a.adapter, call.capability, a.outcome).observe(a.latency_ms / 1000)
+            m = state.metrics
+            m.child(m.attempt_duration, a.adapter, call.capability, a.outcome).observe(a.latency_ms / 1000)
         if prev is not None and prev.outcome in ("failed", "skipped"):
             state.metrics.fallbacks.labels(prev.adapter, a.adapter, prev.outcome).inc()
         prev = a
@@ -272,8 +273,9 @@ def _finish(
 ) -> None:
     """Metrics, span attributes and the one debug log line every call gets."""
     elapsed = time.perf_counter() - started
-    state.metrics.tool_duration.labels(call.tool, adapter, outcome).observe(elapsed)
-    state.metrics.calls.labels(call.tool, outcome).inc()
+    m = state.metrics
+    m.child(m.tool_duration, call.tool, adapter, outcome).observe(elapsed)
+    m.child(m.calls, call.tool, outcome).inc()
     if error:
         state.metrics.errors.labels(call.tool, error).inc()
     if usage is not None:

@@ -23,6 +23,23 @@ _SHAPES = (
 )
 
 # one pass for the common "nothing to mask" answer; (?i) is scoped per branch
+_SHAPE_WORDS = (
+    "sk-",
+    "sk_",
+    "pk-",
+    "pk_",
+    "rk-",
+    "rk_",
+    "ghp",
+    "gho",
+    "xox",
+    "bearer",
+    "api",
+    "token",
+    "secret",
+    "password",
+    "authorization",
+)
 _ANY_SHAPE = re.compile(
     "|".join(
         f"(?{'i' if shape.flags & re.IGNORECASE else ''}:{shape.pattern.removeprefix('(?i)')})" for shape in _SHAPES
@@ -44,8 +61,15 @@ class Redactor:
         return value
 
     def found_in(self, text: str) -> bool:
-        """Whether `text` holds anything `text()` would mask: one regex scan, no copy."""
-        return any(s in text for s in self._secrets) or _ANY_SHAPE.search(text) is not None
+        """Whether `text` holds anything `text()` would mask; cheap when it holds nothing of the kind."""
+        if any(s in text for s in self._secrets):
+            return True
+        low = text.lower()
+        # every shape contains one of these words; usage counters ("input_tokens") are not a token
+        hits = [w for w in _SHAPE_WORDS if w in low]
+        if hits == ["token"] and low.count("token") == low.count("_tokens"):
+            return False
+        return bool(hits) and _ANY_SHAPE.search(text) is not None
 
     def value(self, value: Any) -> Any:
         """A copy of a JSON-like value with every string redacted."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -113,6 +114,15 @@ class Metrics:
         self.snapshot_age = Gauge(p + "snapshot_age_seconds", "Age of the discovery snapshot.", registry=r)
         self.in_flight = Gauge(p + "in_flight_calls", "Tool calls executing now.", registry=r)
         self.audit_records = Counter(p + "audit_records_total", "Audit records written.", ["event"], registry=r)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """`metric.labels(*labels)`, memoised: label sets are bounded, and the hot path asks for them per call."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def observe_probe(self, adapter: str, seconds: float, ok: bool) -> None:
         self.probe_duration.labels(adapter).observe(seconds)

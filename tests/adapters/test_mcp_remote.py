@@ -60,6 +60,8 @@ def alive(pid: int) -> bool:
 async def test_no_process_starts_until_the_first_call_and_one_session_serves_many(tmp_path: Path) -> None:
     adapter = make(tmp_path)
     assert adapter.info.capabilities == {"chat", "embed", "rerank"}
+    probe = await adapter.probe()  # discovery must not open the session either
+    assert probe.ok and "not opened" in probe.details["session"]
     assert spawned(tmp_path) == []
     texts = [f"text {i}" for i in range(8)]
     results: dict[str, list[float]] = {}
@@ -104,8 +106,11 @@ async def test_a_ttl_hint_from_the_server_sets_how_long_the_cache_stays_fresh(tm
     assert cache["ttl_s"] == 0.001
 
     second = make(tmp_path, DOWNSTREAM_TOOLS_TTL_MS="1")
+    stale = await second.probe()  # a stale cache and no session: the probe says so and spawns nothing
+    assert stale.ok and "not opened" in stale.details["session"] and len(spawned(tmp_path)) == 1
     with anyio.fail_after(60):
-        probe = await second.probe()
+        await second.embed(EmbedRequest(model="toy-embed", texts=("b",)))
+        probe = await second.probe()  # with a session open, an expired list is fetched again
     assert probe.ok and probe.details["source"] == "live"
     assert len(spawned(tmp_path)) == 2
     await second.aclose()

@@ -16,6 +16,7 @@ from mcp import Client
 from server.app import build_server
 from server.config import load_settings
 from tests.support.fake_ollama import spawn
+from tests.support.gateway import disabled_adapter
 from tests.support.processes import ROOT, gateway_env, http_gateway, ollama_manifests
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -36,16 +37,7 @@ def front_manifests(root: Path, downstream: dict[str, Any]) -> Path:
     (root / "adapters" / "down.json").write_text(
         json.dumps({"name": "down", "kind": "mcp", "models": MODELS, **downstream})
     )
-    (root / "adapters" / "mlx.json").write_text(
-        json.dumps(
-            {
-                "name": "mlx",
-                "kind": "mlx",
-                "enabled": False,
-                "models": [{"name": "x", "capabilities": ["embed"], "role": "encoder", "path": "/nonexistent"}],
-            }
-        )
-    )
+    (root / "adapters" / "mlx.json").write_text(json.dumps(disabled_adapter("mlx")))
     (root / "routes.json").write_text(
         json.dumps(
             {

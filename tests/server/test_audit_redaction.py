@@ -85,6 +85,9 @@ async def test_planted_secrets_appear_in_no_record_log_or_tool_error(
         "Password: hunter2hunter2",
         "plain words only",
         '{"input_tokens":12,"output_tokens":3}',
+        '{"input_tokens":12,"token":"abcdefgh12"}',
+        "access_token=abcdefgh12",
+        "capability adapter usage",
         "the known secret sk-live-not-a-shape xyz",
     ],
 )

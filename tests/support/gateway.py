@@ -23,7 +23,7 @@ def write_manifests(
     """A user manifests dir; shipped adapters named in `disable` are switched off."""
     (root / "adapters").mkdir(parents=True, exist_ok=True)
     for name in disable:
-        (root / "adapters" / f"{name}.json").write_text(json.dumps(_disabled(name)))
+        (root / "adapters" / f"{name}.json").write_text(json.dumps(disabled_adapter(name)))
     if routes is not None:
         (root / "routes.json").write_text(json.dumps(routes))
     if policy is not None:
@@ -33,7 +33,8 @@ def write_manifests(
     return root
 
 
-def _disabled(name: str) -> dict[str, Any]:
+def disabled_adapter(name: str) -> dict[str, Any]:
+    """A manifest that switches off a shipped adapter of that name."""
     if name == "mlx":
         return {
             "name": "mlx",

@@ -16,6 +16,8 @@ from typing import Any
 
 from mcp.client.stdio import StdioServerParameters
 
+from tests.support.gateway import disabled_adapter
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -42,16 +44,7 @@ def ollama_manifests(root: Path, ollama_url: str, extra_disable: tuple[str, ...]
         )
     )
     for name in extra_disable:
-        (root / "adapters" / f"{name}.json").write_text(
-            json.dumps(
-                {
-                    "name": name,
-                    "kind": "mlx",
-                    "enabled": False,
-                    "models": [{"name": "x", "capabilities": ["embed"], "role": "encoder", "path": "/nonexistent"}],
-                }
-            )
-        )
+        (root / "adapters" / f"{name}.json").write_text(json.dumps(disabled_adapter(name)))
     (root / "routes.json").write_text(
         json.dumps(
             {

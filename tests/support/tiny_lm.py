@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from adapters.mlx_gguf import run_in_mlx_thread
 from tests.support.gguf_writer import GGML_F32, GGML_Q4_1, MetadataValue, write_gguf
 
 CHATML_TEMPLATE = (
@@ -40,7 +39,7 @@ def build_tiny_lm(path: Path, *, seed: int = 0) -> Path:
 
     Callable from any thread: the MLX work runs on a short-lived thread that releases its streams.
     """
-    _in_own_thread(lambda: _write_tiny_lm(path, seed))
+    run_in_mlx_thread(lambda: _write_tiny_lm(path, seed))
     return path
 
 
@@ -119,7 +118,7 @@ def build_tiny_gguf(path: Path, *, seed: int = 0, quantize: bool = True) -> Path
 
     With `quantize` the matrices are Q4_1 (as in the SmolLM2 pack) and the norms float32; without, all float32.
     """
-    _in_own_thread(lambda: _write_tiny_gguf(path, seed, quantize))
+    run_in_mlx_thread(lambda: _write_tiny_gguf(path, seed, quantize))
     return path
 
 
@@ -135,27 +134,6 @@ def _write_tiny_gguf(path: Path, seed: int, quantize: bool) -> None:
         tensors[_gguf_name(name)] = (array, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_gguf(path, {**_llama_metadata(args), **_tokenizer_metadata(tokenizer)}, tensors)
-
-
-def _in_own_thread(work: Callable[[], None]) -> None:
-    """Run MLX work on a fresh thread that calls `mx.clear_streams()` before it ends (see REFERENCE.md)."""
-    import mlx.core as mx
-
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            work()
-        except BaseException as exc:
-            failure.append(exc)
-        finally:
-            mx.clear_streams()
-
-    thread = threading.Thread(target=run, name="tiny-lm-build")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
 
 
 _GGUF_BLOCK_NAMES = {
