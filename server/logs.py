@@ -53,6 +53,10 @@ def configure(level: str) -> None:
         other = logging.getLogger(name)
         other.handlers[:] = []
         other.propagate = True
+    # one INFO line per upstream HTTP request would cost more than the request itself
+    quiet = logging.DEBUG if logging.getLevelName(level) == logging.DEBUG else logging.WARNING
+    for name in ("httpx2", "httpcore2", "httpcore", "mcp.client"):
+        logging.getLogger(name).setLevel(quiet)
 
 
 def register_set_level(server: MCPServer[Any]) -> None:

