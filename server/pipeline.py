@@ -155,8 +155,15 @@ async def run_call(
     evidence: Callable[[T], Any],
 ) -> Outcome[T]:
     started = time.perf_counter()
-    check_limits(state, call)
     with call_span(call.tool, call.capability, call.model) as span:
+        try:
+            check_limits(state, call)
+        except LimitError as exc:
+            # refused before routing: audited as a denial by the limit that refused it
+            limit = {"decision": "deny", "rule": exc.code, "model": call.model, "outcome": "limited"}
+            await _audit(state, "deny", {**_audit_base(call), **limit, "request_sha256": _ev(call.request)})
+            _finish(state, call, span, "none", "limited", started, exc.code)
+            raise
         candidates, skipped, decision = await _admit(state, call, started, span)
         return await _execute(state, call, (candidates, skipped, decision), invoke, deadline_s, evidence, started, span)
 

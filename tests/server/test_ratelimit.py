@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -67,9 +68,12 @@ def test_buckets_stay_bounded_under_many_principals() -> None:
 async def test_the_gateway_answers_over_limit_calls_with_a_retryable_tool_error(tmp_path: Path) -> None:
     perf = {"rate_limits": {"rules": [{"id": "embed-calls", "tool": "embed", "rate_per_s": 0.001, "burst": 2}]}}
     adapter = FakeAdapter("a")
-    server, _ = fake_server(tmp_path, {"a": adapter}, routes={"routes": {"embed": ["a/m"]}}, performance=perf)
+    server, ref = fake_server(tmp_path, {"a": adapter}, routes={"routes": {"embed": ["a/m"]}}, performance=perf)
     async with Client(server) as c:
         results = [await c.call_tool("embed", {"input": ["x"]}) for _ in range(3)]
+        records = [json.loads(line) for line in ref.get().audit.path.read_text().splitlines()]
     assert [r.is_error for r in results] == [False, False, True]
     assert "rate limit 'embed-calls'" in results[2].content[0].text and "retry in" in results[2].content[0].text
     assert len(adapter.calls) == 2
+    refused = [r for r in records if r["event"] == "deny"]
+    assert len(refused) == 1 and refused[0]["rule"] == "rate_limited" and refused[0]["outcome"] == "limited"
