@@ -29,7 +29,8 @@ def _body(i: int) -> dict[str, object]:
 
 
 async def _call(log: AuditLog, i: int) -> None:
-    await log.write({"event": "start", **_body(i), "decision": "allow", "rule": "default"})
+    # as the pipeline does: the start record becomes durable with the finish record
+    await log.write({"event": "start", **_body(i), "decision": "allow", "rule": "default"}, durable=False)
     await log.write({"event": "finish", **_body(i), "outcome": "ok", "latency_ms": 1.0})
 
 
