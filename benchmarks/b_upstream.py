@@ -21,7 +21,7 @@ from adapters.ollama import OllamaAdapter
 from adapters.types import EmbedRequest
 from benchmarks.b_calls import check
 from benchmarks.core import Plan, Row, Sample, Target, compare, interleave, latency_sample, median
-from benchmarks.procs import gateway_params, scratch_home
+from benchmarks.procs import gateway_params, http_module, scratch_home
 from benchmarks.upstream import (
     OLLAMA_MODEL,
     OPENAI_MODEL,
@@ -181,6 +181,9 @@ async def bench_batch_sizes(plan: Plan) -> list[Row]:
     return [row4, row5, row5b]
 
 
+UPSTREAM_REQUEST_MS = 5.0
+
+
 # --- 6: coalescing ---------------------------------------------------------------
 
 
@@ -251,13 +254,22 @@ async def coalescing_rows(
 
 
 async def bench_coalescing_http(plan: Plan) -> list[Row]:
-    with fake_ollama() as url, scratch_home() as home:
+    """6 over HTTP adapters: Streamable HTTP gateways (many clients share one), an upstream with a per-request cost.
+
+    Coalescing saves upstream requests, so it shows only where a request costs something: real embedding
+    servers spend milliseconds per request before the first text. Over stdio one client feeds the gateway
+    one call at a time on this 2-core machine, so there is nothing to merge there.
+    """
+    with fake_ollama(latency_ms=UPSTREAM_REQUEST_MS) as url, scratch_home() as home:
         on = gateway_manifests(home / "on", url, {"batching": {"coalesce": True}})
         off = gateway_manifests(home / "off", url, {"batching": {"coalesce": False}})
 
         async def count(run: Callable[[], Awaitable[Any]]) -> int:
             return await _count(url, run)
 
-        return await coalescing_rows(
-            "6-http", "Ollama over HTTP", gateway_params(home, on), gateway_params(home, off), plan, count
-        )
+        with (
+            http_module("server", home / "h-on", "serve", "--manifests", str(on)) as base_on,
+            http_module("server", home / "h-off", "serve", "--manifests", str(off)) as base_off,
+        ):
+            label = f"Ollama over HTTP, {UPSTREAM_REQUEST_MS:g} ms per upstream request"
+            return await coalescing_rows("6-http", label, base_on + "/mcp", base_off + "/mcp", plan, count)
