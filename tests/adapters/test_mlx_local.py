@@ -370,3 +370,21 @@ async def test_the_shipped_mlx_manifest_serves_the_default_packs() -> None:
         assert details == {"all-minilm-l6-v2": "ready", "smollm2-135m-instruct": "ready"}
     finally:
         await adapter.aclose()
+
+
+@pytest.mark.anyio
+async def test_the_adapter_meets_the_shared_adapter_contract(tmp_path: Path) -> None:
+    from tests.support.contract import check_contract
+    from tests.support.tiny_lm import build_tiny_lm
+
+    write_tiny_bert(tmp_path / "enc")
+    build_tiny_lm(tmp_path / "lm")
+    manifest = _manifest(
+        [
+            {"name": "enc", "role": "encoder", "path": "enc", "capabilities": ["embed", "rerank"]},
+            {"name": "lm", "role": "lm", "path": "lm", "capabilities": ["chat"]},
+        ]
+    )
+    adapter = MLXAdapter(manifest, AdapterContext(models_dir=tmp_path))
+    with anyio.fail_after(120):
+        await check_contract(adapter, {"embed": "enc", "rerank": "enc", "chat": "lm"})
