@@ -107,7 +107,7 @@ requests = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(policy=policies, batch=st.lists(requests, min_size=8, max_size=16))
 def test_engine_matches_the_reference_on_generated_policies_and_requests(
     policy: dict[str, Any], batch: list[dict[str, Any]]
