@@ -30,6 +30,7 @@ log = logging.getLogger("model_gateway.discovery")
 
 Status = Literal["up", "down", "unknown"]
 SNAPSHOT_VERSION = 1
+MIN_REFRESH_INTERVAL_S = 1.0
 ProbeObserver = Callable[[str, float, bool], None]
 
 
@@ -205,6 +206,7 @@ class Discovery:
         self._wake = anyio.Event()
         self._refreshed = anyio.Event()
         self.refreshes = 0
+        self._last_refresh = -MIN_REFRESH_INTERVAL_S
         # In privacy mode remote adapters are not even probed: no connection leaves for them.
         self.privacy_mode = False
 
@@ -247,6 +249,7 @@ class Discovery:
                 tg.start_soon(self._probe_one, name, adapter, results)
         snap = Snapshot({n: results[n] for n in self.adapters}, time.time(), "probe")
         self._snapshot = snap
+        self._last_refresh = time.monotonic()
         self.refreshes += 1
         self._refreshed.set()
         self._refreshed = anyio.Event()
@@ -297,5 +300,7 @@ class Discovery:
             if delay > 0:
                 with anyio.move_on_after(delay if math.isfinite(delay) else None):
                     await self._wake.wait()
+            # call outcomes can ask for refreshes at the call rate: one a second at most
+            await anyio.sleep(max(0.0, self._last_refresh + MIN_REFRESH_INTERVAL_S - time.monotonic()))
             self._wake = anyio.Event()
             await self.refresh()

@@ -117,3 +117,17 @@ async def test_the_cache_survives_adapters_that_learn_models_at_probe_time(tmp_p
     assert fresh.load_cache()
     assert fresh.snapshot.adapters["w"].status == "up"
     assert [m.name for m in fresh.snapshot.adapters["w"].models] == ["learned"]
+
+
+async def test_a_burst_of_contradicting_calls_causes_one_refresh_not_one_each(tmp_path: Path) -> None:
+    a = FakeAdapter("a")
+    discovery = Discovery({"a": a}, DiscoveryConfig(ttl_s=3600, down_recheck_s=3600))
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(5):
+            tg.start_soon(discovery.run)
+            await discovery.next_refresh()
+            for _ in range(50):  # every call fails while the snapshot says up
+                discovery.observe_call("a", ok=False)
+            await discovery.next_refresh()
+        assert discovery.refreshes == 2
+        tg.cancel_scope.cancel()
