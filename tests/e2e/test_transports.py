@@ -163,3 +163,18 @@ def test_discover_prints_each_adapter_with_status_and_models(tmp_path: Path, man
     ollama = data["adapters"]["ollama"]
     assert ollama["status"] == "up" and ollama["latency_ms"] > 0
     assert "all-minilm:latest" in {m["name"] for m in ollama["models"]}
+
+
+async def test_stdio_serves_metrics_and_health_on_the_metrics_port(tmp_path: Path, manifests: Path) -> None:
+    from tests.support.processes import free_port, wait_http
+
+    port = free_port()
+    with anyio.fail_after(60):
+        async with Client(stdio_params(tmp_path, manifests, "--metrics-port", str(port))) as client:
+            await client.call_tool("embed", {"input": ["x"]})
+            base = f"http://127.0.0.1:{port}"
+            await anyio.to_thread.run_sync(wait_http, base + "/health")
+            metrics = await anyio.to_thread.run_sync(fetch, base + "/metrics")
+            health = json.loads(await anyio.to_thread.run_sync(fetch, base + "/health"))
+    assert 'model_gateway_tool_calls_total{outcome="ok",tool="embed"} 1.0' in metrics
+    assert health["adapters"]["ollama"]["status"] == "up"
