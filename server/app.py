@@ -78,9 +78,17 @@ async def gateway_state(settings: Settings, adapters: Mapping[str, Adapter] | No
         )
         tg = await stack.enter_async_context(anyio.create_task_group())
         state = AppState(
-            settings, adapters, discovery, router, coalescer, PolicyEngine(settings.manifests.policy), audit, metrics
+            settings=settings,
+            adapters=adapters,
+            discovery=discovery,
+            router=router,
+            coalescer=coalescer,
+            policy=PolicyEngine(settings.manifests.policy),
+            audit=audit,
+            metrics=metrics,
+            limiter=limiter_for(settings),
+            redactor=redactor,
         )
-        state.limiter, state.redactor = limiter_for(settings), redactor
         tg.start_soon(discovery.run)
         try:
             yield state

@@ -10,7 +10,6 @@ from server.audit import AuditLog
 from server.batching import EmbedCoalescer
 from server.config import Settings
 from server.discovery import Discovery
-from server.manifests import RateLimitConfig
 from server.policy import PolicyEngine
 from server.ratelimit import RateLimiter
 from server.redact import Redactor
@@ -28,10 +27,10 @@ class AppState:
     policy: PolicyEngine
     audit: AuditLog
     metrics: Metrics
+    limiter: RateLimiter
+    redactor: Redactor
     started_at: float = field(default_factory=time.time)
     in_flight: int = 0
-    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(RateLimitConfig()))
-    redactor: Redactor = field(default_factory=Redactor)
 
     @property
     def privacy_mode(self) -> bool:
