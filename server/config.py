@@ -145,14 +145,14 @@ def _auth_subjects(env: Mapping[str, str], token: SecretStr | None) -> dict[str,
     return subjects
 
 
-def check_bind(host: str, allowed_hosts: tuple[str, ...], auth_token: SecretStr | None) -> None:
-    """Binding beyond loopback needs explicit allowed hosts AND a token."""
+def check_bind(host: str, allowed_hosts: tuple[str, ...], authenticated: bool) -> None:
+    """Binding beyond loopback needs explicit allowed hosts AND bearer-token authentication."""
     if host in LOOPBACK_HOSTS:
         return
     missing = []
     if not allowed_hosts:
         missing.append("--allowed-host HOST[:PORT] (repeatable)")
-    if auth_token is None:
+    if not authenticated:
         missing.append("MODEL_GATEWAY_AUTH_TOKEN (a bearer token clients must send)")
     if missing:
         raise ConfigError(f"refusing to bind {host}: a non-loopback address requires " + " and ".join(missing))
@@ -175,7 +175,7 @@ def load_settings(
     token = SecretStr(env["MODEL_GATEWAY_AUTH_TOKEN"]) if env.get("MODEL_GATEWAY_AUTH_TOKEN") else None
     subjects = _auth_subjects(env, token)
     if transport != "stdio":
-        check_bind(host, allowed_hosts, token or (SecretStr("tokens-file") if subjects else None))
+        check_bind(host, allowed_hosts, authenticated=bool(subjects))
     secrets = {name: SecretStr(env[name]) for name in _secret_names(manifests) if env.get(name)}
     level = env.get("MODEL_GATEWAY_LOG_LEVEL", "INFO").upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

@@ -69,14 +69,12 @@ def test_invalid_json_names_the_line(tmp_path: Path) -> None:
 
 
 def test_binding_beyond_loopback_needs_allowed_hosts_and_a_token() -> None:
-    from pydantic import SecretStr
-
-    check_bind("127.0.0.1", (), None)
+    check_bind("127.0.0.1", (), authenticated=False)
     with pytest.raises(ConfigError, match=r"--allowed-host.*MODEL_GATEWAY_AUTH_TOKEN"):
-        check_bind("0.0.0.0", (), None)
+        check_bind("0.0.0.0", (), authenticated=False)
     with pytest.raises(ConfigError, match="MODEL_GATEWAY_AUTH_TOKEN"):
-        check_bind("0.0.0.0", ("gw.example:8765",), None)
-    check_bind("0.0.0.0", ("gw.example:8765",), SecretStr("t"))
+        check_bind("0.0.0.0", ("gw.example:8765",), authenticated=False)
+    check_bind("0.0.0.0", ("gw.example:8765",), authenticated=True)
 
 
 def test_settings_derive_paths_from_home_only(tmp_path: Path) -> None:
