@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import orjson
 
 from server.errors import AuditUnavailableError
 
@@ -56,7 +57,8 @@ RETRY_AFTER_ERROR_S = 5.0
 
 
 def canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    """Sorted keys, no spaces, UTF-8: the bytes every MAC and evidence hash is taken over (orjson: ~5x json)."""
+    return orjson.dumps(value, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
 
 
 def evidence(value: Any) -> str:
