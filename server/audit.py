@@ -374,9 +374,13 @@ class AuditLog:
         self.aclose_sync()
 
 
+# fdatasync still flushes what reading the appended bytes needs (the file size), skipping the mtime
+_sync_data = getattr(os, "fdatasync", os.fsync)
+
+
 def _fsync_owned(fd: int) -> None:
     try:
-        os.fsync(fd)
+        _sync_data(fd)
     finally:
         os.close(fd)
 
