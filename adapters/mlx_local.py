@@ -240,6 +240,8 @@ class MLXAdapter:
         self, slot: _Slot, job: Callable[[JobContext, Any], Any], progress: ProgressFn | None, long: bool = False
     ) -> Any:
         self.start()
+        if progress is not None and slot.state != "ready":
+            await progress(0, None, f"loading model {slot.spec.name}")
 
         def run(ctx: JobContext) -> Any:
             return job(ctx, self._ensure_loaded(slot))
@@ -333,7 +335,7 @@ class MLXAdapter:
         started = time.perf_counter()
 
         def on_token(_text: str, n_tokens: int) -> None:
-            ctx.report(n_tokens, max_tokens, None)
+            ctx.report(n_tokens, max_tokens, "first token" if n_tokens == 1 else f"{n_tokens} tokens")
 
         out = model.generate(
             [{"role": m.role, "content": m.content} for m in req.messages],

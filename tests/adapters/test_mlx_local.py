@@ -388,3 +388,27 @@ async def test_the_adapter_meets_the_shared_adapter_contract(tmp_path: Path) -> 
     adapter = MLXAdapter(manifest, AdapterContext(models_dir=tmp_path))
     with anyio.fail_after(120):
         await check_contract(adapter, {"embed": "enc", "rerank": "enc", "chat": "lm"})
+
+
+@pytest.mark.anyio
+async def test_chat_progress_reports_model_loading_first_token_and_tokens_so_far(tmp_path: Path) -> None:
+    from tests.support.tiny_lm import build_tiny_lm
+
+    build_tiny_lm(tmp_path / "lm")
+    manifest = _manifest([{"name": "lm", "role": "lm", "path": "lm", "capabilities": ["chat"]}], preload=False)
+    adapter = MLXAdapter(manifest, AdapterContext(models_dir=tmp_path))
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        seen.append((done, total, message))
+
+    req = ChatRequest("lm", (ChatMessage("user", "hi"),), max_tokens=4, temperature=0.0, progress=progress)
+    try:
+        with anyio.fail_after(120):
+            result = await adapter.chat(req)
+    finally:
+        await adapter.aclose()
+    messages = [m for _, _, m in seen]
+    assert messages[0] == "loading model lm"
+    assert "first token" in messages
+    assert seen[-1][0] == result.usage.output_tokens and seen[-1][1] == 4
