@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
+
+import orjson
 
 from adapters._blas import load_openblas
 from adapters.base import AdapterContext, AdapterInfo, ModelInfo, ProbeResult
@@ -105,6 +107,14 @@ class _Chat(Protocol):
         should_stop: Callable[[], bool],
         on_token: Callable[[str, int], None] | None,
     ) -> _Outcome: ...
+
+
+def _shortest_floats(vectors: Any) -> list[list[float]]:
+    """float32 rows as Python floats that print in float32's shortest form (exact at float32, ~40% less JSON)."""
+    import numpy as np
+
+    rows = np.ascontiguousarray(vectors, dtype=np.float32)
+    return cast(list[list[float]], orjson.loads(orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY)))
 
 
 def load_model(role: str, path: Path, options: MLXOptions) -> object:
@@ -295,7 +305,7 @@ class MLXAdapter:
             vectors = vectors / norms.clip(1e-12, None)
         return EmbedResult(
             model=self._names[req.model],
-            vectors=vectors.tolist(),
+            vectors=_shortest_floats(vectors),
             usage=Usage(input_tokens=out.tokens),
             truncated=out.truncated,
             max_input_tokens=model.max_length,

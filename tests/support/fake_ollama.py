@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
 import orjson
 
 from tests.support.http1 import INVALID, LoopbackServer, Reply, Request, write_response
@@ -103,7 +104,8 @@ def _embed_cached(text: str, dimensions: int) -> tuple[float, ...]:
         vec[index] += sign
     vec = vec[:dimensions]
     norm = math.sqrt(sum(x * x for x in vec)) or 1.0
-    return tuple(x / norm for x in vec)
+    # float32 values in their shortest form, as Ollama (Go, float32) puts them on the wire
+    return tuple(float(str(np.float32(x / norm))) for x in vec)
 
 
 def _words(text: str) -> list[str]:
