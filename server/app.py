@@ -65,7 +65,8 @@ async def gateway_state(settings: Settings, adapters: Mapping[str, Adapter] | No
     if settings.use_discovery_cache:
         discovery.load_cache()
     breakers = {n: Breaker(perf.breaker, partial(metrics.breaker_changed, n)) for n in adapters}
-    router = Router(adapters, settings.manifests.routes, discovery, breakers)
+    aliases = {m.name: {a: spec.name for spec in m.models for a in spec.aliases} for m in settings.manifests.adapters}
+    router = Router(adapters, settings.manifests.routes, discovery, breakers, aliases)
     router.privacy_mode = discovery.privacy_mode = settings.privacy_mode
     redactor = redactor_for(settings)
     audit = open_audit(settings, redactor)

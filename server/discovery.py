@@ -276,14 +276,6 @@ class Discovery:
         if (ok and current.status == "down") or (not ok and current.status == "up"):
             self.request_refresh()
 
-    def mark_down(self, adapter: str, error: str) -> None:
-        current = self._snapshot.adapters.get(adapter)
-        if current is None or current.status == "down":
-            return
-        statuses = dict(self._snapshot.adapters)
-        statuses[adapter] = replace(current, status="down", error=error)
-        self._snapshot = replace(self._snapshot, adapters=statuses)
-
     def _next_delay(self) -> float:
         snap = self._snapshot
         if snap.source != "probe":

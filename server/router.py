@@ -102,8 +102,11 @@ class Router:
         routes: RoutesManifest,
         discovery: Discovery,
         breakers: Mapping[str, Breaker],
+        model_aliases: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
+        """`model_aliases`: adapter -> {alias: model}, the `aliases` its manifest declares per model."""
         self.adapters = dict(adapters)
+        self.model_aliases = {name: dict(aliases) for name, aliases in (model_aliases or {}).items()}
         self.routes = routes
         self.discovery = discovery
         self.breakers = dict(breakers)
@@ -135,15 +138,10 @@ class Router:
             if status is not None and any(m.name == name for m in status.models):
                 found.append(Candidate(adapter_name, name, status.privacy))
         for adapter_name, status in self.discovery.snapshot.adapters.items():
-            aliases = self._declared_aliases(adapter_name)
+            aliases = self.model_aliases.get(adapter_name, {})
             if name in aliases and all(c.adapter != adapter_name for c in found):
                 found.append(Candidate(adapter_name, aliases[name], status.privacy))
         return found
-
-    def _declared_aliases(self, adapter_name: str) -> dict[str, str]:
-        adapter = self.adapters.get(adapter_name)
-        manifest_models = getattr(getattr(adapter, "manifest", None), "models", None) or []
-        return {alias: m.name for m in manifest_models for alias in getattr(m, "aliases", [])}
 
     def _route_order(self) -> list[str]:
         order: list[str] = []

@@ -41,6 +41,8 @@ async def test_the_embedded_default_serves_vectors_rerank_and_chat(tmp_path: Pat
             assert s["adapter"] == "mlx" and s["model"] == "all-minilm-l6-v2" and s["dimensions"] == 384
             v = s["embeddings"]
             assert cosine(v[0], v[1]) > cosine(v[0], v[2]) + 0.3
+            by_alias = await client.call_tool("embed", {"input": "x", "model": "all-MiniLM-L6-v2"})
+            assert not by_alias.is_error and by_alias.structured_content["model"] == "all-minilm-l6-v2"
             rr = await client.call_tool(
                 "rerank",
                 {"query": "What do people eat?", "documents": ["Stocks fell sharply.", "A man is eating a meal."]},

@@ -150,3 +150,11 @@ def test_breaker_half_open_allows_a_single_trial() -> None:
 def test_routes_manifest_rejects_unknown_capability(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         RoutesManifest.model_validate({"routes": {"dance": ["a"]}})
+
+
+async def test_aliases_declared_in_an_adapter_manifest_route_to_their_model() -> None:
+    a = FakeAdapter("a", {"all-minilm-l6-v2": {"embed"}})
+    discovery = Discovery({"a": a}, DiscoveryConfig(probe_deadline_s=1))
+    await discovery.refresh()
+    router = Router({"a": a}, RoutesManifest(), discovery, {}, {"a": {"all-MiniLM-L6-v2": "all-minilm-l6-v2"}})
+    assert [c.label for c in router.resolve("embed", "all-MiniLM-L6-v2")] == ["a/all-minilm-l6-v2"]
