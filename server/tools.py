@@ -66,8 +66,14 @@ def _route(attempts: list[Attempt]) -> list[dict[str, Any]]:
     ]
 
 
-def _result(structured: dict[str, Any]) -> CallToolResult:
-    text = orjson.dumps(structured).decode()  # ~20x the stdlib for 64 x 384 floats
+def _result(structured: dict[str, Any], encoded: dict[str, bytes] | None = None) -> CallToolResult:
+    """Structured content plus the same as one compact JSON text block.
+
+    `encoded` holds fields already encoded as JSON (the vectors, encoded once for the audit hash):
+    the text block splices them in instead of encoding them again.
+    """
+    fields = {k: orjson.Fragment(v) for k, v in encoded.items()} if encoded else {}
+    text = orjson.dumps({**structured, **fields} if fields else structured).decode()  # ~20x the stdlib
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)
 
 
@@ -116,9 +122,18 @@ async def _run(
         raise ToolError(exc.message) from exc
 
 
-def _embed_evidence(result: EmbedResult) -> dict[str, Any]:
-    """What the audit hashes for an embed response: the model and every vector (orjson: ~1 ms at 64 x 384)."""
-    return {"model": result.model, "vectors_sha256": hashlib.sha256(orjson.dumps(result.vectors)).hexdigest()}
+class _EmbedEvidence:
+    """What the audit hashes for an embed response: the model and every vector.
+
+    The vectors' JSON (~0.6 ms at 64 x 384) is kept for the result's text block, which splices it in.
+    """
+
+    def __init__(self) -> None:
+        self.vectors_json: bytes | None = None
+
+    def __call__(self, result: EmbedResult) -> dict[str, Any]:
+        self.vectors_json = orjson.dumps(result.vectors)
+        return {"model": result.model, "vectors_sha256": hashlib.sha256(self.vectors_json).hexdigest()}
 
 
 def _vectors_payload(result: EmbedResult, encoding: str) -> dict[str, Any]:
@@ -182,14 +197,10 @@ def register_tools(server: MCPServer[AppState], ref: StateRef) -> None:
                 raise UpstreamProtocolError(f"{c.label} returned {len(result.vectors)} vectors for {len(texts)} texts")
             return result
 
-        out = await _run(
-            state,
-            call,
-            invoke,
-            state.settings.manifests.performance.deadlines.embed_s,
-            _embed_evidence,
-        )
+        evidence = _EmbedEvidence()
+        out = await _run(state, call, invoke, state.settings.manifests.performance.deadlines.embed_s, evidence)
         r: EmbedResult = out.value
+        vectors_json = evidence.vectors_json if encoding == "float" else None
         return _result(
             {
                 "model": r.model,
@@ -200,7 +211,8 @@ def register_tools(server: MCPServer[AppState], ref: StateRef) -> None:
                 "truncated": r.truncated,
                 "usage": {"input_tokens": r.usage.input_tokens, "output_tokens": 0},
                 "route": _route(out.attempts),
-            }
+            },
+            {"embeddings": vectors_json} if vectors_json is not None else None,
         )
 
     @server.tool(structured_output=True)

@@ -50,6 +50,9 @@ async def test_embed_output_schema_has_no_per_float_item_schema(tmp_path: Path, 
         tools = {t.name: t for t in (await c.list_tools()).tools}
     props = tools["embed"].output_schema["properties"]
     assert "number" not in json.dumps(props["embeddings"])
+    # no anyOf/items: a jsonschema client would otherwise descend into every row of every result
+    assert props["embeddings"]["type"] == ["array", "null"] and "items" not in props["embeddings"]
+    assert props["embeddings_b64"]["type"] == ["string", "null"]
     assert tools["embed"].input_schema["properties"]["input"]["anyOf"]
 
 
