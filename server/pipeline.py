@@ -143,7 +143,7 @@ def _audit_base(call: Call) -> dict[str, Any]:
 
 async def _audit(state: AppState, event: str, body: dict[str, Any]) -> None:
     # a start record is made durable with its call's finish record, before the result is returned
-    await state.audit.write({"event": event, **body}, durable=event != "start")
+    await state.audit.write({"event": event, **body}, durable=event != "start", alone=state.in_flight == 0)
     state.metrics.child(state.metrics.audit_records, event).inc()
 
 
