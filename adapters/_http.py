@@ -56,14 +56,21 @@ def build_client(
     headers: Mapping[str, str] | None = None,
     http2: bool = False,
 ) -> httpx2.AsyncClient:
-    """A keep-alive pooled client. TLS verification is always on; env proxies are ignored."""
+    """A keep-alive pooled client. TLS verification is always on for https; env proxies are ignored.
+
+    A plain-http base URL (a local Ollama, a loopback server) gets no CA bundle: loading one costs
+    ~25 ms, paid on the event loop while the first probe runs, and no TLS is ever negotiated — every
+    request goes to a path under the base URL and redirects are not followed.
+    """
     global CLIENTS_BUILT
     CLIENTS_BUILT += 1
+    tls = urlsplit(base_url).scheme.lower() != "http"
     return httpx2.AsyncClient(
         base_url=base_url,
         headers=dict(headers or {}),
         http2=http2 and _h2_available(),
-        verify=True,
+        verify=tls,
+        follow_redirects=False,
         trust_env=False,
         timeout=httpx2.Timeout(limits.read_timeout_s, connect=limits.connect_timeout_s),
         limits=httpx2.Limits(
