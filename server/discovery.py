@@ -278,6 +278,8 @@ class Discovery:
 
     def _next_delay(self) -> float:
         snap = self._snapshot
+        if snap.source == "cache" and self.refreshes == 0:
+            return self.config.revalidate_after_start_s
         if snap.source != "probe":
             return 0.0
         delay = self.config.ttl_s - snap.age_s()

@@ -46,6 +46,14 @@ class DiscoveryConfig(_Strict):
     ttl_s: float = Field(300.0, gt=0, description="Snapshot age after which discovery re-runs in the background.")
     probe_deadline_s: float = Field(2.0, gt=0, le=60, description="Deadline for one adapter probe.")
     down_recheck_s: float = Field(15.0, gt=0, description="How often adapters marked down are probed again.")
+    revalidate_after_start_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="When the server starts from a cached snapshot, how long the first background "
+        "revalidation waits, so probes don't compete with the client's handshake (initialize, tools/list). "
+        "A call whose outcome contradicts the snapshot revalidates at once. Without a cache, probes start at once.",
+    )
 
 
 class HTTPConfig(_Strict):

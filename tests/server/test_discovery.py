@@ -76,16 +76,21 @@ async def test_a_corrupt_cache_is_ignored(tmp_path: Path) -> None:
     assert Discovery({"a": FakeAdapter("a")}, DiscoveryConfig(), path).load_cache() is False
 
 
-async def test_background_loop_revalidates_a_cached_snapshot_at_once_and_on_contradicting_calls(tmp_path: Path) -> None:
+async def test_background_loop_revalidates_a_cached_snapshot_after_the_start_grace_and_on_contradicting_calls(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "snap.json"
     a = FakeAdapter("a")
     await Discovery({"a": a}, DiscoveryConfig(), path).refresh()
-    discovery = Discovery({"a": a}, DiscoveryConfig(ttl_s=3600, down_recheck_s=3600), path)
+    config = DiscoveryConfig(ttl_s=3600, down_recheck_s=3600, revalidate_after_start_s=0.3)
+    discovery = Discovery({"a": a}, config, path)
     discovery.load_cache()
     async with anyio.create_task_group() as tg:
+        started = anyio.current_time()
         with anyio.fail_after(2):
             tg.start_soon(discovery.run)
             snap = await discovery.next_refresh()
+        assert anyio.current_time() - started >= 0.3  # the client's handshake goes first
         assert snap.source == "probe" and discovery.refreshes == 1
         discovery.observe_call("a", ok=False)  # snapshot says up, the call failed
         with anyio.fail_after(2):
@@ -130,4 +135,30 @@ async def test_a_burst_of_contradicting_calls_causes_one_refresh_not_one_each(tm
                 discovery.observe_call("a", ok=False)
             await discovery.next_refresh()
         assert discovery.refreshes == 2
+        tg.cancel_scope.cancel()
+
+
+async def test_a_contradicting_call_during_the_start_grace_revalidates_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "snap.json"
+    a = FakeAdapter("a")
+    await Discovery({"a": a}, DiscoveryConfig(), path).refresh()
+    discovery = Discovery({"a": a}, DiscoveryConfig(revalidate_after_start_s=60), path)
+    discovery.load_cache()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(discovery.run)
+        await anyio.sleep(0.05)
+        assert discovery.refreshes == 0
+        discovery.observe_call("a", ok=False)  # cached snapshot says up, the call failed
+        with anyio.fail_after(2):
+            await discovery.next_refresh()
+        tg.cancel_scope.cancel()
+
+
+async def test_without_a_cache_probes_start_at_once(tmp_path: Path) -> None:
+    discovery = Discovery({"a": FakeAdapter("a")}, DiscoveryConfig(revalidate_after_start_s=60), tmp_path / "s.json")
+    assert discovery.load_cache() is False
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(2):
+            tg.start_soon(discovery.run)
+            await discovery.next_refresh()
         tg.cancel_scope.cancel()
