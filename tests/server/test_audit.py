@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -42,9 +43,9 @@ async def test_group_commit_shares_one_fsync_among_concurrent_writers(tmp_path: 
     synced: list[int] = []
     original = log._fsync_fd
 
-    async def counting(fd: int) -> None:
+    async def counting(fd: int, inline: bool) -> None:
         synced.append(fd)
-        await original(fd)
+        await original(fd, inline)
 
     log._fsync_fd = counting  # type: ignore[method-assign]
     log_fd = log._fd
@@ -54,6 +55,40 @@ async def test_group_commit_shares_one_fsync_among_concurrent_writers(tmp_path: 
     log_syncs = [fd for fd in synced if fd == log_fd]
     await log.aclose()
     assert 1 <= len(log_syncs) < 40  # every writer waited for a group's fsync; far fewer fsyncs than records
+
+
+async def test_a_lone_writer_on_a_fast_disk_syncs_inline_and_concurrent_writers_share_a_threaded_sync(
+    tmp_path: Path,
+) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl", KEY, "group")
+    await log.write({"event": "start", "call_id": "1"}, durable=False)
+    await log.write({"event": "finish", "call_id": "1"}, alone=True)
+    inline = log.inline_syncs  # the log, and the first checkpoint with it
+    assert inline >= 1 and log._synced_gen == log._written_gen == 2
+    async with anyio.create_task_group() as tg:
+        for i in range(10):
+            tg.start_soon(partial(log.write, {"event": "finish", "call_id": str(i)}, alone=False))
+    assert log.inline_syncs == inline and log._synced_gen == log._written_gen == 12
+    log.sync_s = 0.05  # a slow disk: even a lone writer leaves the loop free while it syncs
+    await log.write({"event": "finish", "call_id": "x"}, alone=True)
+    assert log.inline_syncs == inline and log._synced_gen == 13
+    await log.aclose()
+    assert verify(log.path, KEY).ok
+
+
+async def test_a_failing_inline_sync_refuses_the_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.audit as audit_module
+
+    log = AuditLog(tmp_path / "audit.jsonl", KEY, "group")
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(audit_module, "_sync_data", broken)
+    with pytest.raises(AuditUnavailableError, match="fsync failed"):
+        await log.write({"event": "finish", "call_id": "1"}, alone=True)
+    assert not log.healthy
+    await log.aclose()
 
 
 async def test_the_chain_continues_across_restarts_and_rotations(tmp_path: Path) -> None:
