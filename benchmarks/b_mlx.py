@@ -24,7 +24,7 @@ MODEL = "all-minilm-l6-v2"
 
 
 def models_dir() -> Path | None:
-    from server.config import default_models_dir
+    from server.paths import default_models_dir
 
     for candidate in (default_models_dir(dict(__import__("os").environ)), ROOT / ".bench" / "models"):
         if (candidate / PACK / ".pack.json").is_file():

@@ -19,7 +19,7 @@ from adapters.base import AdapterContext
 from adapters.manifest import MLXManifest
 from adapters.mlx_local import MLXAdapter
 from adapters.types import ChatMessage, ChatRequest, EmbedRequest
-from server.config import default_models_dir
+from server.paths import default_models_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

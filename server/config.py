@@ -32,6 +32,7 @@ from adapters.base import AdapterContext, AdapterLimits
 from adapters.manifest import MCPManifest, OpenAIManifest
 from server.errors import ConfigError
 from server.manifests import Manifests, load_manifests
+from server.paths import default_cache_dir, default_models_dir, default_state_dir, user_manifests_dir
 from server.principal import load_tokens_file, token_digest
 
 Transport = Literal["stdio", "sse", "streamable-http"]
@@ -85,39 +86,6 @@ class Settings:
             batch_limit=perf.batching.batch_limit,
         )
         return AdapterContext(limits=limits, cache_dir=self.cache_dir, models_dir=self.models_dir, secrets=self.secrets)
-
-
-def _home(env: Mapping[str, str]) -> Path:
-    return Path(env.get("HOME") or os.path.expanduser("~"))
-
-
-def default_cache_dir(env: Mapping[str, str]) -> Path:
-    if env.get("MODEL_GATEWAY_CACHE_DIR"):
-        return Path(env["MODEL_GATEWAY_CACHE_DIR"])
-    base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else _home(env) / ".cache"
-    return base / "model-gateway"
-
-
-def default_models_dir(env: Mapping[str, str]) -> Path:
-    if env.get("MODEL_GATEWAY_MODELS_DIR"):
-        return Path(env["MODEL_GATEWAY_MODELS_DIR"])
-    return default_cache_dir(env) / "models"
-
-
-def default_state_dir(env: Mapping[str, str]) -> Path:
-    if env.get("MODEL_GATEWAY_STATE_DIR"):
-        return Path(env["MODEL_GATEWAY_STATE_DIR"])
-    base = Path(env["XDG_STATE_HOME"]) if env.get("XDG_STATE_HOME") else _home(env) / ".local" / "state"
-    return base / "model-gateway"
-
-
-def user_manifests_dir(explicit: Path | None, env: Mapping[str, str]) -> Path | None:
-    if explicit is not None:
-        return explicit
-    if env.get("MODEL_GATEWAY_MANIFESTS"):
-        return Path(env["MODEL_GATEWAY_MANIFESTS"])
-    default = _home(env) / ".config" / "model-gateway" / "manifests"
-    return default if default.is_dir() else None
 
 
 def _secret_names(manifests: Manifests) -> set[str]:

@@ -133,7 +133,7 @@ def test_missing_or_mismatched_files_raise_a_load_error_naming_the_file(tiny_dir
 
 
 def _pack(name: str) -> Path:
-    from server.config import default_models_dir
+    from server.paths import default_models_dir
 
     path = default_models_dir(os.environ) / name
     if not (path / "config.json").is_file():

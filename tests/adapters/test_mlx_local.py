@@ -337,7 +337,7 @@ async def test_aclose_is_idempotent_and_later_calls_are_refused(models_dir: Path
 def _installed_pack(name: str) -> Path:
     import os
 
-    from server.config import default_models_dir
+    from server.paths import default_models_dir
 
     root = default_models_dir(os.environ)
     if not (root / name / "config.json").is_file():

@@ -10,7 +10,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from server.config import default_models_dir
+from server.paths import default_models_dir
 from tests.support.processes import stdio_params
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.packs]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from server.config import default_models_dir
+from server.paths import default_models_dir
 
 PACK_NAME = "smollm2-135m-instruct"
 # The GGUF is consumed by `models pull`; conversion tests need it named explicitly.
