@@ -93,9 +93,16 @@ async def _serve(transport: str, port: int, manifests: Path) -> None:
 
     settings = _settings(transport, port, manifests)
     assert isinstance(settings, Settings)
-    server = build_server(settings, StateRef(), {"stub": StubAdapter()})
+    ref = StateRef()
+    server = build_server(settings, ref, {"stub": StubAdapter()})
     if transport == "stdio":
-        await server.run_stdio_async()
+        # the same stdio path as `serve` (our wire, the handshake recorder), minus the fast start
+        from server.stdio import serve_stdio
+        from server.stdio_front import Handover, HandshakeCache, Recorder, claim
+
+        in_fd, out_fd = claim()
+        handover = Handover([], b"", Recorder(HandshakeCache(manifests / "stdio-handshake.json", "stub")))
+        await serve_stdio(settings, server, ref, handover, in_fd, out_fd)
         return
     import uvicorn
 

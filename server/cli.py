@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--allowed-host", action="append", default=[], help="Host[:port] accepted beyond loopback")
     serve.add_argument("--privacy-mode", action="store_true", default=None, help="route to local adapters only")
     serve.add_argument("--metrics-port", type=int, help="stdio only: serve /metrics on 127.0.0.1:PORT")
+    serve.add_argument(
+        "--no-fast-start",
+        action="store_true",
+        help="stdio only: do not answer the handshake from the previous run's answers while starting",
+    )
 
     disc = sub.add_parser("discover", help="probe every adapter now and print what it serves")
     disc.add_argument("--json", action="store_true")
@@ -71,9 +76,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.transport == "stdio":
+        from server.paths import default_cache_dir
+        from server.stdio_front import enabled, options, run
+
+        fingerprinted = options(args.manifests, args.privacy_mode, args.metrics_port)
+        fast = enabled(args.no_fast_start, os.environ)
+        return run(fingerprinted, os.environ, default_cache_dir(os.environ), lambda: _prepare_stdio(args), fast=fast)
+    settings = _settings(args)
+    _configure_logging(settings.log_level)
+    import anyio
+
+    from server.app import serve_http
+
+    anyio.run(serve_http, settings)
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> Any:
     from server.config import load_settings
 
-    settings = load_settings(
+    return load_settings(
         manifests_dir=args.manifests,
         transport=args.transport,
         host=args.host,
@@ -83,18 +106,15 @@ def _serve(args: argparse.Namespace) -> int:
         privacy_mode=args.privacy_mode,
         metrics_port=args.metrics_port,
     )
+
+
+def _prepare_stdio(args: argparse.Namespace) -> Any:
+    """Settings, logging, imports and the built server (the fast start runs this in a worker thread)."""
+    settings = _settings(args)
     _configure_logging(settings.log_level)
-    import anyio
+    from server.stdio import prepare_stdio
 
-    if settings.transport == "stdio":
-        from server.stdio import serve_stdio
-
-        anyio.run(serve_stdio, settings)
-    else:
-        from server.app import serve_http
-
-        anyio.run(serve_http, settings)
-    return 0
+    return prepare_stdio(settings)
 
 
 def _discover(args: argparse.Namespace) -> int:
@@ -135,8 +155,8 @@ def _discover(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     from server import packs
-    from server.config import default_models_dir
     from server.manifests import load_manifests
+    from server.paths import default_models_dir
 
     user_dir = args.manifests
     manifests = load_manifests(user_dir)
