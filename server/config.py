@@ -1,4 +1,7 @@
-"""The only reader of the environment and of config files.
+"""The reader of the environment and of config files.
+
+(Before it is imported, the stdio fast start reads MODEL_GATEWAY_FAST_START and
+the directories of `server.paths`, and fingerprints the MODEL_GATEWAY_* values.)
 
 `load_settings()` turns CLI options, environment variables and manifests into
 one frozen `Settings`, passed explicitly to everything else. Secrets named by
@@ -16,6 +19,7 @@ Environment variables (all optional):
   MODEL_GATEWAY_AUTH_TOKENS_FILE  JSON {"tokens": [{"sha256", "subject"}]}: several tokens, one subject each
   MODEL_GATEWAY_PRIVACY_MODE "1" routes to local adapters only
   MODEL_GATEWAY_LOG_LEVEL    DEBUG | INFO | WARNING | ERROR
+  MODEL_GATEWAY_FAST_START   "0": stdio answers the handshake only once the server is ready
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ _SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
 # the SDK puts "jsonrpc" then "id" first in every response it writes
 _RESPONSE_ID = re.compile(rb'^\{"jsonrpc":"2\.0","id":(-?\d+|"(?:[^"\\]|\\.)*")')
 _NEEDLES = tuple(f'"{m}"'.encode() for m in CACHEABLE)
+_SMALL = 1 << 20
 
 
 def options(manifests: object, privacy_mode: object, metrics_port: object) -> list[str]:
@@ -144,7 +145,8 @@ class Recorder:
         self.pending[request_id] = (cache_key, drop, given)
 
     def inbound(self, line: bytes) -> None:
-        if not any(needle in line for needle in _NEEDLES):
+        head = line[:512]  # handshake requests are small; a large request is never one of them
+        if not any(needle in head for needle in _NEEDLES):
             return
         try:
             msg = json.loads(line)
@@ -166,9 +168,18 @@ class Recorder:
         if not self.pending:
             return data
         m = _RESPONSE_ID.match(data)
-        if m is None:
+        if m is not None:
+            request_id = _hashable(json.loads(m.group(1)))
+        elif len(data) <= _SMALL:  # another key order: handshake answers are small enough to parse
+            try:
+                msg = json.loads(data)
+            except ValueError:
+                return data
+            if not isinstance(msg, dict) or "id" not in msg or "method" in msg:
+                return data
+            request_id = _hashable(msg["id"])
+        else:
             return data
-        request_id = _hashable(json.loads(m.group(1)))
         entry = self.pending.pop(request_id, None)
         if entry is None:
             return data

@@ -139,6 +139,13 @@ def test_recorder_drops_private_answers_and_reports_a_stale_tools_list(tmp_path:
     assert quiet.outbound(response(f"{VERIFY_ID_PREFIX}0", TOOLS)) is None and not quiet.changed
 
 
+def test_recorder_finds_its_answers_whatever_the_key_order(tmp_path: Path) -> None:
+    rec = Recorder(cache(tmp_path), "2025-11-25")
+    rec.expect(f"{VERIFY_ID_PREFIX}0", key("tools/list", "2025-11-25"), drop=True, given=TOOLS)
+    reordered = json.dumps({"result": TOOLS, "id": f"{VERIFY_ID_PREFIX}0", "jsonrpc": "2.0"}).encode() + b"\n"
+    assert rec.outbound(reordered) is None and rec.pending == {}
+
+
 def test_a_cache_with_another_fingerprint_is_not_used(tmp_path: Path) -> None:
     path = tmp_path / "handshake.json"
     HandshakeCache(path, "one", {key("tools/list", "x"): TOOLS}).save()
