@@ -107,13 +107,22 @@ class HandshakeCache:
         return cls(path, fp, dict(data["answers"]))
 
     def save(self) -> None:
+        """Atomically, readable by the owner only (it is trusted like the rest of the cache dir)."""
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "answers": self.answers}))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps({"fingerprint": self.fingerprint, "answers": self.answers}))
             os.replace(tmp, self.path)
         except OSError as exc:
-            sys.stderr.write(f"model-gateway: handshake cache not written: {exc.strerror}\n")
+            _log().warning("stdio handshake cache not written: %s", exc.strerror or type(exc).__name__)
+
+
+def _log() -> Any:
+    import logging  # only when there is something to say: the fast start imports nothing it can avoid
+
+    return logging.getLogger("model_gateway.stdio")
 
 
 def key(method: str, version: str | None) -> str:
@@ -194,7 +203,7 @@ class Recorder:
                 self.cache.save()
             if given is not None and given != result:
                 self.changed.append(cache_key)
-                sys.stderr.write(f"model-gateway: the cached answer to {cache_key} was stale; cache rewritten\n")
+                _log().warning("the cached answer to %s was stale: answered again and the cache rewritten", cache_key)
                 if cache_key.startswith("tools/list|") and self.list_changed:
                     extra = b'{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}\n'
         if drop:
