@@ -12,7 +12,6 @@ import random
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -21,19 +20,12 @@ from mcp import Client
 
 from server.audit import evidence
 from server.audit_verify import verify
-from tests.support.fake_ollama import spawn
 from tests.support.processes import ROOT, free_port, gateway_argv, gateway_env, ollama_manifests, wait_http
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 KILLS = 20
 CLIENTS = 4
 KEY = bytes.fromhex("11" * 32)  # what gateway_env passes as MODEL_GATEWAY_AUDIT_KEY
-
-
-@pytest.fixture(scope="module")
-def ollama_url() -> Iterator[str]:
-    with spawn() as url:
-        yield url
 
 
 async def _load(base: str, run: int, worker: int, answered: list[str], stop: anyio.Event) -> None:

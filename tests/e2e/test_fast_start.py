@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +13,9 @@ import pytest
 from mcp import Client
 
 from server.stdio_front import CACHE_FILE, HandshakeCache, fingerprint, options
-from tests.support.fake_ollama import spawn
-from tests.support.processes import ROOT, gateway_argv, gateway_env, ollama_manifests, stdio_params
+from tests.support.processes import ROOT, gateway_argv, gateway_env, stdio_params
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
-
-
-@pytest.fixture(scope="module")
-def ollama_url() -> Iterator[str]:
-    with spawn() as url:
-        yield url
-
-
-@pytest.fixture
-def manifests(tmp_path: Path, ollama_url: str) -> Path:
-    return ollama_manifests(tmp_path / "manifests", ollama_url)
 
 
 def cache_path(home: Path) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ from mcp import Client
 
 from server.app import build_server
 from server.config import load_settings
-from tests.support.fake_ollama import spawn
 from tests.support.gateway import disabled_adapter
 from tests.support.processes import ROOT, gateway_env, http_gateway, ollama_manifests
 
@@ -24,12 +22,6 @@ MODELS = [
     {"name": "all-minilm:latest", "capabilities": ["embed", "rerank"]},
     {"name": "llama3.2:1b", "capabilities": ["chat"]},
 ]
-
-
-@pytest.fixture(scope="module")
-def ollama_url() -> Iterator[str]:
-    with spawn() as url:
-        yield url
 
 
 def front_manifests(root: Path, downstream: dict[str, Any]) -> Path:

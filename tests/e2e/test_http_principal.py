@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -13,16 +12,9 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.support.fake_ollama import spawn
 from tests.support.processes import http_gateway, ollama_manifests
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
-
-
-@pytest.fixture(scope="module")
-def ollama_url() -> Iterator[str]:
-    with spawn() as url:
-        yield url
 
 
 def tokens_file(path: Path, tokens: dict[str, str]) -> Path:

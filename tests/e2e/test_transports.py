@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -14,21 +13,9 @@ import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
 
-from tests.support.fake_ollama import spawn
-from tests.support.processes import ROOT, gateway_argv, gateway_env, http_gateway, ollama_manifests, stdio_params
+from tests.support.processes import ROOT, gateway_argv, gateway_env, http_gateway, stdio_params
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
-
-
-@pytest.fixture(scope="module")
-def ollama_url() -> Iterator[str]:
-    with spawn() as url:
-        yield url
-
-
-@pytest.fixture
-def manifests(tmp_path: Path, ollama_url: str) -> Path:
-    return ollama_manifests(tmp_path / "manifests", ollama_url)
 
 
 def fetch(url: str) -> str:
