@@ -35,6 +35,7 @@ def registry() -> list[tuple[tuple[str, ...], str, Bench]]:
         (("2",), "in-process call latency", b_calls.bench_in_process),
         (("3",), "adapter vs raw HTTP", b_upstream.bench_adapter_http),
         (("4", "5"), "batch sizes end to end", b_upstream.bench_batch_sizes),
+        (("6",), "coalescing over stdio", b_upstream.bench_coalescing_stdio),
         (("6",), "coalescing over HTTP", b_upstream.bench_coalescing_http),
         (("6",), "coalescing over MLX", b_mlx.bench_coalescing_mlx),
         (("8",), "spawn to first tools/list", b_startup.bench_spawn),

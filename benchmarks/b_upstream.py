@@ -253,13 +253,26 @@ async def coalescing_rows(
     ]
 
 
-async def bench_coalescing_http(plan: Plan) -> list[Row]:
-    """6 over HTTP adapters: Streamable HTTP gateways (many clients share one), an upstream with a per-request cost.
+async def bench_coalescing_stdio(plan: Plan) -> list[Row]:
+    """6 over stdio: one client with 16 calls in flight (a host running tool calls in parallel).
 
     Coalescing saves upstream requests, so it shows only where a request costs something: real embedding
-    servers spend milliseconds per request before the first text. Over stdio one client feeds the gateway
-    one call at a time on this 2-core machine, so there is nothing to merge there.
+    servers spend milliseconds per request before the first text.
     """
+    with fake_ollama(latency_ms=UPSTREAM_REQUEST_MS) as url, scratch_home() as home:
+        on = gateway_manifests(home / "on", url, {"batching": {"coalesce": True}})
+        off = gateway_manifests(home / "off", url, {"batching": {"coalesce": False}})
+
+        async def count(run: Callable[[], Awaitable[Any]]) -> int:
+            return await _count(url, run)
+
+        label = f"Ollama, MCP stdio, {UPSTREAM_REQUEST_MS:g} ms per upstream request"
+        params_on, params_off = gateway_params(home / "s-on", on), gateway_params(home / "s-off", off)
+        return await coalescing_rows("6-stdio", label, params_on, params_off, plan, count)
+
+
+async def bench_coalescing_http(plan: Plan) -> list[Row]:
+    """6 over HTTP adapters: Streamable HTTP gateways (many clients share one), an upstream with a per-request cost."""
     with fake_ollama(latency_ms=UPSTREAM_REQUEST_MS) as url, scratch_home() as home:
         on = gateway_manifests(home / "on", url, {"batching": {"coalesce": True}})
         off = gateway_manifests(home / "off", url, {"batching": {"coalesce": False}})

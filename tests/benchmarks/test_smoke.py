@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from benchmarks import b_calls, b_discovery, b_mlx, b_peers, b_remote, b_upstream
+from benchmarks import b_calls, b_discovery, b_mlx, b_peers, b_remote, b_startup, b_upstream
 from benchmarks.__main__ import main
 from benchmarks.core import Plan, Row
 
@@ -43,6 +43,15 @@ async def test_in_process_and_adapter_benchmarks_run() -> None:
         rows = await b_calls.bench_in_process(TINY) + await b_upstream.bench_adapter_http(TINY)
     _well_formed(rows, {"2", "3"})
     assert all(r.extra.get("clients_built") == 0 for r in rows if r.bench.startswith("3") and not r.skipped)
+
+
+async def test_batch_coalescing_and_startup_benchmarks_run() -> None:
+    with anyio.fail_after(300):
+        rows = await b_upstream.bench_batch_sizes(TINY)
+        rows += await b_upstream.bench_coalescing_stdio(TINY)
+        rows += await b_startup.bench_spawn(TINY)
+    _well_formed(rows, {"4", "5", "6", "8"})
+    assert {"4", "5", "5-b64", "6-stdio", "8", "8-shipped", "8-nofast", "8-call"} == {r.bench for r in rows}
 
 
 async def test_discovery_benchmark_probes_concurrently_not_in_sequence() -> None:
