@@ -12,9 +12,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.errors import ConfigError, GatewayError
+
+if TYPE_CHECKING:  # heavy modules: `serve` over stdio imports them in a worker thread
+    from server.config import Settings
+    from server.stdio_front import Prepared
 
 
 def _out(text: str) -> None:
@@ -93,7 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _settings(args: argparse.Namespace) -> Settings:
     from server.config import load_settings
 
     return load_settings(
@@ -108,7 +112,7 @@ def _settings(args: argparse.Namespace) -> Any:
     )
 
 
-def _prepare_stdio(args: argparse.Namespace) -> Any:
+def _prepare_stdio(args: argparse.Namespace) -> Prepared:
     """Settings, logging, imports and the built server (the fast start runs this in a worker thread)."""
     settings = _settings(args)
     _configure_logging(settings.log_level)
