@@ -231,7 +231,7 @@ class Front:
     def __init__(self, cache: HandshakeCache, out_fd: int) -> None:
         self.cache = cache
         self.out_fd = out_fd
-        self.buf = b""
+        self.buf = bytearray()
         self.queue: list[tuple[bytes, bool]] = []
         self.init_line: bytes | None = None
         self.init_given: tuple[Any, str, Any] | None = None  # (id, cache key, answer)
@@ -241,10 +241,13 @@ class Front:
         self.deferred = False  # after an unanswerable initialize, everything waits for the server
 
     def feed(self, data: bytes) -> None:
+        scan = len(self.buf)
         self.buf += data
-        *lines, self.buf = self.buf.split(b"\n")
-        for raw in lines:
-            self._line(raw + b"\n")
+        start = 0
+        while (end := self.buf.find(b"\n", scan)) >= 0:
+            self._line(bytes(self.buf[start : end + 1]))
+            start = scan = end + 1
+        del self.buf[:start]
 
     def _line(self, line: bytes) -> None:
         try:
@@ -307,7 +310,7 @@ class Front:
             replay.append((json.dumps({**request, "id": private}).encode() + b"\n", False))
             recorder.expect(private, cache_key, drop=True, given=answer)
         replay.extend(self.queue)
-        return Handover(replay, self.buf, recorder)
+        return Handover(replay, bytes(self.buf), recorder)
 
 
 Prepared = Callable[[Handover, int, int], int]
@@ -347,7 +350,10 @@ def run(
             break
         data = os.read(in_fd, 1 << 16)
         if data:
-            front.feed(data)
+            try:
+                front.feed(data)
+            except BrokenPipeError:
+                os._exit(0)  # the client closed its end before reading the answer
             continue
         eof = True
         if not front.waiting():
