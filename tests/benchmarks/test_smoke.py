@@ -54,6 +54,15 @@ async def test_batch_coalescing_and_startup_benchmarks_run() -> None:
     assert {"4", "5", "5-b64", "6-stdio", "8", "8-shipped", "8-nofast", "8-call"} == {r.bench for r in rows}
 
 
+async def test_http_coalescing_memory_and_streamable_http_benchmarks_run() -> None:
+    with anyio.fail_after(300):
+        rows = await b_upstream.bench_coalescing_http(TINY)
+        rows += await b_startup.bench_memory(TINY)
+        rows += await b_calls.bench_http(TINY)
+    _well_formed(rows, {"6", "10", "11"})
+    assert {"6-http", "10", "10-growth", "11"} == {r.bench for r in rows}
+
+
 async def test_discovery_benchmark_probes_concurrently_not_in_sequence() -> None:
     with anyio.fail_after(30):
         rows = await b_discovery.bench_discovery(TINY)
@@ -63,11 +72,11 @@ async def test_discovery_benchmark_probes_concurrently_not_in_sequence() -> None
     assert concurrent is not None and sequential is not None and sequential > concurrent
 
 
-@pytest.mark.parametrize("bench", [b_mlx.bench_mlx_warm, b_remote.bench_remote])
+@pytest.mark.parametrize("bench", [b_mlx.bench_mlx_warm, b_mlx.bench_coalescing_mlx, b_remote.bench_remote])
 async def test_optional_benchmarks_run_or_report_skipped(bench: object) -> None:
     with anyio.fail_after(120):
         rows = await bench(TINY)  # type: ignore[operator]
-    _well_formed(rows, {"12", "13"})
+    _well_formed(rows, {"6", "12", "13"})
 
 
 def test_cli_writes_a_json_file_of_ratios(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
