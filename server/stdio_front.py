@@ -1,7 +1,8 @@
 """stdio fast start: answer the handshake from the previous run while the SDK imports.
 
 Hosts spawn the server, then wait for `initialize` (or, at 2026-07-28,
-`server/discover`) and `tools/list` before they show its tools. Importing the
+`server/discover`) and `tools/list` (often `resources/list` and
+`prompts/list` too) before they show its tools. Importing the
 MCP SDK alone takes most of a second, yet those answers depend only on the
 code, the installed SDK and the serve options. Every stdio run records its own
 wire answers to them in `<cache dir>/stdio-handshake.json` under a fingerprint
@@ -14,7 +15,7 @@ At the handover the server is fed what it must know: a legacy `initialize`
 queued. The requests answered from the file are replayed under private ids
 and their real answers compared with the ones given: on a difference the file
 is rewritten, a warning is logged and a client whose `initialize` answer
-declared `tools.listChanged` is sent `notifications/tools/list_changed`.
+declared `listChanged` for that list is sent its `list_changed` notification.
 
 Off with `serve --no-fast-start` or MODEL_GATEWAY_FAST_START=0. Standard
 library only before the handover: this module runs before the SDK is imported.
@@ -38,7 +39,14 @@ from typing import Any
 
 CACHE_FILE = "stdio-handshake.json"
 FORMAT = 1
-CACHEABLE = ("initialize", "server/discover", "tools/list")
+# what a host asks before it shows a server: each list's answer depends on the code alone
+LISTS = {
+    "tools/list": "tools",
+    "resources/list": "resources",
+    "resources/templates/list": "resources",
+    "prompts/list": "prompts",
+}
+CACHEABLE = ("initialize", "server/discover", *LISTS)
 PROTOCOL_VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion"
 VERIFY_ID_PREFIX = "model-gateway/verify/"
 # what decides the answers besides the code: these variables' values (secrets: only whether they are set)
@@ -143,10 +151,12 @@ class Recorder:
     what goes on the wire (private verification answers are dropped).
     """
 
-    def __init__(self, cache: HandshakeCache, negotiated: str | None = None, list_changed: bool = False) -> None:
+    def __init__(
+        self, cache: HandshakeCache, negotiated: str | None = None, list_changed: frozenset[str] = frozenset()
+    ) -> None:
         self.cache = cache
         self.negotiated = negotiated  # legacy: the protocol version initialize settled on
-        self.list_changed = list_changed  # the initialize answer declared tools.listChanged
+        self.list_changed = list_changed  # capabilities the initialize answer declared `listChanged` for
         # request id -> (cache key, drop the answer, the answer already given from the cache)
         self.pending: dict[Any, tuple[str, bool, Any]] = {}
         self.changed: list[str] = []
@@ -165,7 +175,7 @@ class Recorder:
         if not isinstance(msg, dict) or msg.get("method") not in CACHEABLE or "id" not in msg:
             return
         method, params = msg["method"], msg.get("params")
-        if method == "tools/list" and isinstance(params, dict) and params.get("cursor") is not None:
+        if method in LISTS and isinstance(params, dict) and params.get("cursor") is not None:
             return  # a later page: only the first is kept
         if method == "initialize":
             requested = params.get("protocolVersion") if isinstance(params, dict) else None
@@ -205,8 +215,9 @@ class Recorder:
             if given is not None and given != result:
                 self.changed.append(cache_key)
                 _log().warning("the cached answer to %s was stale: answered again and the cache rewritten", cache_key)
-                if cache_key.startswith("tools/list|") and self.list_changed:
-                    extra = b'{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}\n'
+                capability = LISTS.get(cache_key.split("|", 1)[0])
+                if capability in self.list_changed:
+                    extra = f'{{"jsonrpc":"2.0","method":"notifications/{capability}/list_changed"}}\n'.encode()
         if drop:
             return extra or None
         return data + extra
@@ -276,7 +287,7 @@ class Front:
             self.negotiated = answer["protocolVersion"]
             self._send({"jsonrpc": "2.0", "id": request_id, "result": answer})
             return
-        if method in ("server/discover", "tools/list") and "id" in msg:
+        if (method == "server/discover" or method in LISTS) and "id" in msg:
             cursor = params.get("cursor") if isinstance(params, dict) else None
             version = _meta_version(params) or self.negotiated
             cache_key = key(method, version)
@@ -296,8 +307,14 @@ class Front:
 
     def handover(self) -> Handover:
         answer = self.init_given[2] if self.init_given is not None else {}
-        tools = answer.get("capabilities", {}).get("tools") if isinstance(answer.get("capabilities"), dict) else None
-        recorder = Recorder(self.cache, self.negotiated, isinstance(tools, dict) and tools.get("listChanged") is True)
+        declared_caps = answer.get("capabilities")
+        capabilities: dict[str, Any] = declared_caps if isinstance(declared_caps, dict) else {}
+        announced = frozenset(
+            name
+            for name, declared in capabilities.items()
+            if isinstance(declared, dict) and declared.get("listChanged") is True
+        )
+        recorder = Recorder(self.cache, self.negotiated, announced)
         replay: list[tuple[bytes, bool]] = []
         if self.init_line is not None and self.init_given is not None:
             request_id, cache_key, answer = self.init_given

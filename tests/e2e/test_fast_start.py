@@ -23,12 +23,15 @@ def cache_path(home: Path) -> Path:
 
 
 async def session(home: Path, manifests: Path, mode: str, *extra: str) -> tuple[list[dict[str, Any]], bool]:
-    """One client session: the tools it was told about, and whether a call then worked."""
+    """One client session: what it was told (tools, resources, prompts), and whether a call then worked."""
     with anyio.fail_after(60):
         async with Client(stdio_params(home, manifests, *extra), mode=mode) as client:  # type: ignore[arg-type]
             tools = (await client.list_tools()).tools
+            resources = (await client.list_resources()).resources
+            prompts = (await client.list_prompts()).prompts
             result = await client.call_tool("embed", {"input": "hello"})
-    return [t.model_dump(mode="json") for t in tools], not result.is_error
+    told = [x.model_dump(mode="json") for x in [*tools, *resources, *prompts]]
+    return told, not result.is_error
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
@@ -43,6 +46,7 @@ async def test_a_second_start_answers_the_handshake_as_the_first_did(
     assert ok1 and ok2 and ok3
     assert first == second == plain
     assert {t["name"] for t in first} >= {"chat", "embed", "rerank", "models"}
+    assert any(k.startswith("resources/list|") for k in recorded)
 
 
 async def test_a_stale_cached_answer_is_served_once_then_replaced(tmp_path: Path, manifests: Path) -> None:

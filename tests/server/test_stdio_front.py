@@ -83,6 +83,21 @@ def test_front_answers_initialize_and_tools_list_from_the_cache_and_queues_the_r
     assert set(handover.recorder.pending) == {1, f"{VERIFY_ID_PREFIX}0"}
 
 
+def test_front_answers_the_resource_and_prompt_lists_hosts_ask_for_at_start(
+    tmp_path: Path, out: tuple[int, int]
+) -> None:
+    resources = {"resources": [{"uri": "gateway://health", "name": "health"}]}
+    prompts: dict[str, Any] = {"prompts": []}
+    answers = {key("initialize", "2025-11-25"): INIT, key("resources/list", "2025-11-25"): resources}
+    front = Front(cache(tmp_path, {**answers, key("prompts/list", "2025-11-25"): prompts}), out[1])
+    front.feed(init_request() + rpc({"id": 2, "method": "resources/list"}) + rpc({"id": 3, "method": "prompts/list"}))
+    front.feed(rpc({"id": 4, "method": "resources/templates/list"}))  # not recorded yet: the server answers it
+    assert [(a["id"], a["result"]) for a in written(out[0])] == [(1, INIT), (2, resources), (3, prompts)]
+    handover = front.handover()
+    assert [json.loads(line).get("id") for line, _ in handover.replay][-1] == 4
+    assert handover.recorder.list_changed == frozenset({"tools"})  # what INIT declared
+
+
 def test_front_defers_everything_after_an_initialize_it_has_no_answer_for(tmp_path: Path, out: tuple[int, int]) -> None:
     c = cache(tmp_path, {key("initialize", "2025-11-25"): INIT, key("tools/list", "2025-11-25"): TOOLS})
     front = Front(c, out[1])
@@ -125,7 +140,7 @@ def test_recorder_records_answers_and_keeps_the_wire_untouched(tmp_path: Path) -
 def test_recorder_drops_private_answers_and_reports_a_stale_tools_list(tmp_path: Path) -> None:
     stale = {"tools": [{"name": "gone", "inputSchema": {"type": "object"}}]}
     c = cache(tmp_path, {key("tools/list", "2025-11-25"): stale})
-    rec = Recorder(c, "2025-11-25", list_changed=True)
+    rec = Recorder(c, "2025-11-25", list_changed=frozenset({"tools"}))
     rec.expect(f"{VERIFY_ID_PREFIX}0", key("tools/list", "2025-11-25"), drop=True, given=stale)
     notice = rec.outbound(response(f"{VERIFY_ID_PREFIX}0", TOOLS))
     assert notice is not None and json.loads(notice) == {
@@ -134,9 +149,16 @@ def test_recorder_drops_private_answers_and_reports_a_stale_tools_list(tmp_path:
     }
     assert c.answers[key("tools/list", "2025-11-25")] == TOOLS and rec.changed == [key("tools/list", "2025-11-25")]
     assert json.loads(c.path.read_text())["answers"][key("tools/list", "2025-11-25")] == TOOLS
-    quiet = Recorder(cache(tmp_path, {key("tools/list", "2025-11-25"): TOOLS}), "2025-11-25", list_changed=True)
+    fresh = cache(tmp_path, {key("tools/list", "2025-11-25"): TOOLS})
+    quiet = Recorder(fresh, "2025-11-25", list_changed=frozenset({"tools"}))
     quiet.expect(f"{VERIFY_ID_PREFIX}0", key("tools/list", "2025-11-25"), drop=True, given=TOOLS)
     assert quiet.outbound(response(f"{VERIFY_ID_PREFIX}0", TOOLS)) is None and not quiet.changed
+    # each list announces itself, and only where the client was told it may change
+    for told, expected in ((frozenset({"resources"}), "notifications/resources/list_changed"), (frozenset(), None)):
+        rec = Recorder(cache(tmp_path, {}), "2025-11-25", list_changed=told)
+        rec.expect("r", key("resources/list", "2025-11-25"), drop=True, given={"resources": []})
+        notice = rec.outbound(response("r", {"resources": [{"uri": "gateway://health", "name": "health"}]}))
+        assert (json.loads(notice)["method"] if notice else None) == expected
 
 
 def test_recorder_finds_its_answers_whatever_the_key_order(tmp_path: Path) -> None:
