@@ -25,8 +25,9 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 from benchmarks.core import Plan, Row, Sample, Target, compare, interleave, latency_sample
-from benchmarks.procs import child_running, children, env_for, gateway_params, memory_mib, scratch_home, stop
+from benchmarks.procs import child_running, children, env_for, gateway_params, memory_mib, scratch_home
 from benchmarks.upstream import OLLAMA_MODEL, fake_ollama, gateway_manifests, reset_upstream, upstream_embeds
+from tests.support.proc import stop
 from tests.support.processes import ROOT, free_port, gateway_argv, wait_http
 
 BENCH = ROOT / ".bench"

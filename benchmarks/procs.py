@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mcp.client.stdio import StdioServerParameters
 
+from tests.support.proc import stop
 from tests.support.processes import ROOT, free_port, gateway_env, wait_http
 
 QUIET = {"MODEL_GATEWAY_LOG_LEVEL": "WARNING"}
@@ -55,15 +56,6 @@ def http_module(module: str, home: Path, *args: str, ready_path: str = "/mcp") -
         yield base
     finally:
         stop(proc)
-
-
-def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @contextlib.contextmanager

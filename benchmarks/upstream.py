@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.procs import stop
 from tests.support.fake_ollama import remote_counts, remote_reset, spawn
+from tests.support.proc import stop
 from tests.support.processes import ROOT, free_port, ollama_manifests, wait_http
 
 OLLAMA_MODEL = "all-minilm:latest"

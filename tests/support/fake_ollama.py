@@ -43,6 +43,7 @@ import numpy as np
 import orjson
 
 from tests.support.http1 import INVALID, LoopbackServer, Reply, Request, write_response
+from tests.support.proc import stop as stop_process
 
 log = logging.getLogger("fake_ollama")
 
@@ -364,12 +365,7 @@ def spawn(port: int = 0, latency_ms: float = 0.0) -> Iterator[str]:
             raise RuntimeError("fake Ollama process did not report its URL")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from mcp.client.stdio import StdioServerParameters
 
 from tests.support.gateway import disabled_adapter
+from tests.support.proc import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,9 +111,4 @@ def http_gateway(
         wait_http(base + "/health", proc=proc)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 15)
