@@ -68,6 +68,7 @@ class AdapterLimits:
     probe_deadline_s: float = 2.0
     batch_limit: int = 256
     http2: bool = False
+    model_load_s: float = 60.0  # how long a call waits for a local model to finish loading
 
 
 @dataclass(frozen=True, slots=True)
