@@ -23,21 +23,27 @@ import numpy as np
 _ATTRIBUTES = ("q_proj", "k_proj", "v_proj", "o_proj", "rope", "n_heads", "n_kv_heads", "scale")
 
 
-def scaled_dot_product_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float) -> mx.array:
-    """Causal attention of the last L positions over all S keys (S >= L), grouped KV heads; float32."""
-    _, heads, length, dim = queries.shape
-    kv_heads, total = keys.shape[1], keys.shape[2]
-    group = heads // kv_heads
-    scores = (queries * scale).reshape(1, kv_heads, group * length, dim) @ keys.swapaxes(-1, -2)
-    s = np.array(scores, dtype=np.float32)  # a writable copy; the softmax works in place on it
-    if length > 1:
-        # Query i sits at position total - length + i and may not see the keys after it.
-        tail = s.reshape(kv_heads, group, length, total)[..., total - length :]
-        tail[:, :, np.triu(np.ones((length, length), dtype=bool), 1)] = -np.inf
+def softmax(scores: mx.array, causal: int = 0) -> mx.array:
+    """Softmax over the last axis, computed by numpy; with `causal` = L, the last L rows of each (rows, S)
+    matrix may not see the columns after their own position (row i of L sits at column S - L + i)."""
+    s = np.array(scores, dtype=np.float32)  # a writable copy; the softmax works on it in place
+    if causal > 1:
+        total = s.shape[-1]
+        tail = s.reshape(-1, causal, total)[..., total - causal :]
+        tail[:, np.triu(np.ones((causal, causal), dtype=bool), 1)] = -np.inf
     s -= s.max(axis=-1, keepdims=True)
     np.exp(s, out=s)
     s /= s.sum(axis=-1, keepdims=True)
-    return (mx.array(s) @ values).reshape(1, heads, length, dim)
+    return mx.array(s)
+
+
+def scaled_dot_product_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float) -> mx.array:
+    """Causal attention of the last L positions over all S keys (S >= L), grouped KV heads; float32."""
+    _, heads, length, dim = queries.shape
+    kv_heads = keys.shape[1]
+    group = heads // kv_heads
+    scores = (queries * scale).reshape(1, kv_heads, group * length, dim) @ keys.swapaxes(-1, -2)
+    return (softmax(scores, causal=length) @ values).reshape(1, heads, length, dim)
 
 
 def _attend(self: Any, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:

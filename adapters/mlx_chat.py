@@ -12,10 +12,7 @@ serves the jobs waiting and says whether the caller is gone. A prompt that
 cannot be read before the call's deadline, at the rate this model has been
 measured to read prompts here, is refused before any work.
 
-Layout: MLX's CPU backend has no fast kernel for quantized matrices while
-float32 matrix products go to BLAS, so on a CPU a quantized model is
-dequantized to float32 at load (for ~4x the weights' memory) and its attention
-softmax runs in numpy (adapters/mlx_attention.py); on a GPU it stays as stored.
+The weights run in the layout that is fast on this device (adapters/mlx_layout.py).
 """
 
 from __future__ import annotations
@@ -27,15 +24,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import mlx.core as mx
-import mlx.nn as nn
 from mlx_lm import load as mlx_lm_load
 from mlx_lm import stream_generate
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import make_sampler
-from mlx_lm.utils import dequantize_model
 
 from adapters.errors import InvalidRequestError, ModelLoadError, safe_detail
-from adapters.mlx_attention import use_numpy_softmax
+from adapters.mlx_layout import choose_layout
 from adapters.mlx_prompt import PromptEncoder
 
 GenerationFinish = Literal["stop", "length", "cancelled"]
@@ -70,32 +65,6 @@ class _PrefillStopped(Exception):
         self.read = read
 
 
-def choose_layout(model: nn.Module) -> tuple[nn.Module, str]:
-    """The weight layout for this device: float32 on a CPU, as stored on a GPU; and a line saying which."""
-    bits = {m.bits for _, m in model.named_modules() if isinstance(m, nn.QuantizedLinear | nn.QuantizedEmbedding)}
-    quantized = bool(bits)
-    if quantized:
-        stored = "/".join(f"{b}" for b in sorted(bits)) + "-bit quantized"
-    else:
-        stored = str(next(iter(_dtypes(model)), "float32")).removeprefix("mlx.core.")
-    if mx.default_device() != mx.cpu:
-        return model, f"{stored} as stored (gpu)"
-    if quantized:
-        model = dequantize_model(model)
-    if _dtypes(model) != {mx.float32}:
-        model.set_dtype(mx.float32)
-    mx.eval(model.parameters())
-    weights = "float32 as stored" if stored == "float32" else f"float32 converted from {stored} at load"
-    softmax = "numpy softmax" if use_numpy_softmax(model) else "mlx attention"
-    return model, f"{weights}, {softmax} (cpu)"
-
-
-def _dtypes(model: nn.Module) -> set[Any]:
-    from mlx.utils import tree_flatten
-
-    return {v.dtype for _, v in tree_flatten(model.parameters()) if mx.issubdtype(v.dtype, mx.floating)}
-
-
 class ChatModel:
     """One loaded mlx-lm model and its tokenizer; not thread-safe, use from one thread."""
 
@@ -116,7 +85,8 @@ class ChatModel:
         self.clock: Callable[[], float] = time.monotonic  # what `deadline` is measured against
 
     @classmethod
-    def load(cls, path: Path) -> ChatModel:
+    def load(cls, path: Path, between: Callable[[], object] = lambda: None) -> ChatModel:
+        """Load, convert to this device's layout and calibrate; `between()` is called between the steps."""
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"chat model directory {path} is missing or has no config.json; {PULL_HINT}")
         try:
@@ -125,7 +95,8 @@ class ChatModel:
             raise ModelLoadError(f"cannot load chat model from {path}: {safe_detail(str(exc))}; {PULL_HINT}") from exc
         if tokenizer.chat_template is None:
             raise ModelLoadError(f"chat model at {path} has no chat template in tokenizer_config.json")
-        model, layout = choose_layout(model)
+        between()
+        model, layout = choose_layout(model, between)
         context = config.get("max_position_embeddings")
         chat = cls(model, tokenizer, path=path, context_length=int(context) if context else None, layout=layout)
         chat.calibrate()

@@ -35,10 +35,15 @@ ROLE_CAPABILITIES: dict[str, frozenset[Capability]] = {
     "cross-encoder": frozenset({"rerank"}),
     "lm": frozenset({"chat"}),
 }
-Loader = Callable[[str, Path, MLXOptions], object]
+# (role, directory, options, between): `between()` serves the jobs waiting while a slow load goes on.
+Loader = Callable[[str, Path, MLXOptions, Callable[[], object]], object]
 
 
-def load_model(role: str, path: Path, options: MLXOptions) -> object:
+def _nothing() -> object:
+    return None
+
+
+def load_model(role: str, path: Path, options: MLXOptions, between: Callable[[], object] = _nothing) -> object:
     """The default loader; runs on the owner thread, so MLX is imported there."""
     if role == "encoder":
         from adapters.mlx_bert import SentenceEncoder
@@ -52,7 +57,7 @@ def load_model(role: str, path: Path, options: MLXOptions) -> object:
         from adapters.mlx_chat import ChatModel
     except ImportError as exc:
         raise ModelLoadError(f"MLX chat support is unavailable: {exc}") from exc
-    return ChatModel.load(path)
+    return ChatModel.load(path, between)
 
 
 def model_dir(spec: MLXModelSpec, models_dir: Path) -> Path:
@@ -104,7 +109,7 @@ def _load_checked(slot: Slot, loader: Loader, options: MLXOptions, serve_others:
         raise ModelLoadError(missing)
     check = _start_content_check(slot) if slot.spec.pack and not slot.spec.path else None
     try:
-        model = loader(slot.spec.role, slot.path, options)
+        model = loader(slot.spec.role, slot.path, options, serve_others)
     except BaseException:
         if check is not None:
             check.cancel()

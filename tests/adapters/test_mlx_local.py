@@ -100,7 +100,7 @@ class ScriptedChat:
 
 
 def _loader(chat: ScriptedChat | None = None, gate: threading.Event | None = None) -> Callable[..., object]:
-    def load(role: str, path: Path, options: Any) -> object:
+    def load(role: str, path: Path, options: Any, *_: Any) -> object:
         if gate is not None:
             assert gate.wait(10)
         if role == "lm":
@@ -252,8 +252,13 @@ async def test_probe_reports_loading_then_ready_and_early_calls_wait(models_dir:
         with anyio.fail_after(30):
             await adapter.rerank(RerankRequest(model="cross", query="q", documents=("d",)))
             await adapter.chat(ChatRequest(model="lm", messages=(ChatMessage("user", "hi"),)))
-        states = {k: v for k, v in (await adapter.probe()).details.items() if k != "blas"}
-        assert states == {"enc": "ready", "cross": "ready", "lm": "ready"}
+        details = (await adapter.probe()).details
+        assert {k: v for k, v in details.items() if k != "blas" and not k.endswith(" layout")} == {
+            "enc": "ready",
+            "cross": "ready",
+            "lm": "ready",
+        }
+        assert details["enc layout"] == details["cross layout"] == "float32, numpy softmax (cpu)"
     finally:
         gate.set()
         await adapter.aclose()
@@ -371,6 +376,7 @@ async def test_the_shipped_mlx_manifest_serves_the_default_packs() -> None:
         layouts = {k: details.pop(k) for k in list(details) if k.endswith(" layout")}
         assert details == {"all-minilm-l6-v2": "ready", "smollm2-135m-instruct": "ready"}
         if "cpu" in layouts["smollm2-135m-instruct layout"]:
+            assert layouts["all-minilm-l6-v2 layout"] == "float32, numpy softmax (cpu)"
             assert layouts["smollm2-135m-instruct layout"] == (
                 "float32 converted from 4/8-bit quantized at load, numpy softmax (cpu)"
             )
@@ -467,7 +473,7 @@ def _gated_chat_adapter(tmp_path: Path, gates: dict[int, threading.Event]) -> tu
     mark_installed(write_tiny_bert(tmp_path / "enc"))
     forward = GatedForward(None, gates)  # wraps the chat model once it is loaded
 
-    def loader(role: str, path: Path, options: Any) -> object:
+    def loader(role: str, path: Path, options: Any, *_: Any) -> object:
         if role != "lm":
             return load_model(role, path, options)
         chat = _recording_chat().load(path)

@@ -74,7 +74,7 @@ async def test_a_pack_that_differs_from_what_was_installed_is_refused_with_the_r
         (pack / mlx_pack.MARKER).write_text(json.dumps(record))
     loads: list[str] = []
 
-    def loader(role: str, path: Path, options: Any) -> object:
+    def loader(role: str, path: Path, options: Any, *_: Any) -> object:
         loads.append(role)
         return load_model(role, path, options)
 
@@ -153,7 +153,7 @@ async def test_a_call_waits_for_a_loading_model_at_most_model_load_s(tmp_path: P
     _pack(tmp_path)
     gate = threading.Event()
 
-    def slow_loader(role: str, path: Path, options: Any) -> object:
+    def slow_loader(role: str, path: Path, options: Any, *_: Any) -> object:
         assert gate.wait(30)
         return load_model(role, path, options)
 
