@@ -29,6 +29,7 @@ from adapters.mlx_attention import softmax
 __all__ = ["CrossEncoder", "SentenceEncoder", "erf_rational", "gelu_exact", "gelu_fast"]
 
 ChunkFn = Callable[[int, int], None]  # (inputs done, inputs total)
+NUMPY_SOFTMAX_FROM = 64  # padded tokens per input
 Inputs = Sequence[str] | Sequence[tuple[str, str]]
 
 
@@ -83,7 +84,9 @@ class _Layer(nn.Module):
         b, n, h = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, h // self.heads).transpose(2, 0, 3, 1, 4)
         scale = (h // self.heads) ** -0.5
-        if numpy_softmax:  # on a CPU: MLX's exp is the slow part of its attention (adapters/mlx_attention.py)
+        # On a CPU MLX's exp makes the n^2 softmax the slow part of long inputs' attention; for short ones the
+        # hand-over to numpy costs more than it saves (adapters/mlx_attention.py).
+        if numpy_softmax and n >= NUMPY_SOFTMAX_FROM:
             ctx = softmax((q * scale) @ k.swapaxes(-1, -2) + mask) @ v
         else:
             ctx = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
@@ -244,7 +247,8 @@ class _BertRunner:
         """The weights' dtype and device, for health."""
         dtype = str(self.model.word.weight.dtype).removeprefix("mlx.core.")
         device = "cpu" if mx.default_device() == mx.cpu else "gpu"
-        return f"{dtype}{', numpy softmax' if self.model.numpy_softmax else ''} ({device})"
+        softmax = f", numpy softmax from {NUMPY_SOFTMAX_FROM} tokens" if self.model.numpy_softmax else ""
+        return f"{dtype}{softmax} ({device})"
 
     @staticmethod
     def _load_parts(
