@@ -18,6 +18,7 @@ The weights run in the layout that is fast on this device (adapters/mlx_layout.p
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ PULL_HINT = "run `model-gateway models pull smollm2-135m-instruct`"
 # About how long one prefill chunk holds the owner thread: jobs waiting behind a prompt wait about this
 # long at most. Each chunk is sized from the rate of the one before, so chunks shrink as the context
 # (and attention's share of the work) grows.
-PREFILL_CHUNK_S = 0.15
+PREFILL_CHUNK_S = 0.25
 STEP_QUANTUM, MAX_PREFILL_STEP = 16, 2048
 CALIBRATION_TOKENS = 64
 _RATE_WEIGHT = 0.3  # weight of the newest chunk in the running prompt-reading rate
@@ -82,6 +83,7 @@ class ChatModel:
         self.prefill_tps = 0.0  # prompt tokens read per second, measured at load and by every prefill
         self.prefill_step = MAX_PREFILL_STEP  # tokens in the next prompt chunk, sized by _observe
         self.chunk_s = PREFILL_CHUNK_S
+        self.chunk_seconds: deque[float] = deque(maxlen=1024)  # recent prompt chunks' durations, for profiling
         self.clock: Callable[[], float] = time.monotonic  # what `deadline` is measured against
 
     @classmethod
@@ -118,6 +120,7 @@ class ChatModel:
     def _observe(self, tokens: int, seconds: float) -> None:
         """Fold one chunk's rate into the running rate, and size the next chunk from it."""
         rate = tokens / max(seconds, 1e-6)
+        self.chunk_seconds.append(seconds)
         old = self.prefill_tps
         self.prefill_tps = rate if old <= 0 else (1 - _RATE_WEIGHT) * old + _RATE_WEIGHT * rate
         step = int(rate * self.chunk_s) // STEP_QUANTUM * STEP_QUANTUM
