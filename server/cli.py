@@ -1,4 +1,4 @@
-"""model-gateway: serve | discover | models pull/list | manifests schema | audit verify.
+"""model-gateway: serve | discover | models pull/list | manifests schema | policy explain | audit verify.
 
 Heavy imports stay inside the command that needs them, so `serve` reaches the
 first `tools/list` without importing MLX or probing anything.
@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     schema = mansub.add_parser("schema", help="print or write the manifests' JSON Schemas")
     schema.add_argument("--write", type=Path, help="directory to write *.schema.json into")
 
+    _policy_parser(sub)
+
     audit = sub.add_parser("audit", help="audit trail tools")
     asub = audit.add_subparsers(dest="audit_command", required=True)
     ver = asub.add_parser("verify", help="check the chain and checkpoints; exit 1 on damage")
@@ -77,6 +79,29 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--key-file", type=Path, help="hex key file (default: MODEL_GATEWAY_AUDIT_KEY, then audit.key)")
     ver.add_argument("--json", action="store_true")
     return p
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 10**9:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1000000000")
+    return value
+
+
+def _policy_parser(sub: Any) -> None:
+    pol = sub.add_parser("policy", help="policy tools")
+    psub = pol.add_subparsers(dest="policy_command", required=True)
+    exp = psub.add_parser(
+        "explain", help="the decision for a call and the rule that made it, with what each policy layer checked"
+    )
+    exp.add_argument("--tool", required=True, choices=["chat", "embed", "rerank", "privacy"])
+    exp.add_argument("--model", help="as a call names it: adapter/model, a model name or alias (default: the route)")
+    exp.add_argument("--principal", help="who calls (default: the local user, as on stdio)")
+    exp.add_argument("--adapter", help="explain only this adapter's candidate")
+    for size in ("texts", "chars", "documents", "max-tokens"):
+        exp.add_argument(f"--{size}", type=_count, default=0, help=f"the call's {size.replace('-', '_')} (default 0)")
+    exp.add_argument("--manifests", type=Path)
+    exp.add_argument("--json", action="store_true")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -191,6 +216,29 @@ def _manifests(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy(args: argparse.Namespace) -> int:
+    """Exit 0 when the call would be allowed, 1 when denied or when nothing serves it."""
+    from server.config import load_settings
+    from server.policy import PolicyEngine
+    from server.policy_explain import CallQuery, explain_call, to_json, to_text
+
+    settings = load_settings(manifests_dir=args.manifests)
+    engine = PolicyEngine(settings.manifests.policy)
+    query = CallQuery(
+        tool=args.tool,
+        model=args.model,
+        principal=args.principal or settings.principal,
+        adapter=args.adapter,
+        texts=args.texts,
+        chars=args.chars,
+        documents=args.documents,
+        max_tokens=args.max_tokens,
+    )
+    ex = explain_call(settings.manifests, engine, query)
+    _out(json.dumps(to_json(ex, engine), indent=2) if args.json else to_text(ex, engine))
+    return 0 if ex.decision is not None and ex.decision.allowed else 1
+
+
 def _audit(args: argparse.Namespace) -> int:
     from server.audit_verify import verify_command
 
@@ -199,7 +247,14 @@ def _audit(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-COMMANDS = {"serve": _serve, "discover": _discover, "models": _models, "manifests": _manifests, "audit": _audit}
+COMMANDS = {
+    "serve": _serve,
+    "discover": _discover,
+    "models": _models,
+    "manifests": _manifests,
+    "policy": _policy,
+    "audit": _audit,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
