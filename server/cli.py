@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from server.errors import ConfigError, GatewayError
 if TYPE_CHECKING:  # heavy modules: `serve` over stdio imports them in a worker thread
     from server.config import Settings
     from server.stdio_front import Prepared
+    from server.tracing import Tracing
 
 
 def _out(text: str) -> None:
@@ -105,21 +107,59 @@ def _policy_parser(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    if args.transport == "stdio":
-        from server.paths import default_cache_dir
-        from server.stdio_front import enabled, options, run
+    tracing: list[Tracing] = []  # started with the server; flushed when it stops
+    if _tracing_requested():
+        import signal
 
-        fingerprinted = options(args.manifests, args.privacy_mode, args.metrics_port)
-        fast = enabled(args.no_fast_start, os.environ)
-        return run(fingerprinted, os.environ, default_cache_dir(os.environ), lambda: _prepare_stdio(args), fast=fast)
-    settings = _settings(args)
-    _configure_logging(settings.log_level)
-    import anyio
+        # uvicorn re-raises SIGTERM after its own shutdown and stdio has no handler: either way the process would
+        # die before the `finally` below flushed the last spans, so SIGTERM becomes an ordinary exit
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        if args.transport == "stdio":
+            from server.paths import default_cache_dir
+            from server.stdio_front import enabled, options, run
 
-    from server.app import serve_http
+            fingerprinted = options(args.manifests, args.privacy_mode, args.metrics_port)
+            fast = enabled(args.no_fast_start, os.environ)
+            prepare = partial(_prepare_stdio, args, tracing)
+            return run(fingerprinted, os.environ, default_cache_dir(os.environ), prepare, fast=fast)
+        settings = _settings(args)
+        _configure_logging(settings.log_level)
+        _start_tracing(tracing)
+        import anyio
 
-    anyio.run(serve_http, settings)
-    return 0
+        from server.app import serve_http
+
+        anyio.run(serve_http, settings)
+        return 0
+    finally:
+        for t in tracing:
+            t.shutdown()
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _tracing_requested() -> bool:
+    """Whether the OTEL_* variables ask for span export; with none set, nothing is imported."""
+    if not any(name.startswith("OTEL_") for name in os.environ):
+        return False
+    from server.tracing import exporter_names
+
+    return bool(exporter_names(os.environ))
+
+
+def _start_tracing(into: list[Tracing]) -> None:
+    """Span export as the OTEL_* variables ask."""
+    if not _tracing_requested():
+        return
+    from server import __version__
+    from server.tracing import start_tracing
+
+    found = start_tracing(os.environ, __version__)
+    if found is not None:
+        into.append(found)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -137,10 +177,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _prepare_stdio(args: argparse.Namespace) -> Prepared:
-    """Settings, logging, imports and the built server (the fast start runs this in a worker thread)."""
+def _prepare_stdio(args: argparse.Namespace, tracing: list[Tracing]) -> Prepared:
+    """Settings, logging, tracing, imports and the built server (the fast start runs this in a worker thread)."""
     settings = _settings(args)
     _configure_logging(settings.log_level)
+    _start_tracing(tracing)
     from server.stdio import prepare_stdio
 
     return prepare_stdio(settings)
