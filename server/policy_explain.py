@@ -264,7 +264,8 @@ def to_text(ex: CallExplanation, engine: PolicyEngine) -> str:
     lines += [f"layer {la['name']}: {la['source']}" for la in engine.summary()["layers"]]
     lines += [f"lifted guard {x.id} (by {x.by}): {x.reason}" for x in engine.lifted]
     for t, e in ex.candidates:
-        lines.append(f"candidate {t.label} ({t.privacy}): {_said(e.decision)}")
+        privacy = "" if t.admin else f" ({t.privacy})"
+        lines.append(f"candidate {t.label}{privacy}: {e.decision.effect} by {e.decision.rule}")
         for c in e.checks:
             mark = "  <- decides" if c.decides else ""
             lines.append(f"  {c.stage:<8} {c.layer:<9} {c.name:<32} {c.detail}{mark}")
@@ -272,15 +273,15 @@ def to_text(ex: CallExplanation, engine: PolicyEngine) -> str:
         lines.append("decision: none: no adapter in the manifests serves this model for this tool")
     else:
         where = f" on {ex.chosen.label}" if ex.chosen else ""
-        lines.append(f"decision: {_said(ex.decision)}{where}")
+        lines.append(f"decision: {ex.decision.effect}{where} by {_said(ex.decision)}")
     lines.append("(not judged here: adapter health, models discovered at run time, privacy mode, breakers)")
     return "\n".join(lines)
 
 
 def _said(d: Decision) -> str:
-    text = f"{d.effect} by {d.rule}"
+    text = d.rule
     if d.reason:
-        text += f" ({d.reason})"
+        text += f": {d.reason}"
     if d.hint:
         text += f"; allowed instead: {d.hint}"
     return text

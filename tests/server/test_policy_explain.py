@@ -79,7 +79,8 @@ def test_explain_shows_the_shipped_guard_deciding_when_the_user_file_only_adds_r
     assert rc == 1
     assert "rule:privacy-off-needs-operator  deny  <- decides" in out
     assert "rule     user      rule:allow-x" in out and "no match: adapter 'gateway' not in ['x']" in out
-    assert out.splitlines()[-2].startswith("decision: deny by rule:privacy-off-needs-operator")
+    decision = out.splitlines()[-2]
+    assert decision.startswith("decision: deny on the gateway (privacy mode off) by rule:privacy-off-needs-operator")
 
 
 def test_explain_json_lists_every_layer_and_marks_the_one_check_that_decided(
@@ -110,7 +111,7 @@ def test_explain_of_a_lifted_guard_allows_and_says_who_lifted_it_and_why(
     assert rc == 0
     assert f"lifted guard privacy-off-needs-operator (by {mdir / 'policy.json'}): lab" in out
     assert f"lifted by {mdir / 'policy.json'}: lab" in out
-    assert "decision: allow by default" in out
+    assert "decision: allow on the gateway (privacy mode off) by default" in out
 
 
 def test_explain_takes_the_call_sizes_and_names_what_would_be_allowed_instead(
@@ -121,7 +122,7 @@ def test_explain_takes_the_call_sizes_and_names_what_would_be_allowed_instead(
     rc = main(["policy", "explain", "--manifests", str(mdir), "--tool", "embed", "--adapter", "a", "--texts", "500"])
     out = capsys.readouterr().out
     assert rc == 1
-    assert "decision: deny by rule:big (split it); allowed instead: at most 100 texts on a/m" in out
+    assert "decision: deny on a/m by rule:big: split it; allowed instead: at most 100 texts" in out
     assert "candidate b/" not in out  # --adapter narrows to one adapter's candidate
 
 
