@@ -1,0 +1,218 @@
+"""The one JSON parser for what clients send: bounded in depth, size and work, and never recursive.
+
+Every message a client sends is parsed exactly once, here, whatever the transport. The
+limits are those of a conservative streaming parser:
+
+- nesting: at most `MAX_DEPTH` levels of arrays and objects;
+- values: at most `MAX_VALUES` (strings, numbers, literals, arrays, objects) per document;
+- one string (a key or a value) at most `MAX_STRING_BYTES` bytes as written;
+- strict JSON: UTF-8 only, no NaN/Infinity, no trailing commas, one value per document.
+
+Two strategies, one grammar. Documents up to `INLINE_MAX` bytes go to the Rust parser that
+ships with pydantic (`pydantic_core.from_json`, which stops at its own depth limit of 200 and
+decodes ~1 GB/s); at that size no document costs more than a few milliseconds. Larger ones
+go to `parse_large`, an iterative loop that walks the structure in Python and hands each
+string and number token to the same Rust parser, so both paths decode tokens identically.
+`parse_large` is meant for a worker thread: the Rust parser holds the GIL for a whole
+document (a 16 MiB line of escaped text would freeze every other thread for ~140 ms),
+while the Python loop gives it up every few milliseconds and each token it hands over is
+bounded by `MAX_STRING_BYTES`.
+
+Error messages name the problem and a byte offset, never the input.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic_core import from_json
+
+MAX_DEPTH = 200
+MAX_VALUES = 200_000
+MAX_STRING_BYTES = 4 * 1024 * 1024
+INLINE_MAX = 256 * 1024
+
+_WS = re.compile(rb"[ \t\r\n]{0,65536}")
+# a JSON number; digit runs are bounded so one regex call stays short on hostile input
+_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]{0,4400})(?:\.[0-9]{1,4400})?(?:[eE][-+]?[0-9]{1,4400})?")
+_LITERALS = {ord("t"): (b"true", True), ord("f"): (b"false", False), ord("n"): (b"null", None)}
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+
+
+class JSONParseError(ValueError):
+    """The document is not JSON, or breaks a limit. `reason` is safe to show the sender."""
+
+    def __init__(self, reason: str, *, limit: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.limit = limit  # a size or depth limit, rather than broken JSON
+
+
+def parse(data: bytes) -> object:
+    """Parse one document on the calling thread (see `parse_large` for what is fit for a worker)."""
+    return parse_small(data) if len(data) <= INLINE_MAX else parse_large(data)
+
+
+def parse_small(data: bytes) -> object:
+    try:
+        return from_json(data, allow_inf_nan=False, cache_strings=True)
+    except ValueError as exc:
+        raise _translate(str(exc)) from None
+
+
+def _translate(message: str) -> JSONParseError:
+    if message.startswith("recursion limit exceeded"):
+        return JSONParseError(f"nested deeper than {MAX_DEPTH} levels", limit=True)
+    if message.startswith("number out of range"):
+        return JSONParseError("a number too large to represent", limit=True)
+    return JSONParseError(f"invalid JSON: {message[:120]}")
+
+
+def parse_large(data: bytes) -> object:
+    """The iterative parser: same grammar and limits, no recursion, the GIL released between tokens."""
+    return _Large(data).document()
+
+
+class _Large:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+        self.values = 0
+
+    def document(self) -> object:
+        self._ws()
+        value = self._value_tree()
+        self._ws()
+        if self.pos != len(self.data):
+            raise JSONParseError(f"invalid JSON: trailing characters at byte {self.pos}")
+        return value
+
+    def _value_tree(self) -> object:
+        # stack entries: a list being filled, or [dict, pending key]
+        stack: list[list[object]] = []
+        while True:
+            value, opened = self._scalar_or_open(len(stack))
+            if opened is not None:
+                stack.append(opened)
+                if self._close_if_empty(opened):
+                    value = self._pop(stack)
+                else:
+                    continue
+            while True:  # place `value`, then close every container that ends here
+                if not stack:
+                    return value
+                top = stack[-1]
+                self._place(top, value)
+                self._ws()
+                sep = self._next_byte()
+                if sep == ord(","):
+                    self._ws()
+                    if isinstance(top[0], dict):
+                        top[1] = self._key()
+                    break
+                if sep == (ord("]") if isinstance(top[0], list) else ord("}")):
+                    value = self._pop(stack)
+                    continue
+                raise JSONParseError(f"invalid JSON: expected ',' or a closing bracket at byte {self.pos - 1}")
+
+    def _scalar_or_open(self, depth: int) -> tuple[object, list[object] | None]:
+        self._count()
+        c = self._peek()
+        if c in (ord("["), ord("{")):
+            if depth >= MAX_DEPTH:
+                raise JSONParseError(f"nested deeper than {MAX_DEPTH} levels", limit=True)
+            self.pos += 1
+            self._ws()
+            return None, ([[]] if c == ord("[") else [{}, None])
+        if c == _QUOTE:
+            return self._string(), None
+        if c == ord("-") or ord("0") <= c <= ord("9"):
+            m = _NUMBER.match(self.data, self.pos)
+            if m is None:
+                raise JSONParseError(f"invalid JSON: invalid number at byte {self.pos}")
+            self.pos = m.end()
+            try:
+                return parse_small(m.group()), None
+            except JSONParseError as exc:
+                raise JSONParseError(f"{exc.reason} at byte {m.start()}", limit=exc.limit) from None
+        literal = _LITERALS.get(c)
+        if literal is not None and self.data.startswith(literal[0], self.pos):
+            self.pos += len(literal[0])
+            return literal[1], None
+        raise JSONParseError(f"invalid JSON: expected a value at byte {self.pos}")
+
+    def _close_if_empty(self, opened: list[object]) -> bool:
+        c = self._peek()
+        if c == (ord("]") if isinstance(opened[0], list) else ord("}")):
+            self.pos += 1
+            return True
+        if isinstance(opened[0], dict):
+            opened[1] = self._key()
+        return False
+
+    def _key(self) -> str:
+        if self._peek() != _QUOTE:
+            raise JSONParseError(f"invalid JSON: expected a key at byte {self.pos}")
+        key = self._string()
+        self._ws()
+        if self._next_byte() != ord(":"):
+            raise JSONParseError(f"invalid JSON: expected ':' at byte {self.pos - 1}")
+        self._ws()
+        assert isinstance(key, str)
+        return key
+
+    @staticmethod
+    def _place(top: list[object], value: object) -> None:
+        container = top[0]
+        if isinstance(container, list):
+            container.append(value)
+        else:
+            assert isinstance(container, dict) and isinstance(top[1], str)
+            container[top[1]] = value
+
+    @staticmethod
+    def _pop(stack: list[list[object]]) -> object:
+        return stack.pop()[0]
+
+    def _string(self) -> object:
+        start, data = self.pos, self.data
+        limit = min(len(data), start + 1 + MAX_STRING_BYTES + 1)
+        i = start + 1
+        while True:
+            q = data.find(b'"', i, limit)
+            if q < 0:
+                if limit < len(data):
+                    raise JSONParseError(f"a string longer than {MAX_STRING_BYTES} bytes", limit=True)
+                raise JSONParseError(f"invalid JSON: unterminated string at byte {start}")
+            k = q - 1
+            while data[k] == _BACKSLASH:
+                k -= 1
+            if (q - 1 - k) % 2 == 0:  # an even run of backslashes: the quote is not escaped
+                break
+            i = q + 1
+        self.pos = q + 1
+        try:
+            return parse_small(data[start : q + 1])
+        except JSONParseError:
+            raise JSONParseError(
+                f"invalid JSON: a bad string (escape, control character or UTF-8) at byte {start}"
+            ) from None
+
+    def _count(self) -> None:
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise JSONParseError(f"more than {MAX_VALUES} values", limit=True)
+
+    def _ws(self) -> None:
+        while (m := _WS.match(self.data, self.pos)) is not None and m.end() != self.pos:
+            self.pos = m.end()
+
+    def _peek(self) -> int:
+        if self.pos >= len(self.data):
+            raise JSONParseError(f"invalid JSON: unexpected end at byte {self.pos}")
+        return self.data[self.pos]
+
+    def _next_byte(self) -> int:
+        c = self._peek()
+        self.pos += 1
+        return c
