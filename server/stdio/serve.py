@@ -1,48 +1,51 @@
-"""stdio transport: stdout carries JSON-RPC only; the process ends when stdin closes.
+"""Serve the gateway over stdio: build it (in the fast start's worker thread), then run one session.
 
-The SDK's stdio transport runs over our own line reader and writer
-(`server.stdio_wire`), fed by the fast start (`server.stdio_front`) with
-whatever the client sent before the server was ready. With `--metrics-port`,
-/metrics and /health are also served on 127.0.0.1.
+stdout carries JSON-RPC only; the process ends when the client closes its end or on
+SIGTERM/SIGINT, in both cases after the requests in flight finish (see `session`). With
+`--metrics-port`, /metrics and /health are also served on 127.0.0.1.
+
+The application state is reached only through `build_server` and `gateway_state`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Mapping
 
 import anyio
 from mcp.server.mcpserver import MCPServer
-from mcp.server.stdio import stdio_server
 from starlette.applications import Starlette
 
 from server.app import build_server, gateway_state, ops_routes
 from server.config import Settings
 from server.health import StateRef
+from server.loopwatch import wanted
 from server.state import AppState
-from server.stdio_front import Handover
-from server.stdio_wire import LineReader, LineWriter
+from server.stdio.front import Handover, Pipes, Serve, line_cap
+from server.stdio.session import Session, StdioOptions
+
+DEFAULT_GRACE_S = 10.0
 
 
-def prepare_stdio(settings: Settings) -> Callable[[Handover, int, int], int]:
+def prepare_stdio(settings: Settings, env: Mapping[str, str], grace_s: float = DEFAULT_GRACE_S) -> Serve:
     """Build the server now; the returned function serves it over the claimed descriptors."""
     ref = StateRef()
     server = build_server(settings, ref)
+    options = StdioOptions(
+        max_line_bytes=line_cap(env) or settings.manifests.performance.limits.max_line_bytes,
+        grace_s=grace_s,
+        loop_watch=wanted(env),
+    )
 
-    def serve(handover: Handover, in_fd: int, out_fd: int) -> int:
-        anyio.run(serve_stdio, settings, server, ref, handover, in_fd, out_fd)
+    def serve(handover: Handover, pipes: Pipes) -> int:
+        anyio.run(serve_stdio, settings, server, ref, Session(handover, pipes, options))
         return 0
 
     return serve
 
 
-async def serve_stdio(
-    settings: Settings, server: MCPServer[AppState], ref: StateRef, handover: Handover, in_fd: int, out_fd: int
-) -> None:
-    reader = LineReader(in_fd, pending=handover.pending, replay=handover.replay, observe=handover.recorder.inbound)
-    writer = LineWriter(out_fd, handover.recorder.outbound)
+async def serve_stdio(settings: Settings, server: MCPServer[AppState], ref: StateRef, session: Session) -> None:
     if settings.metrics_port is None:
-        await _run(server, reader, writer)
+        await session.run(server)
         return
     import uvicorn
 
@@ -53,12 +56,5 @@ async def serve_stdio(
         ref.state = state
         async with anyio.create_task_group() as tg:
             tg.start_soon(metrics_server.serve)
-            await _run(server, reader, writer)
+            await session.run(server)
             metrics_server.should_exit = True
-
-
-async def _run(server: MCPServer[AppState], reader: LineReader, writer: LineWriter) -> None:
-    """What `MCPServer.run_stdio_async()` does, over our reader and writer instead of the SDK's file wrappers."""
-    async with stdio_server(cast(Any, reader), cast(Any, writer)) as (read_stream, write_stream):
-        lowlevel = server._lowlevel_server
-        await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
