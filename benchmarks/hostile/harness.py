@@ -56,6 +56,7 @@ class Answers:
     messages: int = 0
     non_json_bytes: int = 0
     largest: int = 0
+    largest_error: int = 0  # the longest error answer: an echo of the input would show here
     bad_examples: deque[bytes] = field(default_factory=lambda: deque(maxlen=4))
 
 
@@ -68,6 +69,7 @@ class Server:
         )
         self.answers = Answers()
         self.stderr_bytes = 0
+        self.longest_stderr_line = 0
         self.stderr_tail: deque[bytes] = deque(maxlen=_TAIL_LINES)
         self.loop_block_ms: float | None = None
         self.stopped_on_purpose = False
@@ -205,6 +207,8 @@ class Server:
                 return
             for msg in value if isinstance(value, list) else [value]:
                 a.messages += 1
+                if "error" in msg:
+                    a.largest_error = max(a.largest_error, len(json.dumps(msg)))
                 if "id" not in msg or "method" in msg:
                     continue
                 rid = msg["id"]
@@ -221,6 +225,7 @@ class Server:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.stderr_bytes += len(line)
+            self.longest_stderr_line = max(self.longest_stderr_line, len(line))
             self.stderr_tail.append(line[:400])
             m = LOOP_REPORT.search(line)
             if m is not None:

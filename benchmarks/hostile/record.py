@@ -41,7 +41,9 @@ class Result:
     unanswered: int = 0  # requests with a valid id that got no answer at all
     unclean_exits: int = 0  # asked to stop (SIGTERM), ended with a code other than 0
     largest_reply_bytes: int = 0
+    largest_error_bytes: int = 0  # the longest JSON-RPC error answer (an echo of the input shows here)
     stderr_bytes: int = 0
+    longest_log_line: int = 0
     seconds: float = 0.0
     examples: list[str] = field(default_factory=list)
 
@@ -86,7 +88,8 @@ def table(results: Iterable[tuple[Part, Result]], plan: Plan) -> str:
             ("requests never answered", f"{r.unanswered:,}"),
             ("unclean exits after SIGTERM", str(r.unclean_exits)),
             ("largest reply", f"{r.largest_reply_bytes:,} bytes"),
-            ("stderr written", f"{r.stderr_bytes:,} bytes"),
+            ("longest error answer", f"{r.largest_error_bytes:,} bytes"),
+            ("stderr written / longest line", f"{r.stderr_bytes:,} / {r.longest_log_line:,} bytes"),
             ("wall time", f"{r.seconds:.1f} s"),
         ]
         rows += [f"| {part.name} | {name} | {value} | |" for name, value in figures]

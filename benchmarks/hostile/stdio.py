@@ -120,10 +120,12 @@ class _Run:
             r.unanswered += sum(1 for rid in self.owed if rid not in answers.seen_ids)
             r.non_json_bytes += answers.non_json_bytes
             r.largest_reply_bytes = max(r.largest_reply_bytes, answers.largest)
+            r.largest_error_bytes = max(r.largest_error_bytes, answers.largest_error)
             bad = list(answers.bad_examples)
         for line in bad:
             r.example(f"non-JSON stdout: {line!r}")
         r.stderr_bytes += server.stderr_bytes
+        r.longest_log_line = max(r.longest_log_line, server.longest_stderr_line)
         if server.loop_block_ms is not None:
             r.loop_block_ms = max(r.loop_block_ms or 0.0, server.loop_block_ms)
         self.owed = []

@@ -21,7 +21,8 @@ back through `_Started`; the main thread always waits for it before serving, and
 stopped during the window exits without waiting (`os._exit`: nothing has been opened yet).
 
 Off with `serve --no-fast-start` or MODEL_GATEWAY_FAST_START=0. Standard library (and the
-bounded parser) only: this runs before the SDK is imported.
+bounded parser) only, and no dataclasses (their import costs ~15 ms): everything here is on
+the path from spawn to the first answer.
 """
 
 from __future__ import annotations
@@ -32,10 +33,9 @@ import select
 import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from server import envelope
 from server.envelope import Message, Notification, Rejected, Request
@@ -62,27 +62,27 @@ def line_cap(env: Mapping[str, str]) -> int | None:
     return int(value) if value.isdigit() and int(value) >= 1024 else None
 
 
-@dataclass(frozen=True)
-class Replay:
+class Replay(NamedTuple):
     """One message for the server before it reads the wire: parsed already, or a line still to parse."""
 
     item: Message | bytes
     from_client: bool  # False: a private verification request
 
 
-@dataclass
 class Handover:
     """What the fast start leaves for the server."""
 
-    replay: list[Replay]
-    splitter: LineSplitter  # mid-line, if the client was mid-line
-    recorder: Recorder
-    stop: StopSignals
-    eof: bool = False  # the client already closed its end
+    def __init__(
+        self, replay: list[Replay], splitter: LineSplitter, recorder: Recorder, stop: StopSignals, eof: bool = False
+    ) -> None:
+        self.replay = replay
+        self.splitter = splitter  # mid-line, if the client was mid-line
+        self.recorder = recorder
+        self.stop = stop
+        self.eof = eof  # the client already closed its end
 
 
-@dataclass(frozen=True)
-class Pipes:
+class Pipes(NamedTuple):
     in_fd: int
     out_fd: int
 
@@ -117,21 +117,21 @@ class StopSignals:
         return self._r
 
 
-@dataclass
 class Front:
     """Answers the handshake from the cache until the server is ready; queues everything else."""
 
-    cache: HandshakeCache
-    out_fd: int
-    splitter: LineSplitter
-    queue: list[Replay] = field(default_factory=list)
-    queued_bytes: int = 0
-    init: Request | None = None  # the `initialize` answered early
-    init_answer: dict[str, Any] | None = None
-    initialized: Notification | None = None
-    negotiated: str | None = None
-    answered: list[tuple[Request, str, Any]] = field(default_factory=list)  # (request, cache key, answer)
-    deferred: bool = False  # from here on, everything waits for the server
+    def __init__(self, cache: HandshakeCache, out_fd: int, splitter: LineSplitter) -> None:
+        self.cache = cache
+        self.out_fd = out_fd
+        self.splitter = splitter
+        self.queue: list[Replay] = []
+        self.queued_bytes = 0
+        self.init: Request | None = None  # the `initialize` answered early
+        self.init_answer: dict[str, Any] | None = None
+        self.initialized: Notification | None = None
+        self.negotiated: str | None = None
+        self.answered: list[tuple[Request, str, Any]] = []  # (request, cache key, answer)
+        self.deferred = False  # from here on, everything waits for the server
 
     def feed(self, data: bytes) -> None:
         for line in self.splitter.feed(data):
@@ -275,12 +275,12 @@ def fresh_handover(cache: HandshakeCache, max_line_bytes: int, stop: StopSignals
     return Handover([], LineSplitter(max_line_bytes), Recorder(cache), stop or StopSignals())
 
 
-@dataclass
 class _Started:
     """What the worker thread hands back: the prepared server, or the exception that stopped it."""
 
-    serve: Serve | None = None
-    error: BaseException | None = None
+    def __init__(self) -> None:
+        self.serve: Serve | None = None
+        self.error: BaseException | None = None
 
 
 def run(options: Sequence[str], env: Mapping[str, str], cache_dir: Path, prepare: Prepare, *, fast: bool) -> int:

@@ -6,13 +6,12 @@ the splitter, mid-line if need be, to the server's reader.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 HEAD_BYTES = 256  # kept from an over-long line: enough to find its id, never echoed
 
 
-@dataclass(frozen=True)
-class TooLong:
+class TooLong(NamedTuple):
     """A line longer than the cap, already discarded: its size and its first bytes."""
 
     size: int

@@ -15,8 +15,7 @@ rewritten, and its next request gets the real answer.)
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from server.envelope import Request, RequestId, encode
 from server.stdio.handshake import CACHEABLE, LISTS, HandshakeCache, key, meta_version, well_formed
@@ -24,8 +23,7 @@ from server.stdio.handshake import CACHEABLE, LISTS, HandshakeCache, key, meta_v
 log = logging.getLogger("model_gateway.stdio")
 
 
-@dataclass(frozen=True)
-class Expected:
+class Expected(NamedTuple):
     cache_key: str | None  # None: a list asked for before `initialize` was answered; keyed by its answer
     method: str
     drop: bool  # a private verification request: its answer never reaches the client

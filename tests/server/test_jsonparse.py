@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 
 from server import jsonparse
 from server.jsonparse import MAX_DEPTH, JSONParseError, parse, parse_large, parse_small
+from tests.support.processes import ROOT
 
 scalars = st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.text()
 scalars |= st.floats(allow_nan=False, allow_infinity=False)
@@ -111,3 +114,15 @@ def test_large_documents_take_the_iterative_path_and_errors_never_repeat_the_inp
         with pytest.raises(JSONParseError) as caught:
             strategy(secret) if strategy is parse_small else strategy()  # type: ignore[call-arg]
         assert "SECRET" not in caught.value.reason and len(caught.value.reason) < 200
+
+
+def test_a_fresh_process_loads_only_the_compiled_parser_and_pydantic_later_shares_it() -> None:
+    code = (
+        "import sys, server.jsonparse as j\n"
+        "assert 'pydantic_core' not in sys.modules and j.parse(b'[1]') == [1]\n"
+        "import pydantic, pydantic_core\n"
+        "class M(pydantic.BaseModel):\n    a: list[int]\n"
+        "assert M.model_validate_json('{\"a\":[2]}').a == [2] and pydantic_core.from_json is j.from_json\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()[-500:]

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_hostile_stdio_traffic_crashes_nothing_hangs_nothing_and_writes_only_json() -> None:
-    result = stdio.run(Plan(seed=7, scale=0.03, line_cap=64 * 1024), ROOT)
+    result = stdio.run(Plan(seed=7, scale=0.05, line_cap=64 * 1024), ROOT)
     assert result.tries >= 150
     assert result.crashes == 0, result.examples
     assert result.hangs == 0, result.examples
@@ -26,4 +26,4 @@ def test_hostile_stdio_traffic_crashes_nothing_hangs_nothing_and_writes_only_jso
     assert result.unclean_exits == 0, result.examples
     assert result.peak_rss_mib <= 2 * result.idle_rss_mib + RSS_SLACK_MIB
     assert result.loop_block_ms is not None
-    assert result.largest_reply_bytes < 8 * 1024 * 1024  # the largest is a 2,048-text embed, nothing echoed
+    assert result.largest_error_bytes < 1024 and result.longest_log_line < 4096  # nothing of the input echoed
