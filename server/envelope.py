@@ -136,20 +136,19 @@ def _invalid(request_id: RequestId | None, reason: str) -> Rejected:
 def _classify_one(msg: object) -> Outcome:
     if not isinstance(msg, dict):
         return _invalid(None, "a message must be a JSON object")
-    has_id = "id" in msg
     request_id = msg.get("id")
     usable_id = request_id if valid_id(request_id) else None
     if msg.get("jsonrpc") != "2.0":
         return _invalid(usable_id, 'a message must carry "jsonrpc": "2.0"')
-    method = msg.get("method")
-    if method is None and "method" not in msg:
-        return _reply(msg, has_id, request_id)
+    if "method" not in msg:
+        return _reply(msg, "id" in msg, request_id)
+    method = msg["method"]
     if not isinstance(method, str) or not method:
         return _invalid(usable_id, "the method must be a non-empty string")
     if len(method) > MAX_NAME_CHARS:
         return _invalid(usable_id, f"a method name longer than {MAX_NAME_CHARS} characters")
     params = msg.get("params")
-    if not has_id:
+    if "id" not in msg:
         if params is not None and not isinstance(params, dict):
             return Rejected("a notification whose params are not an object")
         return Notification(method, msg)
@@ -158,16 +157,19 @@ def _classify_one(msg: object) -> Outcome:
         return _invalid(
             None, f"a request id must be a string (up to {MAX_ID_CHARS} characters) or an integer, not {what}"
         )
-    assert usable_id is not None
+    return _request(usable_id, method, params, msg)
+
+
+def _request(request_id: RequestId, method: str, params: object, msg: dict[str, Any]) -> Outcome:
     if params is not None and not isinstance(params, dict):
-        return _bad_params(usable_id, "params must be an object")
+        return _bad_params(request_id, "params must be an object")
     named = _NAMED_PARAMS.get(method)
     if named is not None and isinstance(params, dict):
         key, limit = named
         value = params.get(key)
         if isinstance(value, str) and len(value) > limit:
-            return _bad_params(usable_id, f"a {key} longer than {limit} characters")
-    return Request(usable_id, method, msg)
+            return _bad_params(request_id, f"a {key} longer than {limit} characters")
+    return Request(request_id, method, msg)
 
 
 def _bad_params(request_id: RequestId, reason: str) -> Rejected:

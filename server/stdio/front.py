@@ -259,7 +259,8 @@ class Front:
             private = f"{VERIFY_ID_PREFIX}{n}"
             message = {**request.message, "id": private}
             replay.append(Replay(Request(private, request.method, message), from_client=False))
-            recorder.expect(private, cache_key, drop=True, given=answer)
+            modern = meta_version(request.message.get("params")) is not None
+            recorder.expect(private, cache_key, drop=True, given=answer, modern=modern)
         replay.extend(self.queue)
         return Handover(replay, self.splitter, recorder, stop, eof)
 

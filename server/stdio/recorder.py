@@ -7,9 +7,9 @@ hands over the response's result. Private verification answers are dropped from 
 When an answer given early differs from the server's real one, the client is corrected in
 the same session: the server declares `listChanged` for tools, resources and prompts in
 every `initialize` answer, so the matching `notifications/<list>/list_changed` can always be
-sent, and the host asks for the list again. (A 2026-era client hears of changes only on a
-`subscriptions/listen` stream it opened itself; for it the difference is logged and the file
-rewritten, and its next request gets the real answer.)
+sent, and the host asks for the list again. A 2026-era client hears of changes only on the
+`subscriptions/listen` streams it opens: the change is published there (`to_publish`), and
+its next request for the list gets the real answer either way.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class Expected(NamedTuple):
     method: str
     drop: bool  # a private verification request: its answer never reaches the client
     given: Any = None  # the answer the cache already gave, if any
+    modern: bool = False  # a 2026-era request (it carried its protocol version in `_meta`)
 
 
 class Recorder:
@@ -40,9 +41,12 @@ class Recorder:
         self.pending: dict[RequestId, Expected] = {}
         self.changed: list[str] = []
         self.dirty = False  # the cache has answers not yet saved
+        self.to_publish: list[str] = []  # 2026-era lists that changed: for `subscriptions/listen` streams
 
-    def expect(self, request_id: RequestId, cache_key: str, *, drop: bool, given: Any = None) -> None:
-        self.pending[request_id] = Expected(cache_key, cache_key.split("|", 1)[0], drop, given)
+    def expect(
+        self, request_id: RequestId, cache_key: str, *, drop: bool, given: Any = None, modern: bool = False
+    ) -> None:
+        self.pending[request_id] = Expected(cache_key, cache_key.split("|", 1)[0], drop, given, modern)
 
     def inbound(self, request: Request) -> None:
         method, params = request.method, request.message.get("params")
@@ -55,7 +59,8 @@ class Recorder:
             version = requested if isinstance(requested, str) else None
         else:
             version = meta_version(params) or self.negotiated
-        self.pending[request.id] = Expected(key(method, version) if version else None, method, drop=False)
+        cache_key = key(method, version) if version else None
+        self.pending[request.id] = Expected(cache_key, method, False, None, meta_version(params) is not None)
 
     def watching(self, request_id: object) -> bool:
         return bool(self.pending) and isinstance(request_id, str | int) and request_id in self.pending
@@ -73,14 +78,18 @@ class Recorder:
                 self.cache.answers[cache_key] = result
                 self.dirty = True
             if expected.given is not None and expected.given != result:
-                extra = self._stale(cache_key, method)
+                extra = self._stale(cache_key, method, expected.modern)
         return not expected.drop, extra
 
-    def _stale(self, cache_key: str, method: str) -> bytes:
+    def _stale(self, cache_key: str, method: str, modern: bool) -> bytes:
         self.changed.append(cache_key)
         capability = LISTS[method][0] if method in LISTS else None
+        if capability is not None and modern:
+            log.warning("the cached answer to %s was stale: published to the client's listen streams", cache_key)
+            self.to_publish.append(capability)
+            return b""
         if capability is not None and capability in self.list_changed:
             log.warning("the cached answer to %s was stale: the client is told the list changed", cache_key)
-            return encode({"jsonrpc": "2.0", "method": f"notifications/{capability}/list_changed"})  # type: ignore[arg-type]
+            return encode({"jsonrpc": "2.0", "method": f"notifications/{capability}/list_changed"})
         log.warning("the cached answer to %s was stale; the cache is rewritten", cache_key)
         return b""

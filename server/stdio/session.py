@@ -29,7 +29,9 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.mcpserver import MCPServer
+from mcp.server.subscriptions import SubscriptionBus
 from mcp.shared.message import SessionMessage
+from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 from mcp_types import JSONRPCError, JSONRPCResponse, jsonrpc_message_adapter
 from pydantic import ValidationError
 
@@ -53,6 +55,11 @@ _LOG_EVERY = 1000  # a repeated protocol error is logged once, then once per thi
 _WORK = frozenset({"tools/call", "prompts/get", "resources/read", "completion/complete"})
 
 Outgoing = SessionMessage | bytes
+_LIST_EVENTS: dict[str, type[ToolsListChanged | ResourcesListChanged | PromptsListChanged]] = {
+    "tools": ToolsListChanged,
+    "resources": ResourcesListChanged,
+    "prompts": PromptsListChanged,
+}
 _State = TypeVar("_State")
 
 
@@ -83,6 +90,7 @@ class Session:
         self._drain_scope: anyio.CancelScope | None = None
         self._parse_limiter = anyio.CapacityLimiter(1)  # one large line in memory at a time
         self._errors: Counter[str] = Counter()
+        self._bus: SubscriptionBus | None = None
 
     async def run(self, server: MCPServer[_State]) -> None:
         lowlevel = server._lowlevel_server  # the SDK's own run_stdio_async reaches it the same way
@@ -98,6 +106,7 @@ class Session:
             tg.start_soon(self._saver)
             if self.options.loop_watch:
                 tg.start_soon(LoopWatch().run)
+            self._bus = getattr(server, "_subscriptions", None)  # where 2026-era list changes are published
             tg.start_soon(self._inbound, to_sdk, out.clone())
             try:
                 await lowlevel.run(from_wire, out, init)
@@ -236,6 +245,8 @@ class Session:
             async with outgoing:
                 async for item in outgoing:
                     data = item if isinstance(item, bytes) else self._encode(item)
+                    if self.recorder.to_publish:
+                        await self._publish()
                     if data and not self.client_gone:
                         try:
                             await self.writer.write(data)
@@ -257,6 +268,13 @@ class Session:
         if self.recorder.dirty:
             self._save.set()
         return (data if send else b"") + extra
+
+    async def _publish(self) -> None:
+        for capability in self.recorder.to_publish:
+            event = _LIST_EVENTS[capability]()
+            if self._bus is not None:
+                await self._bus.publish(event)
+        self.recorder.to_publish.clear()
 
     # --- stopping --------------------------------------------------------------------------------
 

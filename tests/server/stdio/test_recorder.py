@@ -66,3 +66,13 @@ def test_each_list_announces_itself_only_where_the_client_was_told_it_may_change
         rec.expect("r", key("resources/templates/list", "2025-11-25"), drop=True, given={"resourceTemplates": []})
         _, extra = rec.outbound("r", {"resourceTemplates": [{"uriTemplate": "gateway://{x}", "name": "x"}]})
         assert (json.loads(extra)["method"] if extra else None) == expected
+
+
+def test_a_stale_answer_given_to_a_2026_era_client_is_published_for_its_listen_streams(tmp_path: Path) -> None:
+    rec = Recorder(cache(tmp_path), None, frozenset())
+    rec.expect("m", key("prompts/list", "2026-07-28"), drop=True, given={"prompts": []}, modern=True)
+    send, extra = rec.outbound("m", {"prompts": [{"name": "p"}]})
+    assert (send, extra) == (False, b"") and rec.to_publish == ["prompts"]
+    modern = {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}
+    rec.inbound(request(3, "tools/list", modern))
+    assert rec.pending[3].modern and rec.pending[3].cache_key == key("tools/list", "2026-07-28")

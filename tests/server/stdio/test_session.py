@@ -13,9 +13,10 @@ import anyio
 import mcp_types
 import pytest
 
+from server.envelope import Request
 from server.jsonparse import INLINE_MAX
 from server.stdio import session as session_module
-from server.stdio.front import Pipes, fresh_handover
+from server.stdio.front import Pipes, Replay, fresh_handover
 from server.stdio.handshake import HandshakeCache
 from server.stdio.session import Session, StdioOptions
 from tests.support.fakes import FakeAdapter
@@ -145,3 +146,34 @@ async def test_a_cancelled_request_does_not_hold_up_the_end_and_calls_past_the_g
     by_id = {a["id"]: a for a in answers}
     assert 1 not in by_id  # cancelled by the client: never answered, as MCP says
     assert by_id[2]["error"]["code"] == -32000  # still running after the grace: cancelled, and told so
+
+
+async def test_a_stale_early_answer_to_a_2026_era_client_is_published_to_listen_streams(tmp_path: Path) -> None:
+    server, _ = fake_server(tmp_path, {"a": FakeAdapter("a")}, routes=ROUTES)
+    heard: list[object] = []
+    server._subscriptions.subscribe(heard.append)
+    envelope = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    modern = {"_meta": envelope}
+    handover = fresh_handover(HandshakeCache(tmp_path / "h.json", "fp", None), 1 << 20)
+    private = "model-gateway/verify/0"
+    message = {"jsonrpc": "2.0", "id": private, "method": "tools/list", "params": modern}
+    handover.replay.append(Replay(Request(private, "tools/list", message), from_client=False))
+    handover.recorder.expect(private, "tools/list|2026-07-28", drop=True, given={"tools": []}, modern=True)
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    os.close(in_w)  # the client sends nothing more
+    with anyio.fail_after(30):
+        await Session(handover, Pipes(in_r, out_w), StdioOptions(1 << 20)).run(server)
+    for fd in (in_r, out_w):
+        os.close(fd)
+    os.set_blocking(out_r, False)
+    try:
+        written = os.read(out_r, 1 << 16)
+    except BlockingIOError:
+        written = b""
+    os.close(out_r)
+    assert written == b""  # the private answer never reaches the client
+    assert [type(event).__name__ for event in heard] == ["ToolsListChanged"]
