@@ -23,11 +23,13 @@ Error messages name the problem and a byte offset, never the input.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import re
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader
 from importlib.util import find_spec, module_from_spec, spec_from_file_location
 
@@ -35,6 +37,7 @@ MAX_DEPTH = 200
 MAX_VALUES = 200_000
 MAX_STRING_BYTES = 4 * 1024 * 1024
 INLINE_MAX = 256 * 1024
+_GC_PAUSE_FROM = 16 * 1024  # documents this large may hold thousands of containers
 
 _WS = re.compile(rb"[ \t\r\n]{0,65536}")
 # a JSON number; digit runs are bounded so one regex call stays short on hostile input
@@ -93,9 +96,25 @@ def parse(data: bytes) -> object:
 
 def parse_small(data: bytes) -> object:
     try:
-        return from_json(data, allow_inf_nan=False, cache_strings=True)
+        if len(data) < _GC_PAUSE_FROM:
+            return from_json(data, allow_inf_nan=False, cache_strings=True)
+        with _collector_paused():
+            return from_json(data, allow_inf_nan=False, cache_strings=True)
     except ValueError as exc:
         raise _translate(str(exc)) from None
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No garbage collection while a document is built: everything it allocates is alive until it is done,
+    so a collection then (a full one walks every object) would cost the event loop time and free nothing."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 def _translate(message: str) -> JSONParseError:
@@ -108,7 +127,8 @@ def _translate(message: str) -> JSONParseError:
 
 def parse_large(data: bytes) -> object:
     """The iterative parser: same grammar and limits, no recursion, the GIL released between tokens."""
-    return _Large(data).document()
+    with _collector_paused():
+        return _Large(data).document()
 
 
 class _Large:

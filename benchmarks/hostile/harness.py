@@ -25,7 +25,7 @@ from typing import Any
 
 from tests.support.proc import stop
 
-LOOP_REPORT = re.compile(rb"event loop: longest block ([0-9.]+) ms")
+LOOP_REPORT = re.compile(rb"event loop: longest block ([0-9.]+) ms(?: .*longest busy block ([0-9.]+) ms)?")
 _TAIL_LINES = 200
 
 
@@ -72,6 +72,7 @@ class Server:
         self.longest_stderr_line = 0
         self.stderr_tail: deque[bytes] = deque(maxlen=_TAIL_LINES)
         self.loop_block_ms: float | None = None
+        self.loop_busy_ms: float | None = None
         self.stopped_on_purpose = False
         self._write_lock = threading.Lock()
         self._threads = [
@@ -230,3 +231,5 @@ class Server:
             m = LOOP_REPORT.search(line)
             if m is not None:
                 self.loop_block_ms = max(self.loop_block_ms or 0.0, float(m.group(1)))
+                if m.group(2) is not None:
+                    self.loop_busy_ms = max(self.loop_busy_ms or 0.0, float(m.group(2)))

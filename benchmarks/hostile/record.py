@@ -34,6 +34,7 @@ class Result:
     hangs: int = 0  # pings unanswered for longer than HANG_S
     non_json_bytes: int = 0  # stdout bytes that were not a JSON-RPC message
     loop_block_ms: float | None = None  # the longest event-loop block the server measured (None: not reported)
+    loop_busy_ms: float | None = None  # the longest block counting only time the server process was running
     longest_ping_ms: float = 0.0  # the longest ping round trip seen from outside
     idle_rss_mib: float = 0.0
     peak_rss_mib: float = 0.0
@@ -58,8 +59,10 @@ class Result:
             "0 crashes": self.crashes == 0,
             "0 hangs": self.hangs == 0,
             "0 non-JSON bytes": self.non_json_bytes == 0,
-            f"loop block <= {MAX_LOOP_BLOCK_MS:g} ms": self.loop_block_ms is not None
+            f"loop block <= {MAX_LOOP_BLOCK_MS:g} ms (wall clock)": self.loop_block_ms is not None
             and self.loop_block_ms <= MAX_LOOP_BLOCK_MS,
+            f"loop block <= {MAX_LOOP_BLOCK_MS:g} ms (while the server ran)": self.loop_busy_ms is not None
+            and self.loop_busy_ms <= MAX_LOOP_BLOCK_MS,
             f"peak RSS <= 2x idle + {RSS_SLACK_MIB:g} MiB": self.peak_rss_mib <= rss_bound,
             "0 cross-principal": self.cross_principal == 0,
         }
@@ -76,12 +79,14 @@ def table(results: Iterable[tuple[Part, Result]], plan: Plan) -> str:
     rows = ["| part | figure | value | goal met? |", "|---|---|---|---|"]
     for part, r in results:
         loop = "not reported" if r.loop_block_ms is None else f"{r.loop_block_ms:.1f} ms"
+        busy = "not reported" if r.loop_busy_ms is None else f"{r.loop_busy_ms:.1f} ms"
         figures = [
             ("tries", f"{r.tries:,}"),
             ("crashes", str(r.crashes)),
             ("hangs (ping > 2 s)", str(r.hangs)),
             ("non-JSON stdout bytes", f"{r.non_json_bytes:,}"),
-            ("longest event-loop block (inside)", loop),
+            ("longest event-loop block (inside, wall clock)", loop),
+            ("longest event-loop block while the server ran (inside, CPU)", busy),
             ("longest ping round trip (outside)", f"{r.longest_ping_ms:.1f} ms"),
             ("RSS idle / peak", f"{r.idle_rss_mib:.0f} / {r.peak_rss_mib:.0f} MiB"),
             ("cross-principal accesses", str(r.cross_principal)),

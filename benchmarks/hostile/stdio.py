@@ -128,6 +128,8 @@ class _Run:
         r.longest_log_line = max(r.longest_log_line, server.longest_stderr_line)
         if server.loop_block_ms is not None:
             r.loop_block_ms = max(r.loop_block_ms or 0.0, server.loop_block_ms)
+        if server.loop_busy_ms is not None:
+            r.loop_busy_ms = max(r.loop_busy_ms or 0.0, server.loop_busy_ms)
         self.owed = []
 
 
