@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import selectors
 import stat
 
 PIPE_SIZE = 1 << 20
@@ -35,12 +36,26 @@ def claim() -> tuple[int, int]:
 
 
 def pollable(fd: int) -> bool:
-    """Pipes and sockets can wait on the event loop; regular files and devices cannot."""
+    """Whether the event loop can wait on `fd`: pipes, sockets and terminals can; regular files cannot.
+
+    Asked of the selector the event loop uses. A descriptor it refuses is read in a worker
+    thread, which is only safe where a read cannot block forever (a file ends): a terminal
+    read in a thread would keep the process alive after Ctrl-C.
+    """
     try:
         mode = os.fstat(fd).st_mode
     except OSError:
         return False
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return True
+    if not stat.S_ISCHR(mode):
+        return False
+    with selectors.DefaultSelector() as selector:
+        try:
+            selector.register(fd, selectors.EVENT_READ)
+        except (OSError, ValueError):
+            return False
+    return True
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 from tests.support.fake_ollama import Fault, remote_inject, spawn
+from tests.support.gateway import write_manifests
 from tests.support.processes import ROOT, gateway_argv, gateway_env, ollama_manifests
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -113,3 +116,30 @@ async def test_calls_still_running_after_the_grace_period_are_cancelled_answered
     starts = {r["call_id"] for r in records if r.get("event") == "start"}
     finishes = {r["call_id"]: r for r in records if r.get("event") == "finish"}
     assert starts == set(finishes) and len(starts) == CALLS
+
+
+def test_ctrl_c_in_a_terminal_ends_the_server_with_0(tmp_path: Path) -> None:
+    """A terminal on stdin is waited on like a pipe: no reader thread is left to keep the process alive."""
+    main, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        gateway_argv("--no-fast-start", "--manifests", str(write_manifests(tmp_path / "manifests"))),
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=gateway_env(tmp_path),
+        cwd=ROOT,
+    )
+    os.close(terminal)
+    try:
+        params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "tty", "version": "0"}}
+        os.write(
+            main, json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}).encode() + b"\n"
+        )
+        assert proc.stdout is not None and json.loads(proc.stdout.readline())["id"] == 1  # served, reading the terminal
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        os.close(main)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
