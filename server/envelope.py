@@ -47,7 +47,7 @@ _NAMED_PARAMS = {
 }
 # an id in the first bytes of a line too long to parse: only where nothing but "jsonrpc" precedes it,
 # so the match is a top-level member
-_HEAD_ID = re.compile(
+_HEAD_ID = (  # compiled on first use (`re` caches it)
     rb'^[ \t\r]*\{[ \t\r]*(?:"jsonrpc"[ \t\r]*:[ \t\r]*"2\.0"[ \t\r]*,[ \t\r]*)?"id"[ \t\r]*:[ \t\r]*'
     rb'(-?[0-9]{1,19}|"[^"\\\x00-\x1f]{0,256}")[ \t\r]*[,}]'
 )
@@ -99,7 +99,7 @@ def parse_failed(reason: str, *, limit: bool = False, head: bytes = b"") -> Reje
 
 def head_id(head: bytes) -> RequestId | None:
     """The id of a message too large to parse, where its first bytes show it as a top-level member."""
-    m = _HEAD_ID.match(head)
+    m = re.match(_HEAD_ID, head)
     request_id = json.loads(m.group(1)) if m is not None else None
     return request_id if valid_id(request_id) else None
 

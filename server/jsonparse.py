@@ -39,9 +39,10 @@ MAX_STRING_BYTES = 4 * 1024 * 1024
 INLINE_MAX = 256 * 1024
 _GC_PAUSE_FROM = 16 * 1024  # documents this large may hold thousands of containers
 
-_WS = re.compile(rb"[ \t\r\n]{0,65536}")
+# patterns compiled on first use (`re` caches them): the fast start never parses a large document
+_WS = rb"[ \t\r\n]{0,65536}"
 # a JSON number; digit runs are bounded so one regex call stays short on hostile input
-_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]{0,4400})(?:\.[0-9]{1,4400})?(?:[eE][-+]?[0-9]{1,4400})?")
+_NUMBER = rb"-?(?:0|[1-9][0-9]{0,4400})(?:\.[0-9]{1,4400})?(?:[eE][-+]?[0-9]{1,4400})?"
 _LITERALS = {ord("t"): (b"true", True), ord("f"): (b"false", False), ord("n"): (b"null", None)}
 _QUOTE, _BACKSLASH = ord('"'), ord("\\")
 
@@ -136,6 +137,8 @@ class _Large:
         self.data = data
         self.pos = 0
         self.values = 0
+        self._number = re.compile(_NUMBER)
+        self._ws_run = re.compile(_WS)
 
     def document(self) -> object:
         self._ws()
@@ -185,7 +188,7 @@ class _Large:
         if c == _QUOTE:
             return self._string(), None
         if c == ord("-") or ord("0") <= c <= ord("9"):
-            m = _NUMBER.match(self.data, self.pos)
+            m = self._number.match(self.data, self.pos)
             if m is None:
                 raise JSONParseError(f"invalid JSON: invalid number at byte {self.pos}")
             self.pos = m.end()
@@ -262,7 +265,7 @@ class _Large:
             raise JSONParseError(f"more than {MAX_VALUES} values", limit=True)
 
     def _ws(self) -> None:
-        while (m := _WS.match(self.data, self.pos)) is not None and m.end() != self.pos:
+        while (m := self._ws_run.match(self.data, self.pos)) is not None and m.end() != self.pos:
             self.pos = m.end()
 
     def _peek(self) -> int:

@@ -294,6 +294,9 @@ def run(options: Sequence[str], env: Mapping[str, str], cache_dir: Path, prepare
         serve = prepare()
         cache = HandshakeCache.load(cache_dir, fingerprint(options, env))  # recorded for the next start
         return serve(fresh_handover(cache, cap, stop), Pipes(in_fd, out_fd))
+    # everything the first answers need is ready before the worker starts competing for the GIL
+    cache = HandshakeCache.load(cache_dir, fingerprint(options, env))
+    front = Front(cache, out_fd, LineSplitter(cap))
     started = _Started()
     done_r, done_w = os.pipe()
 
@@ -306,8 +309,6 @@ def run(options: Sequence[str], env: Mapping[str, str], cache_dir: Path, prepare
             os.write(done_w, b".")
 
     threading.Thread(target=work, name="model-gateway-start", daemon=True).start()
-    cache = HandshakeCache.load(cache_dir, fingerprint(options, env))
-    front = Front(cache, out_fd, LineSplitter(cap))
     eof = _front_loop(front, in_fd, done_r, stop)
     os.close(done_r)
     os.close(done_w)

@@ -14,13 +14,16 @@ its next request for the list gets the real answer either way.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, NamedTuple
 
 from server.envelope import Request, RequestId, encode
 from server.stdio.handshake import CACHEABLE, LISTS, HandshakeCache, key, meta_version, well_formed
 
-log = logging.getLogger("model_gateway.stdio")
+
+def _log() -> Any:
+    import logging  # only when there is something to say: the fast start imports nothing it can avoid
+
+    return logging.getLogger("model_gateway.stdio")
 
 
 class Expected(NamedTuple):
@@ -85,11 +88,11 @@ class Recorder:
         self.changed.append(cache_key)
         capability = LISTS[method][0] if method in LISTS else None
         if capability is not None and modern:
-            log.warning("the cached answer to %s was stale: published to the client's listen streams", cache_key)
+            _log().warning("the cached answer to %s was stale: published to the client's listen streams", cache_key)
             self.to_publish.append(capability)
             return b""
         if capability is not None and capability in self.list_changed:
-            log.warning("the cached answer to %s was stale: the client is told the list changed", cache_key)
+            _log().warning("the cached answer to %s was stale: the client is told the list changed", cache_key)
             return encode({"jsonrpc": "2.0", "method": f"notifications/{capability}/list_changed"})
-        log.warning("the cached answer to %s was stale; the cache is rewritten", cache_key)
+        _log().warning("the cached answer to %s was stale; the cache is rewritten", cache_key)
         return b""
