@@ -97,12 +97,16 @@ async def _serve(transport: str, port: int, manifests: Path) -> None:
     server = build_server(settings, ref, {"stub": StubAdapter()})
     if transport == "stdio":
         # the same stdio path as `serve` (our wire, the handshake recorder), minus the fast start
-        from server.stdio import serve_stdio
-        from server.stdio_front import Handover, HandshakeCache, Recorder, claim
+        from server.stdio.fd import claim
+        from server.stdio.front import Pipes, fresh_handover
+        from server.stdio.handshake import HandshakeCache
+        from server.stdio.serve import serve_stdio
+        from server.stdio.session import Session, StdioOptions
 
         in_fd, out_fd = claim()
-        handover = Handover([], b"", Recorder(HandshakeCache(manifests / "stdio-handshake.json", "stub")))
-        await serve_stdio(settings, server, ref, handover, in_fd, out_fd)
+        cap = settings.manifests.performance.limits.max_line_bytes
+        handover = fresh_handover(HandshakeCache(manifests / "stdio-handshake.json", "stub", None), cap)
+        await serve_stdio(settings, server, ref, Session(handover, Pipes(in_fd, out_fd), StdioOptions(cap)))
         return
     import uvicorn
 

@@ -19,7 +19,7 @@ from server.errors import ConfigError, GatewayError
 
 if TYPE_CHECKING:  # heavy modules: `serve` over stdio imports them in a worker thread
     from server.config import Settings
-    from server.stdio_front import Prepared
+    from server.stdio.front import Serve
     from server.tracing import Tracing
 
 
@@ -51,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
         "--no-fast-start",
         action="store_true",
         help="stdio only: do not answer the handshake from the previous run's answers while starting",
+    )
+    serve.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="stdio only: on SIGTERM/SIGINT or end of input, how long calls in flight may run to finish (s)",
     )
 
     disc = sub.add_parser("discover", help="probe every adapter now and print what it serves")
@@ -117,7 +124,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         if args.transport == "stdio":
             from server.paths import default_cache_dir
-            from server.stdio_front import enabled, options, run
+            from server.stdio.front import enabled, run
+            from server.stdio.handshake import options
 
             fingerprinted = options(args.manifests, args.privacy_mode, args.metrics_port)
             fast = enabled(args.no_fast_start, os.environ)
@@ -177,14 +185,14 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _prepare_stdio(args: argparse.Namespace, tracing: list[Tracing]) -> Prepared:
+def _prepare_stdio(args: argparse.Namespace, tracing: list[Tracing]) -> Serve:
     """Settings, logging, tracing, imports and the built server (the fast start runs this in a worker thread)."""
     settings = _settings(args)
     _configure_logging(settings.log_level)
     _start_tracing(tracing)
-    from server.stdio import prepare_stdio
+    from server.stdio.serve import prepare_stdio
 
-    return prepare_stdio(settings)
+    return prepare_stdio(settings, os.environ, max(0.0, args.shutdown_grace))
 
 
 def _discover(args: argparse.Namespace) -> int:

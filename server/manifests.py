@@ -109,6 +109,13 @@ class RequestLimits(_Strict):
     max_messages: int = Field(256, ge=1)
     max_message_chars: int = Field(200_000, ge=1)
     max_tokens: int = Field(8192, ge=1)
+    max_line_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Largest stdio message in bytes (without its newline). A longer line is answered with a "
+        "JSON-RPC error and skipped as it arrives, never held whole. MODEL_GATEWAY_MAX_LINE_BYTES overrides it.",
+    )
 
 
 class AuditConfig(_Strict):
