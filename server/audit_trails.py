@@ -94,7 +94,7 @@ def summary(report: VerifyReport) -> str:
     if others:
         text += f"; {others} more damaged place(s)"
     if report.resumes_at is not None:
-        text += f"; from seq {report.resumes_at} on, the trail verifies"
+        text += f"; the records from seq {report.resumes_at} on verify"
     return text
 
 

@@ -101,6 +101,7 @@ class _Rec:
     segment: int
     file: str
     line: int
+    readable: bool = True  # False: a line that is no record at all (reported when read), kept for its place
 
 
 class _WrongKey(Exception):
@@ -210,6 +211,7 @@ def _read_records(snap: _Snapshot, key: bytes, found: _Findings) -> list[_Rec]:
                 else:
                     kind = "torn" if not complete else "corrupt"
                     found.add(Damage(kind, seg.name, n, None, "unreadable record"))
+                recs.append(_Rec(-1, "", "", False, False, index, seg.name, n, readable=False))
                 continue
             body = {k: v for k, v in rec.items() if k not in ("prev", "mac")}
             authentic = hmac.compare_digest(record_mac(key, rec["prev"], body), rec["mac"])
@@ -242,9 +244,12 @@ def _walk(recs: list[_Rec], found: _Findings) -> int | None:
     """Check every link; after a damaged place, go on from the next authentic record. Returns resumes_at."""
     prev: _Rec | None = None
     resync = False
-    resumes_at: int | None = recs[0].seq if recs else None
+    resumes_at: int | None = None
     for i, r in enumerate(recs):
         damage: Damage | None = None
+        if not r.readable:
+            resync, resumes_at = True, None  # reported when it was read
+            continue
         if not r.authentic:
             nxt = recs[i + 1] if i + 1 < len(recs) else None
             skipped = nxt is not None and prev is not None and nxt.prev == prev.mac and nxt.seq == prev.seq + 1
@@ -304,6 +309,7 @@ def _read_checkpoints(snap: _Snapshot, cp_name: str, key: bytes, found: _Finding
 def _match_checkpoints(recs: list[_Rec], cps: list[dict[str, Any]], cp_name: str, found: _Findings) -> None:
     if recs and not cps:
         found.add(Damage("checkpoint-missing", cp_name, 0, None, "the log has records but no signed checkpoint"))
+    recs = [r for r in recs if r.readable]
     by_seq = {r.seq: r for r in recs if r.authentic}
     damaged = {r.seq: r for r in recs if not r.authentic}
     last = max((r.seq for r in recs if r.authentic), default=0)
@@ -366,6 +372,5 @@ def verify(path: Path, key: bytes, *, repair: bool = False) -> VerifyReport:
     recs = _read_records(snap, key, found)
     resumes_at = _walk(recs, found)
     _match_checkpoints(recs, cps, cp_name, found)
-    return VerifyReport(
-        len(recs), len(snap.segments), len(cps), tuple(found.items), repaired, found.more, resumes_at
-    )
+    count = sum(r.readable for r in recs)
+    return VerifyReport(count, len(snap.segments), len(cps), tuple(found.items), repaired, found.more, resumes_at)

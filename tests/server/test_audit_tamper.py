@@ -253,3 +253,17 @@ async def test_a_writer_goes_on_after_damage_and_everything_it_writes_then_verif
     new = [json.loads(x) for x in lines if b'"call_id":"after-' in x]
     assert [r["call_id"] for r in new] == [f"after-{i}" for i in range(10)]
     assert after.resumes_at is not None and after.resumes_at <= new[0]["seq"]
+
+
+def test_a_line_that_is_no_record_is_reported_and_the_records_after_it_verify(pristine: Path, tmp_path: Path) -> None:
+    log = _copy(pristine, tmp_path, 0)
+    lines = log.read_bytes().splitlines()
+    after = json.loads(lines[3])["seq"]
+    lines[2] = b"null"
+    log.write_bytes(b"".join(x + b"\n" for x in lines))
+    report = verify(log, KEY)
+    assert report.damage is not None and (report.damage.kind, report.damage.line) == ("corrupt", 3)
+    assert report.resumes_at == after
+    with log.open("ab") as fh:
+        fh.write(b'{"seq": 999, "ev')
+    assert verify(log, KEY).resumes_at is None  # damage at the very end: nothing after it verifies
