@@ -16,13 +16,14 @@ import hmac
 import json
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from server.audit_chain import GENESIS, checkpoint_mac, lines_backwards, parse_record, read_tail, rotated_name
 from server.statefile import warn_once
 
 _LOG = "model_gateway.audit"
+ROTATE = "rotate"  # the event of the last record of a file that was rotated
 _SCAN_LINES = 100_000  # how far back a damaged tail is searched for the last line that links
 
 
@@ -34,6 +35,8 @@ class ChainEnd:
     torn: int
     damaged: str | None = None  # why the last line cannot be linked to: a restart is due
     last_good: int | None = None  # seq of the last record that could be linked to
+    sealed: bool = False  # the file's last record is a rotation seal: the trail goes on in a new active file
+    event: str | None = None  # of the last record
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +83,8 @@ def read_chain_end(fd: int, size: int, path: Path, segment: int, key: bytes) -> 
         os.fsync(fd)
         size -= tail.torn
     if tail.line is not None:
-        return _linkable(fd, size, key, size, tail.torn)
+        end = _linkable(fd, size, key, size, tail.torn)
+        return replace(end, sealed=True) if end.damaged is None and end.event == ROTATE else end
     if segment > 1:
         # an empty active file right after a rotation continues the rotated one
         with contextlib.suppress(FileNotFoundError):
@@ -102,7 +106,7 @@ def _linkable(fd: int, end: int, key: bytes, size: int, torn: int) -> ChainEnd:
         rec = parse_record(line, key)
         if rec is not None and rec.authentic:
             if not skipped:
-                return ChainEnd(rec.seq, rec.mac, size, torn)
+                return ChainEnd(rec.seq, rec.mac, size, torn, event=rec.event)
             return ChainEnd(rec.seq + skipped, GENESIS, size, torn, _why(skipped), rec.seq)
         skipped += 1
         if skipped >= _SCAN_LINES:

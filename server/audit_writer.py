@@ -2,11 +2,12 @@
 
 `TrailWriter` does the synchronous file work of the sink (server/audit.py):
 open, follow, append, rotate, checkpoint. Every method that reads or changes
-the files expects the caller to hold the lock (`lock_fd`). Before each append
-it follows a rotation made by another process (the active file's name points at
-another inode) and, when the file's size is not what this process left it at,
-adopts the tail others wrote (server/audit_tail.py): `seq` and `prev` always come
-from the file, so any number of processes extend one chain.
+the files expects the caller to hold the lock (`lock_fd`). Before each append,
+when the file's size is not what this process left it at, it adopts the tail
+others wrote (server/audit_tail.py): `seq` and `prev` always come from the file,
+so any number of processes extend one chain. A rotation ends the old file with
+a `rotate` record, which is how the others learn of it (one seek per append,
+no name lookup).
 Errors are OSError; the sink turns them into refusals.
 """
 
@@ -30,10 +31,11 @@ from server.audit_chain import (
     rotated_name,
     segment_files,
 )
-from server.audit_tail import ChainEnd, CheckpointEnd, open_append, read_chain_end, read_checkpoint_end
+from server.audit_tail import ROTATE, ChainEnd, CheckpointEnd, open_append, read_chain_end, read_checkpoint_end
 from server.statefile import fsync_dir, held, open_lock, private_dir
 
 Redact = Callable[[Any], Any]
+NAME_CHECK_S = 1.0
 
 
 class TrailWriter:
@@ -46,7 +48,8 @@ class TrailWriter:
         self.seq, self.prev, self.segment, self.size = 0, GENESIS, 1, -1
         self.cp = CheckpointEnd(0, GENESIS, 0, -1, False)
         self.fd = self.cp_fd = self.lock_fd = -1
-        self.appended = 0  # records this process wrote, its own included (recover, restart)
+        self.appended = 0  # records this process wrote, its own included (recover, restart, rotate)
+        self._name_checked = time.monotonic()
 
     @property
     def key_id(self) -> str:
@@ -66,20 +69,43 @@ class TrailWriter:
             self.refresh()
 
     def refresh(self) -> None:
-        """Follow a rotation by another process; adopt a tail others wrote."""
-        st = os.fstat(self.fd)
+        """Adopt what other processes wrote since this one last did; follow them into a new active file.
+
+        A rotation ends the old file with a seal record, so the size check that runs before every append
+        also notices a rotation. A name check (a stat) runs only once a second: it follows an active file
+        that something else moved or removed.
+        """
+        now = time.monotonic()
+        if now >= self._name_checked + NAME_CHECK_S:
+            self._name_checked = now
+            if not self._at_path(self.fd):
+                self._reopen()
+        size = os.lseek(self.fd, 0, os.SEEK_END)
+        if size == self.size:
+            return
+        end = read_chain_end(self.fd, size, self.path, self.segment, self.key)
+        if not end.sealed:
+            self._adopt(end)
+            return
+        if self._at_path(self.fd):  # the rotating process stopped between seal and rename: finish for it
+            self.seq, self.prev, self.size = end.seq, end.mac, end.size
+            self._rename_and_reopen()
+        else:
+            self._reopen()
+        self.refresh()
+
+    def _at_path(self, fd: int) -> bool:
+        st = os.fstat(fd)
         try:
             named = os.stat(self.path)
-            moved = (named.st_ino, named.st_dev) != (st.st_ino, st.st_dev)
         except FileNotFoundError:
-            moved = True
-        if moved:
-            fd = open_append(self.path)
-            os.close(self.fd)
-            self.fd, self.segment = fd, segment_files(self.path)[-1][0]
-            st = os.fstat(fd)
-        if st.st_size != self.size:
-            self._adopt(read_chain_end(self.fd, st.st_size, self.path, self.segment, self.key))
+            return False
+        return (named.st_ino, named.st_dev) == (st.st_ino, st.st_dev)
+
+    def _reopen(self) -> None:
+        fd = open_append(self.path)
+        os.close(self.fd)
+        self.fd, self.segment, self.size = fd, segment_files(self.path)[-1][0], -1
 
     def _adopt(self, end: ChainEnd) -> None:
         self.seq, self.prev, self.size = end.seq, end.mac, end.size
@@ -115,6 +141,7 @@ class TrailWriter:
         line, seq, mac = self._line(body, self.prev)
         if self.size and self.size + len(line) > self.max_file_bytes:
             self.rotate()
+            line, seq, mac = self._line(body, self.prev)  # after the seal
         self._put(line, seq, mac)
 
     def _put(self, line: bytes, seq: int, mac: str) -> None:
@@ -130,9 +157,14 @@ class TrailWriter:
         self.appended += 1
 
     def rotate(self) -> None:
+        """Seal the active file (its last record says so), sign it, then move it aside for a new one."""
+        self._put(*self._line({"event": ROTATE, "next_segment": self.segment + 1}, self.prev))
         os.fsync(self.fd)
         if self.checkpoint(self.seq, self.prev, self.segment):
             os.fsync(self.cp_fd)
+        self._rename_and_reopen()
+
+    def _rename_and_reopen(self) -> None:
         target = rotated_name(self.path, self.segment)
         if target.exists():
             raise FileExistsError(17, f"{target.name} already exists", str(target))

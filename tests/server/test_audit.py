@@ -102,10 +102,12 @@ async def test_the_chain_continues_across_restarts_and_rotations(tmp_path: Path)
         for i in range(30):
             await log.write({"event": "start", "call_id": f"{run}-{i}"})
         await log.aclose()
-    assert len(segment_files(path)) > 3
+    rotations = len(segment_files(path)) - 1
+    assert rotations > 2
     report = verify(path, KEY)
     assert report.ok, report.damage
-    assert report.records == 90
+    assert report.records == 90 + rotations  # each rotated file ends with its seal
+    assert [r["event"] for r in records(path)].count("rotate") == rotations
 
 
 async def test_a_torn_tail_left_by_a_crash_is_cut_and_recorded_at_start(tmp_path: Path) -> None:
@@ -197,8 +199,8 @@ async def test_two_sinks_on_one_trail_extend_one_chain_across_each_others_rotati
     await a.aclose()
     await b.aclose()
     recs = records(path)
-    assert [r["seq"] for r in recs] == list(range(1, 61))
-    assert [r["call_id"] for r in recs] == [f"c{i}" for i in range(60)]
+    assert [r["seq"] for r in recs] == list(range(1, len(recs) + 1))
+    assert [r["call_id"] for r in recs if r["event"] == "start"] == [f"c{i}" for i in range(60)]
     report = verify(path, KEY)
     assert report.ok, report.damage
     assert report.segments > 3 and report.checkpoints >= 60 // 5
@@ -227,7 +229,8 @@ def test_writers_in_separate_processes_append_one_chain_that_verifies(tmp_path: 
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     recs = records(path)
-    assert [r["seq"] for r in recs] == list(range(1, 4 * 60 * 2 + 1))
+    assert [r["seq"] for r in recs] == list(range(1, len(recs) + 1))
+    assert len([r for r in recs if r["event"] != "rotate"]) == 4 * 60 * 2
     ids = [r["call_id"] for r in recs if r["event"] == "finish"]
     assert sorted(ids) == sorted(f"w{w}-{i}" for w in range(4) for i in range(60))
     report = verify(path, KEY)
@@ -326,3 +329,43 @@ async def test_a_writer_waits_for_the_lock_off_the_event_loop_and_gives_up_at_it
         os.close(other)
         await log.aclose()
     assert verify(path, KEY).ok
+
+
+async def test_a_rotation_cut_short_between_seal_and_rename_is_finished_by_the_next_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    a = AuditLog(path, KEY, "never", max_file_bytes=2048)
+    b = AuditLog(path, KEY, "never", max_file_bytes=2048)
+    real_rename = os.rename
+
+    def crash(src: object, dst: object) -> None:
+        raise OSError(5, "Input/output error")  # the rotating process stops right after sealing
+
+    monkeypatch.setattr(os, "rename", crash)
+    with pytest.raises(AuditUnavailableError):
+        for i in range(100):
+            await a.write({"event": "start", "call_id": f"a{i}"})
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert records(path)[-1]["event"] == "rotate" and len(segment_files(path)) == 1
+    await b.write({"event": "start", "call_id": "b"})
+    await b.aclose()
+    await a.aclose()
+    assert len(segment_files(path)) == 2 and records(path)[-1]["call_id"] == "b"
+    assert verify(path, KEY).ok
+
+
+async def test_an_active_file_moved_away_by_something_else_is_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server.audit_writer as writer_module
+
+    monkeypatch.setattr(writer_module, "NAME_CHECK_S", 0.0)  # check the name before every append
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, KEY, "never")
+    await log.write({"event": "start", "call_id": "1"})
+    os.rename(path, path.with_name("audit.jsonl.000001"))  # archived by hand, say
+    await log.write({"event": "start", "call_id": "2"})
+    await log.aclose()
+    assert [r["call_id"] for r in records(path)] == ["1", "2"]
+    assert path.exists() and verify(path, KEY).ok

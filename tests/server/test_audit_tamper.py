@@ -167,7 +167,8 @@ DAMAGE = {
 def test_the_untouched_log_verifies_across_rotated_files(pristine: Path) -> None:
     report = verify(pristine / "audit.jsonl", KEY)
     assert report.ok, report.damage
-    assert report.records == 120 and report.segments >= 4 and report.checkpoints >= 120 // 7
+    assert report.records == 120 + report.segments - 1  # each rotated file ends with its seal
+    assert report.segments >= 4 and report.checkpoints >= 120 // 7
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE), ids=lambda f: f.__name__)

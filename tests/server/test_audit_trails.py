@@ -57,9 +57,9 @@ async def test_a_folder_of_replica_state_dirs_is_checked_trail_by_trail_each_wit
     code, out = run_cli(capsys, str(tmp_path))
     assert code == 1
     lines = out.splitlines()
-    assert lines[0].startswith("r1/audit/audit.jsonl: ok: 40 records")
+    assert lines[0].startswith("r1/audit/audit.jsonl: ok: 42 records in 3 file(s)")  # 2 rotation seals
     assert lines[1].startswith("r2/audit/audit.jsonl: DAMAGED: edited at audit.jsonl.000001:2 (seq 2)")
-    assert lines[2].startswith("r3/audit/audit.jsonl: ok: 40 records")
+    assert lines[2].startswith("r3/audit/audit.jsonl: ok: 42 records in 3 file(s)")
     assert lines[-1] == "3 trails: 2 ok, 1 not"
     code, out = run_cli(capsys, "--json", str(tmp_path))
     result = json.loads(out)
@@ -100,10 +100,10 @@ async def test_one_trail_prints_one_summary_and_keeps_its_json_shape(
     log = tmp_path / "audit" / "audit.jsonl"
     await trail(log, 20)
     code, out = run_cli(capsys, str(tmp_path / "audit"))
-    assert code == 0 and out.startswith("ok: 20 records in ")
+    assert code == 0 and out.startswith("ok: 21 records in 2 file(s)")
     code, out = run_cli(capsys, "--json", str(log))
     result = json.loads(out)
-    assert code == 0 and result["ok"] and result["records"] == 20 and result["damage"] is None
+    assert code == 0 and result["ok"] and result["records"] == 21 and result["damage"] is None
     assert len(result["trails"]) == 1
 
 
