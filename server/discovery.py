@@ -292,9 +292,10 @@ class Discovery:
         self._refreshed = anyio.Event()
         if self.cache_path is not None:
             try:
-                write_cached_snapshot(self.cache_path, snap)
+                # fsyncs (file and folder) stay off the event loop
+                await anyio.to_thread.run_sync(write_cached_snapshot, self.cache_path, snap)
             except OSError as exc:
-                log.warning("discovery cache not written: %s", exc.strerror)
+                warn_once(log.name, self.cache_path, f"not written ({exc.strerror or type(exc).__name__})", "retried")
         return snap
 
     async def next_refresh(self) -> Snapshot:
