@@ -77,6 +77,7 @@ FsyncMode = Literal["always", "group", "never"]
 KeySource = Callable[[], bytes]
 RETRY_AFTER_ERROR_S = 5.0
 LOCK_TIMEOUT_S = 5.0
+LOCK_SPIN_S = 0.0002
 # A lone writer syncs on the event loop while syncs take less than this: handing fdatasync to a
 # worker thread costs a thread wake-up (~150 us here, about what the sync itself costs), and with
 # nobody else in flight there is no one to group with. Slower disks always sync in the thread.
@@ -213,17 +214,25 @@ class AuditLog:
             await self._sync(self._written_gen)
 
     async def _lock(self) -> None:
-        """The trail's lock, without blocking the event loop: another process holds it for microseconds."""
+        """The trail's lock, without blocking the event loop for long: a holder keeps it for microseconds.
+
+        A busy lock is retried for up to LOCK_SPIN_S before the first sleep: the loop's timers run at
+        millisecond granularity, so sleeping at once would cost a whole millisecond per contended append.
+        """
+        fd = self._w.lock_fd
         try:
-            if try_lock(self._w.lock_fd):
+            if try_lock(fd):
                 return
-            deadline, pause = self._clock() + self.lock_timeout_s, 0.0002
-            while not try_lock(self._w.lock_fd):
+            spin_until = time.perf_counter() + LOCK_SPIN_S
+            while time.perf_counter() < spin_until:
+                if try_lock(fd):
+                    return
+            deadline = self._clock() + self.lock_timeout_s
+            while not try_lock(fd):
                 if self._clock() >= deadline:
                     held_by_other = f"{lock_path(self.path)} stayed locked by another process"
                     raise AuditUnavailableError(f"call refused: {held_by_other}")
-                await anyio.sleep(pause)
-                pause = min(pause * 2, 0.01)
+                await anyio.sleep(0.001)
         except OSError as exc:
             self._fail("audit log cannot be locked", exc)
             raise self._refusal() from exc
