@@ -194,7 +194,12 @@ class AuditLog:
         `alone` says no other call is in flight: on a fast disk the sync then runs on the event loop.
         """
         self._refuse_if_failed()
-        await self._lock()
+        try:
+            if not try_lock(self._w.lock_fd):
+                await self._wait_for_lock()
+        except OSError as exc:
+            self._fail("audit log cannot be locked", exc)
+            raise self._refusal() from exc
         try:
             self._w.append(body)
         except OSError as exc:
@@ -213,29 +218,23 @@ class AuditLog:
         elif self._checkpoint_due():
             await self._sync(self._written_gen)
 
-    async def _lock(self) -> None:
-        """The trail's lock, without blocking the event loop for long: a holder keeps it for microseconds.
+    async def _wait_for_lock(self) -> None:
+        """The trail's lock when another process holds it (for microseconds), without blocking the loop for long.
 
         A busy lock is retried for up to LOCK_SPIN_S before the first sleep: the loop's timers run at
         millisecond granularity, so sleeping at once would cost a whole millisecond per contended append.
         """
         fd = self._w.lock_fd
-        try:
+        spin_until = time.perf_counter() + LOCK_SPIN_S
+        while time.perf_counter() < spin_until:
             if try_lock(fd):
                 return
-            spin_until = time.perf_counter() + LOCK_SPIN_S
-            while time.perf_counter() < spin_until:
-                if try_lock(fd):
-                    return
-            deadline = self._clock() + self.lock_timeout_s
-            while not try_lock(fd):
-                if self._clock() >= deadline:
-                    held_by_other = f"{lock_path(self.path)} stayed locked by another process"
-                    raise AuditUnavailableError(f"call refused: {held_by_other}")
-                await anyio.sleep(0.001)
-        except OSError as exc:
-            self._fail("audit log cannot be locked", exc)
-            raise self._refusal() from exc
+        deadline = self._clock() + self.lock_timeout_s
+        while not try_lock(fd):
+            if self._clock() >= deadline:
+                held_by_other = f"{lock_path(self.path)} stayed locked by another process"
+                raise AuditUnavailableError(f"call refused: {held_by_other}")
+            await anyio.sleep(0.001)
 
     # --- durability -----------------------------------------------------------------------
 
