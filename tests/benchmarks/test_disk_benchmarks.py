@@ -38,3 +38,9 @@ def test_the_kill_campaign_prints_its_figures() -> None:
     totals = out.splitlines()[-1].split()
     assert totals[0] == "all" and int(totals[2]) >= 2  # kills
     assert totals[4] == "0" and totals[5] == "0"  # nothing lost, no failed restart
+
+
+def test_a_checkout_is_compared_with_a_baseline_checkout(tmp_path: Path) -> None:
+    out = run("benchmarks.audit_compare", "--baseline", str(ROOT), "--rounds", "2", "--calls", "20", "--modes", "never")
+    row = out.splitlines()[-1].split()
+    assert row[0] == "never" and float(row[1]) > 0 and float(row[2]) > 0
