@@ -70,6 +70,7 @@ def health_report(state: AppState) -> dict[str, Any]:
         "capabilities": serving,
         "snapshot": {"source": snap.source, "age_s": round(snap.age_s(), 3) if snap.created_at else None},
         "privacy_mode": state.privacy_mode,
+        "policy": state.policy.summary(),
         "audit": {"ok": state.audit.healthy, "error": state.audit.error, "records": state.audit.records},
         "in_flight": state.in_flight,
         "adapters": adapters,

@@ -3,8 +3,9 @@
 Switching it on only narrows routing (local adapters only), so it is always
 allowed. Switching it off widens what a call may reach, so it is a policy
 decision: tool `privacy`, capability `admin`, model `off`. The shipped policy
-denies it; the operator lifts privacy mode by restarting without
-`--privacy-mode` or by allowing it in policy.json. Either switch takes effect
+guard denies it; the operator lifts privacy mode by restarting without
+`--privacy-mode` or by lifting that guard by name (`override`) in the user
+policy.json; a user rule alone cannot. Either switch takes effect
 for the next routing decision, filtering the cached snapshot; discovery is not
 re-run. Every switch is audited.
 """
