@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.audit_chain import GENESIS, checkpoint_mac, checkpoints_path, key_id, lock_path, record_mac, segment_files
+from server.audit_chain import GENESIS, checkpoint_mac, checkpoints_path, key_id, lock_path, parse_record, segment_files
 from server.statefile import try_lock, unlock
 
 MAX_REPORTED = 50
@@ -183,18 +183,6 @@ def _lines(data: bytes) -> Iterator[tuple[int, bytes, bool]]:
         yield len(parts), parts[-1], False
 
 
-def _parse(raw: bytes) -> dict[str, Any] | None:
-    try:
-        rec = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(rec, dict) or type(rec.get("seq")) is not int:
-        return None
-    if not isinstance(rec.get("prev"), str) or not isinstance(rec.get("mac"), str):
-        return None
-    return rec
-
-
 def _read_records(snap: _Snapshot, key: bytes, found: _Findings) -> list[_Rec]:
     indices = [i for i, _, _ in snap.segments]
     for a, b in itertools.pairwise(indices):
@@ -204,7 +192,7 @@ def _read_records(snap: _Snapshot, key: bytes, found: _Findings) -> list[_Rec]:
     recs: list[_Rec] = []
     for pos, (index, seg, data) in enumerate(snap.segments):
         for n, raw, complete in _lines(data or b""):
-            rec = _parse(raw) if complete else None
+            rec = parse_record(raw, key) if complete else None
             if rec is None:
                 if not complete and pos < len(snap.segments) - 1:
                     found.add(Damage("corrupt", seg.name, n, None, "a rotated file ends mid-record"))
@@ -213,10 +201,8 @@ def _read_records(snap: _Snapshot, key: bytes, found: _Findings) -> list[_Rec]:
                     found.add(Damage(kind, seg.name, n, None, "unreadable record"))
                 recs.append(_Rec(-1, "", "", False, False, index, seg.name, n, readable=False))
                 continue
-            body = {k: v for k, v in rec.items() if k not in ("prev", "mac")}
-            authentic = hmac.compare_digest(record_mac(key, rec["prev"], body), rec["mac"])
-            restart = authentic and rec.get("event") == "restart" and rec["prev"] == GENESIS
-            recs.append(_Rec(rec["seq"], rec["prev"], rec["mac"], authentic, restart, index, seg.name, n))
+            restart = rec.authentic and rec.event == "restart" and rec.prev == GENESIS
+            recs.append(_Rec(rec.seq, rec.prev, rec.mac, rec.authentic, restart, index, seg.name, n))
     return recs
 
 
