@@ -6,10 +6,10 @@ pipeline only ever see this Protocol.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from pydantic import SecretStr
 
@@ -70,6 +70,32 @@ class AdapterLimits:
     http2: bool = False
 
 
+T = TypeVar("T")
+
+
+class CacheStore(Protocol):
+    """Small files an adapter keeps between runs, by plain name; the server decides where and how.
+
+    The server's store writes whole files only, private to the user, and hands `parse` only bytes it
+    trusts; a file that is missing, untrusted, or that `parse` rejects (ValueError, TypeError, KeyError)
+    reads as None and is reported once. Both calls block: adapters run them in a worker thread.
+    """
+
+    def load(self, name: str, parse: Callable[[bytes], T]) -> T | None: ...
+
+    def save(self, name: str, data: bytes) -> None: ...
+
+
+class NoCache:
+    """A store that keeps nothing: every load misses (for contexts built without a cache folder)."""
+
+    def load(self, name: str, parse: Callable[[bytes], T]) -> T | None:
+        return None
+
+    def save(self, name: str, data: bytes) -> None:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class AdapterContext:
     """Everything an adapter needs from the outside, resolved by server/config.py.
@@ -81,6 +107,7 @@ class AdapterContext:
     cache_dir: Path = Path(".")
     models_dir: Path = Path(".")
     secrets: Mapping[str, SecretStr] = field(default_factory=dict)
+    cache: CacheStore = field(default_factory=NoCache)
 
 
 @runtime_checkable

@@ -66,7 +66,7 @@ class MCPRemoteAdapter:
         self._manifest = manifest
         self._context = context
         self._describe = f"mcp adapter '{manifest.name}'"
-        self._cache_path = context.cache_dir / f"mcp-tools-{manifest.name}.json"
+        self._cache_name = f"mcp-tools-{manifest.name}.json"
         self._lock = anyio.Lock()
         self._session: DownstreamSession | None = None
         self._retired: list[DownstreamSession] = []
@@ -193,7 +193,7 @@ class MCPRemoteAdapter:
 
     async def _cached_catalog(self) -> Catalog | None:
         if not self._catalog_loaded:
-            self._catalog = await load_catalog(self._cache_path)
+            self._catalog = await load_catalog(self._context.cache, self._cache_name)
             self._catalog_loaded = True
         return self._catalog
 
@@ -220,7 +220,7 @@ class MCPRemoteAdapter:
         for capability in self.info.capabilities:
             catalog = catalog.accept(capability, self._mapping(capability))
         self._catalog = catalog
-        await save_catalog(self._cache_path, catalog)
+        await save_catalog(self._context.cache, self._cache_name, catalog)
         return catalog
 
     def _mapping(self, capability: Capability) -> MCPToolMapping:

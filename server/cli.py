@@ -82,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="audit trail tools")
     asub = audit.add_subparsers(dest="audit_command", required=True)
-    ver = asub.add_parser("verify", help="check the chain and checkpoints; exit 1 on damage")
-    ver.add_argument("path", type=Path, help="the audit log (audit.jsonl) or its folder")
+    ver = asub.add_parser("verify", help="check every trail's chain and checkpoints; exit 1 on damage")
+    ver.add_argument("path", type=Path, help="an audit log (audit.jsonl), its folder, or a folder of several trails")
     ver.add_argument("--repair", action="store_true", help="cut a torn last line (a crash mid-write), then verify")
     ver.add_argument("--key-file", type=Path, help="hex key file (default: MODEL_GATEWAY_AUDIT_KEY, then audit.key)")
     ver.add_argument("--json", action="store_true")
@@ -289,11 +289,11 @@ def _policy(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from server.audit_verify import verify_command
+    from server.audit_trails import verify_command, verify_text
 
-    report, text = verify_command(args.path, args.key_file, args.repair, os.environ)
-    _out(json.dumps(text) if args.json else str(text["summary"]))
-    return 0 if report.ok else 1
+    ok, result = verify_command(args.path, args.key_file, args.repair, os.environ)
+    _out(json.dumps(result) if args.json else verify_text(result, args.path))
+    return 0 if ok else 1
 
 
 COMMANDS = {

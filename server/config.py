@@ -42,6 +42,7 @@ from server.errors import ConfigError
 from server.manifests import Manifests, load_manifests
 from server.paths import default_cache_dir, default_models_dir, default_state_dir, user_manifests_dir
 from server.principal import load_tokens_file, token_digest
+from server.statefile import CacheFolder
 
 Transport = Literal["stdio", "sse", "streamable-http"]
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -93,7 +94,13 @@ class Settings:
             probe_deadline_s=perf.discovery.probe_deadline_s,
             batch_limit=perf.batching.batch_limit,
         )
-        return AdapterContext(limits=limits, cache_dir=self.cache_dir, models_dir=self.models_dir, secrets=self.secrets)
+        return AdapterContext(
+            limits=limits,
+            cache_dir=self.cache_dir,
+            models_dir=self.models_dir,
+            secrets=self.secrets,
+            cache=CacheFolder(self.cache_dir, "model_gateway.adapters"),
+        )
 
 
 def _secret_names(manifests: Manifests) -> set[str]:
