@@ -68,6 +68,9 @@ class AdapterLimits:
     probe_deadline_s: float = 2.0
     batch_limit: int = 256
     http2: bool = False
+    # Upstream bounds: the largest answer read (a larger one is refused while it arrives) and the widest vector.
+    max_response_bytes: int = 32 << 20
+    max_dimensions: int = 65_536
 
 
 @dataclass(frozen=True, slots=True)

@@ -302,9 +302,11 @@ async def test_server_overload_is_a_retryable_status_error(
     header = None if retry_after is None else f"{retry_after:g}"
     fake.inject(Fault("status", status=status, message="server busy", retry_after=header, times=1))
     async with ollama(fake.url) as adapter:
-        with pytest.raises(UpstreamStatusError) as caught:
+        # A Retry-After longer than the caller's deadline is not waited for: the router gets the error.
+        with anyio.fail_after(3), pytest.raises(UpstreamStatusError) as caught:
             await adapter.chat(ask("hi"))
         assert (await adapter.chat(ask("hi"))).content == "Echo: hi"
+    assert fake.count("/api/chat") == 2
     assert caught.value.retryable and caught.value.status == status
     assert caught.value.retry_after_s == retry_after
     assert "server busy" in str(caught.value)
