@@ -88,6 +88,8 @@ class MCPRemoteAdapter(AdapterBase):
             manifest.name, "mcp", manifest.privacy, _declared(manifest), declared_models(manifest.models), endpoint
         )
         super().__init__(info, context, pinned=pinned_dimensions(manifest.models))
+        # Routable from the first call, before any probe: a manifest without models serves the tool-named ones.
+        self._show(self._models(info.capabilities))
 
     # --- the Adapter protocol -------------------------------------------------------
 
@@ -98,18 +100,20 @@ class MCPRemoteAdapter(AdapterBase):
             source = "cache"
             if catalog is None or not catalog.fresh():
                 if self._session is None or not self._session.usable:
-                    return self._unopened()
+                    return self._unopened("not opened yet: opens on the first call")
+                if self._lock.locked():  # a call is opening or relisting it: report, never queue behind it
+                    return self._unopened("opening")
                 _, catalog = await self._ready()
                 source = "live"
         except AdapterError as exc:
             return ProbeResult(ok=False, error=exc.message)
         return self._probe_result(catalog, source)
 
-    def _unopened(self) -> ProbeResult:
-        details = {"session": "not opened yet: opens on the first call"}
+    def _unopened(self, session: str) -> ProbeResult:
+        details = {"session": session}
         if not self._manifest.models:
             details["models"] = "named after the downstream's tools until a session lists them"
-        return ProbeResult(ok=True, models=self._models(self.info.capabilities), details=details)
+        return ProbeResult(ok=True, models=self._show(self._models(self.info.capabilities)), details=details)
 
     async def embed(self, req: EmbedRequest) -> EmbedResult:
         async def send(texts: Sequence[str], first: int) -> tuple[list[list[float]], int]:
@@ -159,6 +163,12 @@ class MCPRemoteAdapter(AdapterBase):
             defaults = tuple(ModelInfo(name=tool, capabilities=frozenset(caps)) for tool, caps in by_tool.items())
             pool = defaults + tuple(m for m in self._learned if m.name not in by_tool)
         return tuple(replace(m, capabilities=m.capabilities & usable) for m in pool if m.capabilities & usable)
+
+    def _show(self, models: tuple[ModelInfo, ...]) -> tuple[ModelInfo, ...]:
+        """Without manifest models, what the adapter describes follows what it last saw of the downstream."""
+        if not self._manifest.models:
+            self.info = replace(self.info, models=models)
+        return models
 
     def _is_default_model(self, model: str) -> bool:
         return not self._manifest.models and any(self._mapping(c).tool == model for c in self.info.capabilities)
@@ -272,7 +282,7 @@ class MCPRemoteAdapter(AdapterBase):
                 problems.append(problem.message)
         if self._learned and not self._manifest.models:
             details["models"] = f"{len(self._learned)} listed by the downstream's models tool"
-        models = self._models(frozenset(usable))
+        models = self._show(self._models(frozenset(usable)))
         return ProbeResult(ok=bool(usable), models=models, error="; ".join(problems) or None, details=details)
 
     # --- calls --------------------------------------------------------------------

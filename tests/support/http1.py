@@ -19,7 +19,10 @@ import orjson
 REASONS = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
+    413: "Payload Too Large",
+    422: "Unprocessable Entity",
     429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -132,7 +135,7 @@ def oversized_embeddings(size: int, piece: int = 1 << 16) -> Iterator[bytes]:
     block = unit * (piece // len(unit))
     for _ in range(max(0, size - 40) // len(block)):
         yield block
-    yield b'0.125]]}'
+    yield b"0.125]]}"
 
 
 def oversized_length(size: int, piece: int = 1 << 16) -> int:
