@@ -112,7 +112,8 @@ async def write_streamed(
     The pieces come from a generator, so a fake can send hundreds of MB without holding them; a client
     that stops reading ends the exchange with a connection error, which the caller treats as done.
     """
-    head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}", "Content-Type: application/json"]
+    # The connection is closed after such an answer; saying so keeps clients from reusing it.
+    head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}", "Content-Type: application/json", "Connection: close"]
     head.append(f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked")
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
     sent = 0
