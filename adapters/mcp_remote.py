@@ -177,9 +177,10 @@ class MCPRemoteAdapter(AdapterBase):
         """Models a downstream gateway lists through its `models` tool; nothing learned is not an error."""
         if self._manifest.models or _MODELS_TOOL not in catalog.tools:
             return
+        bound = self.limits.probe_deadline_s  # a listing is cheap; a slow one must not hold up the first call
         try:
-            with anyio.fail_after(self.limits.read_timeout_s):
-                result = await client.call_tool(_MODELS_TOOL, {}, read_timeout_seconds=self.limits.read_timeout_s)
+            with anyio.fail_after(bound):
+                result = await client.call_tool(_MODELS_TOOL, {}, read_timeout_seconds=bound)
             value = mapping_io.structured_value(result.structured_content, _first_text(result), None)
         except (MCPError, RuntimeError, ValidationError, TimeoutError, UpstreamProtocolError):
             return
