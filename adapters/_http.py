@@ -47,6 +47,7 @@ ERROR_BODY_BYTES = 64 << 10
 INLINE_DECODE_BYTES = 256 << 10
 # One line of a streamed answer (an NDJSON chunk, an SSE event line).
 MAX_LINE_BYTES = 1 << 20
+_MESSAGE_HEAD = re.compile(r'"(?:message|error|detail)"\s*:\s*"((?:[^"\\]|\\.)*)')
 _TOKEN_LIKE = re.compile(r"(?i)\bbearer\s+[^\s\"',;]+|\bsk-[A-Za-z0-9_\-]{4,}")
 
 
@@ -137,11 +138,15 @@ def status_error(status: int, message: str, retry_after_s: float | None) -> Adap
 
 
 def provider_message(text: str) -> str:
-    """The provider's own message in an error body (`error`, `error.message`, `message`, `detail`), or the text."""
+    """The provider's own message in an error body (`error`, `error.message`, `message`, `detail`), or the text.
+
+    A JSON body cut at ERROR_BODY_BYTES no longer parses; its message's head is still read from it.
+    """
     try:
         body = orjson.loads(text)
     except orjson.JSONDecodeError:
-        return text
+        found = _MESSAGE_HEAD.search(text[:ERROR_BODY_BYTES])
+        return found.group(1).replace('\\"', '"') if found else text
     if isinstance(body, dict):
         err = body.get("error", body.get("message", body.get("detail")))
         if isinstance(err, dict):

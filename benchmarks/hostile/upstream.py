@@ -215,9 +215,11 @@ async def until_healthy(peer: Peer) -> bool:
     """Each try starts from a serving gateway: a fault's after-effects (an adapter marked down) must not
     spill into the next scenario's figures."""
     with anyio.move_on_after(HEAL_S):
-        while not (await call(peer, "embed", EMBED))[0].startswith("result"):
+        for _ in range(int(HEAL_S / 0.5)):
+            got, _ = await call(peer, "embed", EMBED)
+            if got.startswith("result"):
+                return True
             await anyio.sleep(0.5)
-        return True
     return False
 
 
@@ -267,18 +269,31 @@ async def _drive(peer: Peer, url: str, rounds: int, only: list[Scenario]) -> tup
             await call(peer, "embed", EMBED)  # warm: discovery done, upstream client built
         idle = rss_mib(peer.proc.pid)
         watch = Watch(peer)
-        tg.start_soon(watch.ping_forever)
-        tg.start_soon(watch.sample_forever)
-        for _ in range(rounds):
-            for scenario, outcome in zip(only, outcomes, strict=True):
-                if peer.proc.returncode is None:
-                    await one_try(peer, watch, url, scenario, outcome)
+        async with anyio.create_task_group() as watching:
+            watching.start_soon(watch.ping_forever)
+            watching.start_soon(watch.sample_forever)
+            for _ in range(rounds):
+                for scenario, outcome in zip(only, outcomes, strict=True):
+                    if peer.proc.returncode is None:
+                        await one_try(peer, watch, url, scenario, outcome)
+            watching.cancel_scope.cancel()
         totals = {"idle_rss_mib": idle, "peak_rss_mib": rss_mib(peer.proc.pid, "VmHWM")}
         totals["non_json_stdout_lines"] = float(peer.non_json_lines)
-        if peer.proc.stdin is not None:
-            await peer.proc.stdin.aclose()
+        await anyio.sleep(0.2)  # the last ping's answer is read before the pipe closes
+        totals["exit_code"] = float(await _close(peer))
         tg.cancel_scope.cancel()
     return outcomes, totals
+
+
+async def _close(peer: Peer) -> int:
+    """Close stdin as a host does; the server must exit on its own (-9: it had to be killed)."""
+    if peer.proc.stdin is not None:
+        await peer.proc.stdin.aclose()
+    with anyio.move_on_after(30):
+        return await peer.proc.wait()
+    peer.proc.kill()
+    await peer.proc.wait()
+    return -9
 
 
 def report(outcomes: list[Outcome], totals: dict[str, float]) -> str:
@@ -295,7 +310,7 @@ def report(outcomes: list[Outcome], totals: dict[str, float]) -> str:
         f"not recovered {sum(o.unrecovered for o in outcomes)}, "
         f"longest event-loop block {max((o.loop_block_ms for o in outcomes), default=0.0):.1f} ms, "
         f"peak RSS {totals['peak_rss_mib']:.1f} MiB (idle {totals['idle_rss_mib']:.1f} MiB), "
-        f"non-JSON stdout lines {int(totals['non_json_stdout_lines'])}"
+        f"non-JSON stdout lines {int(totals['non_json_stdout_lines'])}, exit code {int(totals['exit_code'])}"
     )
     return "\n".join(lines)
 

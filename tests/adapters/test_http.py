@@ -169,3 +169,13 @@ async def test_large_answers_are_decoded_in_a_worker_thread_and_small_ones_inlin
         await http.aclose()
     assert (small, wide) == (1, 3)
     assert threads[0] == threading.get_ident() and threads[1] != threading.get_ident()
+
+
+async def test_a_json_error_body_over_the_read_limit_still_yields_its_message() -> None:
+    with FakeOllama() as fake:
+        fake.inject(Fault("status", path="/api/embed", status=500, message="disk on fire " * 10_000))
+        http = upstream(fake.url)
+        with pytest.raises(UpstreamStatusError) as caught:
+            await http.call("POST", "/api/embed", "embed", body=EMBED, parse=_http.as_is)
+        await http.aclose()
+    assert "HTTP 500: disk on fire disk on fire" in str(caught.value) and '{"error"' not in str(caught.value)
