@@ -1,7 +1,9 @@
 """The adapter seam: one Protocol every backend implements.
 
 A backend is one module in adapters/ plus a manifest kind; the router and the
-pipeline only ever see this Protocol.
+pipeline only ever see this Protocol. Most kinds build on the kit (adapters/kit.py).
+Model identity is not part of the Protocol: `adapters.naming.canonical_model(adapter,
+name)` asks the adapter when it has a rule and keeps the name as given otherwise.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class AdapterLimits:
     probe_deadline_s: float = 2.0
     batch_limit: int = 256
     http2: bool = False
+    # Upstream bounds: the largest answer read (a larger one is refused while it arrives) and the widest vector.
+    max_response_bytes: int = 32 << 20
+    max_dimensions: int = 65_536
 
 
 T = TypeVar("T")
