@@ -87,14 +87,13 @@ def _settings(transport: str, port: int, manifests: Path) -> object:
 
 
 async def _serve(transport: str, port: int, manifests: Path) -> None:
-    from server.app import build_server, http_app
+    from server.app import Gateway
     from server.config import Settings
-    from server.health import StateRef
+    from server.http_edge import http_app
 
     settings = _settings(transport, port, manifests)
     assert isinstance(settings, Settings)
-    ref = StateRef()
-    server = build_server(settings, ref, {"stub": StubAdapter()})
+    gateway = Gateway(settings, {"stub": StubAdapter()})
     if transport == "stdio":
         # the same stdio path as `serve` (our wire, the handshake recorder), minus the fast start
         from server.stdio import serve_stdio
@@ -102,11 +101,11 @@ async def _serve(transport: str, port: int, manifests: Path) -> None:
 
         in_fd, out_fd = claim()
         handover = Handover([], b"", Recorder(HandshakeCache(manifests / "stdio-handshake.json", "stub")))
-        await serve_stdio(settings, server, ref, handover, in_fd, out_fd)
+        await serve_stdio(gateway, handover, in_fd, out_fd)
         return
     import uvicorn
 
-    config = uvicorn.Config(http_app(settings, server), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(http_app(gateway), host="127.0.0.1", port=port, log_level="warning")
     await uvicorn.Server(config).serve()
 
 

@@ -91,7 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
     _configure_logging(settings.log_level)
     import anyio
 
-    from server.app import serve_http
+    from server.http_edge import serve_http
 
     anyio.run(serve_http, settings)
     return 0
@@ -124,9 +124,9 @@ def _prepare_stdio(args: argparse.Namespace) -> Prepared:
 def _discover(args: argparse.Namespace) -> int:
     import anyio
 
-    from server.app import build_adapters
     from server.config import load_settings
     from server.discovery import Discovery
+    from server.state import build_adapters
 
     settings = load_settings(manifests_dir=args.manifests)
     _configure_logging("WARNING")

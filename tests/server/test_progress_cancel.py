@@ -20,7 +20,8 @@ async def test_chat_sends_progress_when_the_client_asks(tmp_path: Path) -> None:
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
         seen.append((done, total, message))
 
-    async with Client(server) as c:
+    # JSON-RPC framing, as on every real transport: the progress token travels in the request's _meta
+    async with Client(server, mode="legacy") as c:
         r = await c.call_tool(
             "chat", {"messages": [{"role": "user", "content": "a b c"}]}, progress_callback=on_progress
         )

@@ -6,10 +6,12 @@ import anyio
 import pytest
 
 from adapters.errors import AdapterUnavailableError, InvalidRequestError, UpstreamStatusError
+from server.breaker import Breaker
+from server.calls import Caller, EmbedCall
 from server.discovery import Discovery
 from server.errors import AllCandidatesFailedError, NoRouteError, UpstreamRejectedError
 from server.manifests import BreakerConfig, DiscoveryConfig, RoutesManifest
-from server.router import Attempt, Breaker, Candidate, Router
+from server.router import Attempt, Router
 from tests.support.fakes import FakeAdapter
 
 pytestmark = pytest.mark.anyio
@@ -22,18 +24,15 @@ async def make_router(adapters: dict[str, FakeAdapter], routes: dict | None = No
     return Router(adapters, RoutesManifest.model_validate(routes or {}), discovery, breakers)
 
 
-async def embed_via(router: Router, model: str | None = None) -> tuple[str, list[Attempt]]:
+def embed_call(model: str | None = None, privacy: bool = False) -> EmbedCall:
+    return EmbedCall(Caller("tester", privacy), ("x",), model)
+
+
+async def embed_via(router: Router, model: str | None = None, privacy: bool = False) -> tuple[str, list[Attempt]]:
     attempts: list[Attempt] = []
-    candidates, _ = router.usable("embed", router.resolve("embed", model))
-
-    async def call(adapter, c: Candidate) -> str:
-        from adapters.types import EmbedRequest
-
-        await adapter.embed(EmbedRequest(c.model, ("x",)))
-        return c.adapter
-
-    value, _ = await router.execute("embed", candidates, call, 1.0, attempts)
-    return value, attempts
+    candidates, _ = router.usable("embed", router.resolve("embed", model), privacy)
+    _, chosen = await router.execute(embed_call(model, privacy), candidates, 1.0, attempts)
+    return chosen.adapter, attempts
 
 
 async def test_names_resolve_as_adapter_slash_model_bare_model_alias_and_default_route() -> None:
@@ -83,16 +82,9 @@ async def test_a_hanging_adapter_is_cut_at_the_attempt_deadline_and_the_next_one
     router = await make_router({"a": a, "b": b}, {"routes": {"embed": ["a", "b"]}})
     attempts: list[Attempt] = []
     candidates, _ = router.usable("embed", router.resolve("embed", None))
-
-    async def call(adapter, c: Candidate) -> str:
-        from adapters.types import EmbedRequest
-
-        await adapter.embed(EmbedRequest(c.model, ("x",)))
-        return c.adapter
-
     with anyio.fail_after(5):
-        value, _ = await router.execute("embed", candidates, call, 0.05, attempts)
-    assert value == "b" and "timed out" in (attempts[0].error or "")
+        _, chosen = await router.execute(embed_call(), candidates, 0.05, attempts)
+    assert chosen.adapter == "b" and "timed out" in (attempts[0].error or "")
 
 
 async def test_breaker_opens_after_consecutive_failures_then_lets_one_trial_through() -> None:
@@ -116,10 +108,9 @@ async def test_privacy_mode_excludes_remote_adapters_without_rediscovery() -> No
     local, remote = FakeAdapter("local"), FakeAdapter("cloud", privacy="remote")
     router = await make_router({"cloud": remote, "local": local}, {"routes": {"embed": ["cloud", "local"]}})
     probes = remote.probes
-    router.privacy_mode = True
-    served, _ = await embed_via(router)
+    served, _ = await embed_via(router, privacy=True)
     assert served == "local" and remote.calls == [] and remote.probes == probes
-    _, skipped = router.usable("embed", router.resolve("embed", "cloud/m"))
+    _, skipped = router.usable("embed", router.resolve("embed", "cloud/m"), privacy=True)
     assert skipped[0].error == "excluded by privacy mode"
 
 

@@ -114,7 +114,7 @@ async def test_logging_set_level_changes_the_level_and_logs_are_json_lines(tmp_p
 async def test_http_health_is_503_when_a_capability_has_no_usable_route(tmp_path: Path) -> None:
     from starlette.requests import Request
 
-    from server.app import ops_routes
+    from server.http_edge import ops_routes
 
     embed_only = FakeAdapter("a", {"e": {"embed"}})
     server, ref = fake_server(tmp_path, {"a": embed_only})

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from adapters.base import Adapter
-from server.app import build_server
+from server.app import Gateway
 from server.config import Settings, load_settings
-from server.health import StateRef
 
 
 def write_manifests(
@@ -52,6 +51,7 @@ def settings_for(tmp: Path, **manifests: Any) -> Settings:
     return s
 
 
-def fake_server(tmp: Path, adapters: Mapping[str, Adapter], **manifests: Any) -> tuple[Any, StateRef]:
-    ref = StateRef()
-    return build_server(settings_for(tmp, **manifests), ref, adapters), ref
+def fake_server(tmp: Path, adapters: Mapping[str, Adapter], **manifests: Any) -> tuple[Any, Gateway]:
+    """The MCP server of a gateway over `adapters`, and the gateway (its `get()` is the running state)."""
+    gateway = Gateway(settings_for(tmp, **manifests), adapters)
+    return gateway.server, gateway
