@@ -74,6 +74,19 @@ class Routable(Protocol):
     def adapter_request(self, model: str) -> AdapterRequest: ...
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptRules:
+    """How attempts run.
+
+    `redact` masks secrets in provider text (whole, before it is cut short); `unprobed_s` is the most an
+    attempt may spend on an adapter whose first probe has not answered while a later candidate is known
+    to be up (None: the full deadline).
+    """
+
+    redact: Callable[[str], str] = str
+    unprobed_s: float | None = None
+
+
 class Router:
     def __init__(
         self,
@@ -82,22 +95,15 @@ class Router:
         discovery: Discovery,
         breakers: Mapping[str, Breaker],
         model_aliases: Mapping[str, Mapping[str, str]] | None = None,
-        *,
-        redact: Callable[[str], str] = str,
-        unprobed_s: float | None = None,
+        rules: AttemptRules = AttemptRules(),
     ) -> None:
-        """`model_aliases`: adapter -> {alias: model}, the `aliases` its manifest declares per model.
-
-        `unprobed_s`: the most an attempt may spend on an adapter whose first probe has not answered
-        while a later candidate is known to be up (None: the full deadline).
-        """
+        """`model_aliases`: adapter -> {alias: model}, the `aliases` its manifest declares per model."""
         self.adapters = dict(adapters)
         self.model_aliases = {name: dict(aliases) for name, aliases in (model_aliases or {}).items()}
         self.routes = routes
         self.discovery = discovery
         self.breakers = dict(breakers)
-        self.redact = redact
-        self.unprobed_s = unprobed_s
+        self.rules = rules
 
     # --- resolution -------------------------------------------------------------
 
@@ -241,17 +247,18 @@ class Router:
 
     def _detail(self, text: str, limit: int) -> str:
         """Redact the whole text, then cut it: a secret never straddles the cut."""
-        return safe_detail(self.redact(text), limit)
+        return safe_detail(self.rules.redact(text), limit)
 
     def _budget(self, c: Candidate, later: list[Candidate], deadline_s: float) -> float:
         """The full deadline, unless this adapter's probe has not answered yet and a later one is known up."""
-        if self.unprobed_s is None or deadline_s <= self.unprobed_s:
+        budget = self.rules.unprobed_s
+        if budget is None or deadline_s <= budget:
             return deadline_s
         status = self._status(c.adapter)
         if status is None or status.status != "unknown":
             return deadline_s
         if any((s := self._status(n.adapter)) is not None and s.status == "up" for n in later):
-            return self.unprobed_s
+            return budget
         return deadline_s
 
     async def _attempt(self, call: Routable, c: Candidate, deadline_s: float) -> _Success | AdapterError:

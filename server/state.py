@@ -28,7 +28,7 @@ from server.governance import limiter_for, open_audit, redactor_for
 from server.policy import PolicyEngine
 from server.ratelimit import RateLimiter
 from server.redact import Redactor, redacted_logs
-from server.router import Router
+from server.router import AttemptRules, Router
 from server.session import SessionState
 from server.shedding import Shedder
 from server.telemetry import Metrics
@@ -85,8 +85,7 @@ def _router(
         discovery,
         breakers,
         aliases,
-        redact=redactor.text,
-        unprobed_s=perf.deadlines.unprobed_s,
+        AttemptRules(redact=redactor.text, unprobed_s=perf.deadlines.unprobed_s),
     )
 
 

@@ -2,15 +2,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import pytest
+from mcp import Client
 
+from adapters.base import AdapterContext
 from adapters.errors import AdapterError, UpstreamStatusError
+from adapters.manifest import MLXManifest
+from adapters.mlx_local import MLXAdapter
 from adapters.types import EmbedRequest, EmbedResult, RerankRequest, Usage
 from server.batching import Coalescer, CoalescingAdapter
 from server.manifests import BatchingConfig
 from tests.support.fakes import FakeAdapter, fake_vector
+from tests.support.gateway import fake_server
+from tests.support.tiny_bert import write_tiny_bert
 
 pytestmark = pytest.mark.anyio
 
@@ -189,3 +196,36 @@ async def test_a_batch_answered_with_the_wrong_vector_count_fails_every_caller_i
             for i in range(4):
                 tg.start_soon(one, i)
     assert len(errors) == 3 and all("3 texts" in e.message for e in errors)
+
+
+async def test_sixteen_concurrent_single_text_embeds_share_forward_passes(tmp_path: Path) -> None:
+    write_tiny_bert(tmp_path / "models" / "tiny")
+    manifest = MLXManifest.model_validate(
+        {
+            "kind": "mlx",
+            "name": "mlx",
+            "models": [{"name": "enc", "role": "encoder", "path": "tiny", "capabilities": ["embed"]}],
+        }
+    )
+    adapter = MLXAdapter(manifest, AdapterContext(models_dir=tmp_path / "models"))
+    # a short gathering window makes the grouping independent of how fast the client sends
+    perf = {"batching": {"max_wait_ms": 50}}
+    server, _ = fake_server(tmp_path, {"mlx": adapter}, routes={"routes": {"embed": ["mlx/enc"]}}, performance=perf)
+    results: dict[int, list[float]] = {}
+    async with Client(server) as client:
+        await client.call_tool("embed", {"input": "warm up"})
+        before = adapter.forward_passes
+
+        async def one(i: int) -> None:
+            r = await client.call_tool("embed", {"input": f"text number {i}"})
+            results[i] = r.structured_content["embeddings"][0]
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for i in range(16):
+                    tg.start_soon(one, i)
+        passes = adapter.forward_passes - before
+        alone = await client.call_tool("embed", {"input": "text number 3"})
+    assert len(results) == 16
+    assert passes <= 4, f"16 concurrent calls took {passes} forward passes"
+    assert alone.structured_content["embeddings"][0] == pytest.approx(results[3], abs=1e-5)

@@ -1,27 +1,34 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import anyio
 import pytest
 
-from adapters.errors import AdapterUnavailableError, InvalidRequestError, UpstreamStatusError
+from adapters.base import ProbeResult
+from adapters.errors import AdapterError, AdapterUnavailableError, InvalidRequestError, UpstreamStatusError
 from server.breaker import Breaker
 from server.calls import Caller, EmbedCall
-from server.discovery import Discovery
+from server.discovery import Discovery, Snapshot, fingerprint, status_from_probe, write_cached_snapshot
 from server.errors import AllCandidatesFailedError, NoRouteError, UpstreamRejectedError
 from server.manifests import BreakerConfig, DiscoveryConfig, RoutesManifest
-from server.router import Attempt, Router
+from server.redact import Redactor
+from server.router import Attempt, AttemptRules, Router
 from tests.support.fakes import FakeAdapter
 
 pytestmark = pytest.mark.anyio
 
 
-async def make_router(adapters: dict[str, FakeAdapter], routes: dict | None = None, threshold: int = 3) -> Router:
+async def make_router(
+    adapters: dict[str, FakeAdapter], routes: dict | None = None, threshold: int = 3, rules: AttemptRules | None = None
+) -> Router:
     discovery = Discovery(adapters, DiscoveryConfig(probe_deadline_s=1))
     await discovery.refresh()
     breakers = {n: Breaker(BreakerConfig(failure_threshold=threshold, cooldown_s=0.05)) for n in adapters}
-    return Router(adapters, RoutesManifest.model_validate(routes or {}), discovery, breakers)
+    return Router(
+        adapters, RoutesManifest.model_validate(routes or {}), discovery, breakers, None, rules or AttemptRules()
+    )
 
 
 def embed_call(model: str | None = None, privacy: bool = False) -> EmbedCall:
@@ -69,7 +76,7 @@ async def test_when_every_candidate_fails_the_error_lists_each_and_why() -> None
     a, b = FakeAdapter("a"), FakeAdapter("b")
     a.fail_with = lambda: UpstreamStatusError(503, "a is overloaded")
     b.fail_with = lambda: AdapterUnavailableError("b refused the connection")
-    router = await make_router({"a": a, "b": b}, {"routes": {"embed": ["a", "b"]}})
+    router = await make_router({"a": a, "b": b}, {"routes": {"embed": ["a", "b"]}}, rules=AttemptRules(Redactor().text))
     with pytest.raises(AllCandidatesFailedError) as info:
         await embed_via(router)
     assert "a/m: failed: a is overloaded" in str(info.value)
@@ -127,17 +134,6 @@ async def test_down_adapters_and_undeclared_capabilities_are_skipped_with_reason
     assert reasons["dead"].startswith("down") and "does not serve embed" in reasons["talker"]
 
 
-def test_breaker_half_open_allows_a_single_trial() -> None:
-    br = Breaker(BreakerConfig(failure_threshold=1, cooldown_s=0.001))
-    br.record(ok=False)
-    assert br.state == "open"
-    br.opened_at -= 1  # the cool-down has passed
-    assert br.allow() is True and br.state == "half_open"
-    assert br.allow() is False
-    br.record(ok=False)
-    assert br.state == "open"
-
-
 def test_routes_manifest_rejects_unknown_capability(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         RoutesManifest.model_validate({"routes": {"dance": ["a"]}})
@@ -149,3 +145,40 @@ async def test_aliases_declared_in_an_adapter_manifest_route_to_their_model() ->
     await discovery.refresh()
     router = Router({"a": a}, RoutesManifest(), discovery, {}, {"a": {"all-MiniLM-L6-v2": "all-minilm-l6-v2"}})
     assert [c.label for c in router.resolve("embed", "all-MiniLM-L6-v2")] == ["a/all-minilm-l6-v2"]
+
+
+async def test_a_call_does_not_wait_on_an_adapter_whose_probe_has_not_answered_when_another_is_known_up(
+    tmp_path: Path,
+) -> None:
+    slow, good = FakeAdapter("slow"), FakeAdapter("good")
+    slow.delay_s = 30  # a backend that hangs, whose first probe has not answered yet
+    up = status_from_probe(good, ProbeResult(ok=True, models=good.info.models), 1.0, fingerprint(good))
+    cache = tmp_path / "snapshot.json"
+    write_cached_snapshot(cache, Snapshot({"good": up}, time.time(), "probe"))
+    adapters = {"slow": slow, "good": good}
+    discovery = Discovery(adapters, DiscoveryConfig(), cache)
+    assert discovery.load_cache() and discovery.snapshot.adapters["slow"].status == "unknown"
+    routes = RoutesManifest.model_validate({"routes": {"embed": ["slow", "good"]}})
+    router = Router(adapters, routes, discovery, {}, rules=AttemptRules(unprobed_s=0.05))
+    attempts: list[Attempt] = []
+    candidates, _ = router.usable("embed", router.resolve("embed", None))
+    with anyio.fail_after(5):  # the call's own deadline is 30 s
+        _, chosen = await router.execute(embed_call(), candidates, 30.0, attempts)
+    assert chosen.adapter == "good" and attempts[0].error == "timed out after 0.05s"
+
+
+async def test_provider_text_is_redacted_whole_before_it_is_cut_short() -> None:
+    secret = "sk-live-0123456789abcdefghijklmnopqrstuvwxyz"
+    a, b = FakeAdapter("a"), FakeAdapter("b")
+    for adapter in (a, b):  # the key straddles the 300-character cut of route[].error
+        adapter.fail_with = lambda: AdapterError("x" * 285 + f" key {secret} tail", retryable=True)
+    router = await make_router({"a": a, "b": b}, {"routes": {"embed": ["a", "b"]}}, rules=AttemptRules(Redactor().text))
+    with pytest.raises(AllCandidatesFailedError) as info:
+        await embed_via(router)
+    attempts: list[Attempt] = []
+    candidates, _ = router.usable("embed", router.resolve("embed", None))
+    with pytest.raises(AllCandidatesFailedError):
+        await router.execute(embed_call(), candidates, 1.0, attempts)
+    shown = str(info.value) + "".join(a.error or "" for a in attempts)
+    assert "[redacte" in shown
+    assert not any(secret[i : i + 6] in shown for i in range(len(secret) - 5))

@@ -77,11 +77,13 @@ async def test_streams_run_through_the_low_level_server_serve_a_client() -> None
     async def ping_back(text: str) -> str:
         return text
 
-    async with create_client_server_memory_streams() as (client_streams, server_streams):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(sdk.run_streams, server, *server_streams)
-            async with ClientSession(*client_streams) as session:
-                await session.initialize()
-                result = await session.call_tool("ping_back", {"text": "hello"})
-            tg.cancel_scope.cancel()
+    async with (
+        create_client_server_memory_streams() as (client_streams, server_streams),
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(sdk.run_streams, server, *server_streams)
+        async with ClientSession(*client_streams) as session:
+            await session.initialize()
+            result = await session.call_tool("ping_back", {"text": "hello"})
+        tg.cancel_scope.cancel()
     assert result.structured_content == {"result": "hello"}
