@@ -23,7 +23,7 @@ from server.pipeline import audit
 from server.policy import PolicyRequest
 from server.session import SessionState, session_of
 from server.state import AppState
-from server.toolkit import caller_of, state_of
+from server.toolkit import inbound
 
 
 class PrivacyOutput(BaseModel):
@@ -53,10 +53,11 @@ async def privacy(
     Switching it off is a policy decision and is refused unless the gateway's
     policy allows it; privacy mode set by the gateway's operator cannot be lifted.
     """
-    state, caller = state_of(ctx), caller_of(ctx)
+    io = inbound(ctx)
+    state, caller = io.state, io.caller
     if enable is None or enable == caller.privacy:
         return privacy_view(state, caller.privacy)
-    session = session_of(state, ctx.request_context)
+    session = session_of(state, io.request)
     if session is None:
         raise ToolError("privacy mode cannot be switched here: this request has no session (stateless HTTP)")
     base = {"principal": caller.principal, "tool": "privacy", "capability": "admin", "model": "on" if enable else "off"}

@@ -21,14 +21,26 @@ from mcp_types import CallToolResult, TextContent
 from pydantic import BaseModel, Field, PrivateAttr, WithJsonSchema
 from typing_extensions import TypedDict
 
-# Usage, route and timings are plain objects described in words: a nested model
-# becomes a $ref that every client resolves on every result (~0.1 ms a call).
-Usage = Annotated[dict[str, int], Field(description="input_tokens and output_tokens.")]
+# Usage, route and timings are plain objects described in words: a nested model becomes a $ref
+# that every client resolves on every result (~0.1 ms a call), and an item or value schema makes a
+# jsonschema client descend into each entry (~30 us of the ~80 us it spends on an embed result).
+Usage = Annotated[
+    dict[str, int], WithJsonSchema({"type": "object", "description": "input_tokens and output_tokens (integers)."})
+]
 Route = Annotated[
     list[dict[str, Any]],
-    Field(
-        description="One entry per candidate considered, in order: adapter, model, "
-        "outcome (ok | failed | rejected | skipped), latency_ms, error (why it was skipped or failed)."
+    WithJsonSchema(
+        {
+            "type": "array",
+            "description": "One object per candidate considered, in order: adapter, model, "
+            "outcome (ok | failed | rejected | skipped), latency_ms, error (why it was skipped or failed).",
+        }
+    ),
+]
+Timings = Annotated[
+    dict[str, float | None],
+    WithJsonSchema(
+        {"type": "object", "description": "total_ms, time_to_first_token_ms, tokens_per_second (numbers or null)."}
     ),
 ]
 
@@ -120,10 +132,7 @@ class ChatOutput(_Result):
     message: MessageOut
     finish_reason: str
     usage: Usage
-    timings: Annotated[
-        dict[str, float | None],
-        Field(description="total_ms, time_to_first_token_ms, tokens_per_second."),
-    ]
+    timings: Timings
     route: Route
 
     def evidence(self) -> dict[str, Any]:

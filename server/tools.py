@@ -24,7 +24,7 @@ from server.manifests import RequestLimits
 from server.privacy import privacy
 from server.schemas import ChatOutput, EmbedOutput, ModelsOutput, RerankOutput
 from server.state import AppState
-from server.toolkit import GatewayTool, caller_of, gateway_tool, serve, state_of
+from server.toolkit import GatewayTool, gateway_tool, inbound, serve
 
 Text = Annotated[str, Field(min_length=1), Limit("max_text_chars")]
 Document = Annotated[str, Limit("max_text_chars")]
@@ -63,8 +63,9 @@ async def embed(
     model produced them. Send many texts in one call rather than one call per
     text: it is far faster. Use encoding 'base64' for large batches.
     """
+    io = inbound(ctx, progress=True)
     texts = (input,) if isinstance(input, str) else tuple(input)
-    return await serve(ctx, EmbedCall(caller_of(ctx, progress=True), texts, model, dimensions, encoding))
+    return await serve(io.state, EmbedCall(io.caller, texts, model, dimensions, encoding))
 
 
 async def rerank(
@@ -88,8 +89,8 @@ async def rerank(
     Each result has the document's index in the input list and a relevance
     score (higher is more relevant; scale depends on `method`).
     """
-    call = RerankCall(caller_of(ctx), query, tuple(documents), top_n, model, return_documents)
-    return await serve(ctx, call)
+    io = inbound(ctx)
+    return await serve(io.state, RerankCall(io.caller, query, tuple(documents), top_n, model, return_documents))
 
 
 async def chat(
@@ -114,14 +115,15 @@ async def chat(
     Routes to a local model by default. Returns the reply, why generation
     stopped ('stop', 'length' or 'cancelled'), token usage and timings.
     """
+    io = inbound(ctx, progress=True)
     msgs = tuple(ChatMessage(m.role, m.content) for m in messages)
-    call = ChatCall(caller_of(ctx, progress=True), msgs, model, max_tokens, temperature, tuple(stop or ()))
-    return await serve(ctx, call)
+    return await serve(io.state, ChatCall(io.caller, msgs, model, max_tokens, temperature, tuple(stop or ())))
 
 
 async def models(ctx: Context[AppState]) -> ModelsOutput:
     """List every routable model: adapter, capabilities, privacy class and status."""
-    return models_listing(state_of(ctx), caller_of(ctx).privacy)
+    io = inbound(ctx)
+    return models_listing(io.state, io.caller.privacy)
 
 
 def tool_list(limits: RequestLimits) -> list[GatewayTool]:
