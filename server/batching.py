@@ -54,6 +54,7 @@ class Batching(Protocol[Req, Res]):
     """How one capability's requests merge into one upstream request and its answer splits back."""
 
     def key(self, req: Req) -> Hashable: ...
+    def items(self, req: Req) -> int: ...
     def weight(self, req: Req) -> tuple[int, int]: ...  # items, estimated tokens
     def merge(self, reqs: Sequence[Req]) -> Req: ...
     def split(self, result: Res, reqs: Sequence[Req]) -> list[Res]: ...
@@ -67,6 +68,9 @@ def _shares(tokens: int, sizes: Sequence[int]) -> list[int]:
 class EmbedBatching:
     def key(self, req: EmbedRequest) -> Hashable:
         return (req.model, req.dimensions)
+
+    def items(self, req: EmbedRequest) -> int:
+        return len(req.texts)
 
     def weight(self, req: EmbedRequest) -> tuple[int, int]:
         return len(req.texts), sum(estimate_tokens(t) for t in req.texts)
@@ -95,6 +99,9 @@ class RerankBatching:
 
     def key(self, req: RerankRequest) -> Hashable:
         return (req.model, req.query)
+
+    def items(self, req: RerankRequest) -> int:
+        return len(req.documents)
 
     def weight(self, req: RerankRequest) -> tuple[int, int]:
         return len(req.documents), sum(estimate_tokens(d) for d in req.documents) + estimate_tokens(req.query)
@@ -178,7 +185,7 @@ class Coalescer:
         self, adapter: str, req: Req, batching: Batching[Req, Res], call: Callable[[Req], Awaitable[Res]]
     ) -> Res:
         """Send `req` through `call`, merged with whatever is queued for the same lane."""
-        items, _ = batching.weight(req)
+        items = batching.items(req)
         if self._tg is None or not self.config.coalesce or items >= self.config.max_batch_texts:
             return await call(req)
         key = (adapter, id(batching), batching.key(req))
@@ -262,7 +269,7 @@ class Coalescer:
     async def _run(self, lane: _Lane[Req, Res], batch: list[_Pending[Req, Res]]) -> None:
         reqs = [p.req for p in batch]
         merged = reqs[0] if len(reqs) == 1 else lane.batching.merge(reqs)
-        self._observe(lane, len(batch), sum(lane.batching.weight(r)[0] for r in reqs))
+        self._observe(lane, len(batch), sum(lane.batching.items(r) for r in reqs))
         parts: list[Res] | None = None
         error: Exception | None = None
         lane.running = batch

@@ -47,7 +47,9 @@ def ops_routes(gateway: Gateway) -> list[Route]:
         state = gateway.state
         if state is None:
             return Response(b"", media_type=CONTENT_TYPE)
+        # gauges of what the state knows anyway are set when scraped, not on every call
         state.metrics.snapshot_age.set(state.discovery.snapshot.age_s())
+        state.metrics.in_flight.set(state.in_flight)
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
     return [Route("/health", health, methods=["GET"]), Route("/metrics", metrics, methods=["GET"])]

@@ -86,7 +86,6 @@ class GatewayTool(Tool):
         if self.sheds:
             if not state.shedder.enter():
                 await self._shed(state)  # raises: a busy answer, before anything else is spent on the call
-            state.metrics.in_flight.inc()
         try:
             return await super().run(arguments, context, convert_result)
         except ToolError as exc:
@@ -99,7 +98,6 @@ class GatewayTool(Tool):
         finally:
             if self.sheds:
                 state.shedder.leave()
-                state.metrics.in_flight.dec()
 
     async def _shed(self, state: AppState) -> None:
         m = state.metrics
