@@ -83,9 +83,8 @@ class GatewayTool(Tool):
     async def run(self, arguments: dict[str, Any], context: Context[Any, Any], convert_result: bool = False) -> Any:
         request = context.request_context
         state = state_of(request)
-        if self.sheds:
-            if not state.shedder.enter():
-                await self._shed(state)  # raises: a busy answer, before anything else is spent on the call
+        if self.sheds and not state.shedder.enter():
+            await self._shed(state)  # raises: a busy answer, before anything else is spent on the call
         try:
             return await super().run(arguments, context, convert_result)
         except ToolError as exc:
