@@ -229,3 +229,27 @@ async def test_sixteen_concurrent_single_text_embeds_share_forward_passes(tmp_pa
     assert len(results) == 16
     assert passes <= 4, f"16 concurrent calls took {passes} forward passes"
     assert alone.structured_content["embeddings"][0] == pytest.approx(results[3], abs=1e-5)
+
+
+async def test_through_the_gateway_a_batch_whose_callers_left_frees_the_adapter_for_the_next_call(
+    tmp_path: Path,
+) -> None:
+    adapter = FakeAdapter("a")
+    adapter.delay_s = 0.05
+    server, gateway = fake_server(tmp_path, {"a": adapter}, routes={"routes": {"embed": ["a/m"]}})
+    async with Client(server) as client:
+        async with anyio.create_task_group() as callers:
+            callers.start_soon(client.call_tool, "embed", {"input": "lone"})
+            await adapter.entered.wait()
+            adapter.delay_s, adapter.entered = 30, anyio.Event()  # the batch behind it meets a hung upstream
+            for i in range(3):
+                callers.start_soon(client.call_tool, "embed", {"input": f"queued {i}"})
+            with anyio.fail_after(5):
+                await adapter.entered.wait()
+            callers.cancel_scope.cancel()  # the clients give up on the batch (its deadline is 30 s away)
+        with anyio.fail_after(5):
+            await adapter.cancel_seen.wait()
+            adapter.delay_s = 0
+            result = await client.call_tool("embed", {"input": "next"})
+        lanes = gateway.get().coalescer.lanes
+    assert not result.is_error and adapter.calls[1] == ("embed", 3) and lanes == 0
