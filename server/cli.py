@@ -136,7 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
         _start_tracing(tracing)
         import anyio
 
-        from server.app import serve_http
+        from server.http_edge import serve_http
 
         anyio.run(serve_http, settings)
         return 0
@@ -198,9 +198,9 @@ def _prepare_stdio(args: argparse.Namespace, tracing: list[Tracing]) -> Serve:
 def _discover(args: argparse.Namespace) -> int:
     import anyio
 
-    from server.app import build_adapters
     from server.config import load_settings
     from server.discovery import Discovery
+    from server.state import build_adapters
 
     settings = load_settings(manifests_dir=args.manifests)
     _configure_logging("WARNING")

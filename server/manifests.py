@@ -90,6 +90,12 @@ class DeadlinesConfig(_Strict):
     embed_s: float = Field(30.0, gt=0)
     rerank_s: float = Field(30.0, gt=0)
     model_load_s: float = Field(60.0, gt=0, description="How long a call waits for a local model to finish loading.")
+    unprobed_s: float = Field(
+        1.0,
+        gt=0,
+        description="Longest attempt on an adapter whose first probe has not answered while a later candidate "
+        "is known up (then the call moves on to it).",
+    )
 
 
 class ConcurrencyConfig(_Strict):

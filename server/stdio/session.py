@@ -35,7 +35,7 @@ from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, T
 from mcp_types import JSONRPCError, JSONRPCResponse, jsonrpc_message_adapter
 from pydantic import ValidationError
 
-from server import envelope
+from server import envelope, sdk
 from server.envelope import Message, Notification, Rejected, Request, RequestId
 from server.jsonparse import INLINE_MAX, JSONParseError, parse_large, parse_small
 from server.loopwatch import LoopWatch
@@ -93,7 +93,7 @@ class Session:
         self._bus: SubscriptionBus | None = None
 
     async def run(self, server: MCPServer[_State]) -> None:
-        lowlevel = server._lowlevel_server  # the SDK's own run_stdio_async reaches it the same way
+        lowlevel = sdk.lowlevel(server)  # the SDK's own run_stdio_async reaches it the same way
         init = lowlevel.create_initialization_options(
             NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True)
         )
@@ -106,7 +106,7 @@ class Session:
             tg.start_soon(self._saver)
             if self.options.loop_watch:
                 tg.start_soon(LoopWatch().run)
-            self._bus = getattr(server, "_subscriptions", None)  # where 2026-era list changes are published
+            self._bus = sdk.subscriptions(server)  # where 2026-era list changes are published
             tg.start_soon(self._inbound, to_sdk, out.clone())
             try:
                 await lowlevel.run(from_wire, out, init)

@@ -31,7 +31,12 @@ async def test_switching_privacy_on_reroutes_the_next_call_to_local_without_redi
         resource = json.loads((await c.read_resource("gateway://privacy")).contents[0].text)
         audit = [json.loads(x) for x in ref.get().audit.path.read_text().splitlines()]
     assert before.structured_content["adapter"] == "cloud"
-    assert switched.structured_content == {"privacy_mode": True, "changed": True, "local_adapters": ["local"]}
+    assert switched.structured_content == {
+        "privacy_mode": True,
+        "changed": True,
+        "operator": False,
+        "local_adapters": ["local"],
+    }
     assert after.structured_content["adapter"] == "local"
     assert {n: a.probes for n, a in fakes.items()} == probes
     assert resource["privacy_mode"] is True
