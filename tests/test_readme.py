@@ -15,10 +15,10 @@ import pytest
 from mcp import Client
 from starlette.types import Receive, Scope, Send
 
-from server.app import BearerAuth, build_server
+from server.app import build_server
 from server.cli import main
 from server.config import load_settings
-from server.health import StateRef
+from server.http_edge import BearerAuth
 from server.manifests import load_manifests, shipped_manifests_dir
 from server.principal import SCOPE_KEY
 from tests.support.fake_ollama import FakeModel, FakeOllama
@@ -92,8 +92,7 @@ FAKE_MODELS = (FakeModel("nomic-embed-text:latest", "nomic-bert", True), FakeMod
 async def test_the_ollama_adapter_and_routes_examples_serve_calls_through_a_real_server(tmp_path: Path) -> None:
     with FakeOllama(FAKE_MODELS) as fake:
         user_dir(tmp_path, {"adapters/ollama.json": _ollama_readme_file(fake.url), "routes.json": EXAMPLES["routes"]})
-        ref = StateRef()
-        server = build_server(settings_for(tmp_path), ref)  # mlx switched off: the fake stands in for models
+        server = build_server(settings_for(tmp_path))  # mlx switched off: the fake stands in for models
         async with Client(server) as c:
             emb = await c.call_tool("embed", {"input": ["a", "b"], "model": "nomic-embed-text"})
             chat = await c.call_tool("chat", {"messages": [{"role": "user", "content": "hi"}], "model": "fast-chat"})
@@ -123,8 +122,7 @@ def _remote_and_local() -> dict[str, FakeAdapter]:
 
 async def _privacy_off(tmp_path: Path, policy: str) -> tuple[Any, Any, dict[str, Any]]:
     user_dir(tmp_path, {"policy.json": policy, "routes.json": json.dumps({"routes": {"embed": ["cloud/m"]}})})
-    ref = StateRef()
-    server = build_server(settings_for(tmp_path), ref, _remote_and_local())
+    server = build_server(settings_for(tmp_path), _remote_and_local())
     async with Client(server) as c:
         embed = await c.call_tool("embed", {"input": ["x"]})
         await c.call_tool("privacy", {"enable": True})
@@ -159,7 +157,7 @@ async def test_the_lift_guard_example_lets_privacy_mode_be_lifted_and_health_say
 @runs("size-rule")
 async def test_the_size_rule_example_denies_big_embeds_and_names_what_would_be_allowed(tmp_path: Path) -> None:
     user_dir(tmp_path, {"policy.json": EXAMPLES["size-rule"]})
-    server = build_server(settings_for(tmp_path), StateRef(), {"local": FakeAdapter("local")})
+    server = build_server(settings_for(tmp_path), {"local": FakeAdapter("local")})
     async with Client(server) as c:
         small = await c.call_tool("embed", {"input": ["x"] * 100})
         big = await c.call_tool("embed", {"input": ["x"] * 101})
@@ -211,7 +209,7 @@ def test_the_tokens_file_example_makes_alice_the_principal_of_her_token(tmp_path
 @runs("rate-limit")
 async def test_the_rate_limit_example_takes_2000_texts_at_once_and_not_more(tmp_path: Path) -> None:
     user_dir(tmp_path, {"performance-config.json": EXAMPLES["rate-limit"]})
-    server = build_server(settings_for(tmp_path), StateRef(), {"local": FakeAdapter("local")})
+    server = build_server(settings_for(tmp_path), {"local": FakeAdapter("local")})
     async with Client(server) as c:
         burst = await c.call_tool("embed", {"input": ["x"] * 2000})
         again = await c.call_tool("embed", {"input": ["x"] * 1000})
