@@ -33,6 +33,7 @@ from mlx_lm.sample_utils import make_sampler
 from adapters.errors import InvalidRequestError, ModelLoadError, safe_detail
 from adapters.mlx_layout import choose_layout
 from adapters.mlx_prompt import PromptEncoder
+from adapters.mlx_runtime import Steering
 
 GenerationFinish = Literal["stop", "length", "cancelled"]
 # Past this many tokens the KV cache (~46 KB a token for SmolLM2-135M in float32) is dropped, not kept for reuse.
@@ -133,16 +134,14 @@ class ChatModel:
         max_tokens: int,
         temperature: float,
         stop: list[str],
-        should_stop: Callable[[], bool],
-        on_token: Callable[[str, int], None] | None,
-        deadline: float | None = None,
+        steering: Steering,
     ) -> GenerationOutcome:
         """Generate one assistant reply.
 
-        `should_stop` is polled before the prompt is read, between prompt chunks and between tokens; so is
-        `deadline` (a time.monotonic() value). `on_token(delta, n)` receives each non-empty piece of new
-        text once it can no longer turn out to be part of a stop string, with `n` the completion tokens
-        so far; the pieces concatenate to the outcome's text.
+        `steering.should_stop` is polled before the prompt is read, between prompt chunks and between tokens;
+        so is `steering.deadline` (a time.monotonic() value). `steering.on_token(delta, n)` receives each
+        non-empty piece of new text once it can no longer turn out to be part of a stop string, with `n` the
+        completion tokens so far; the pieces concatenate to the outcome's text.
         """
         started = time.perf_counter()
         if max_tokens < 1:
@@ -150,8 +149,10 @@ class ChatModel:
         prompt = self._prompts.encode(messages)
         self._check_context(len(prompt), max_tokens)
 
+        deadline = steering.deadline
+
         def stop_now() -> bool:
-            return should_stop() or (deadline is not None and self.clock() >= deadline)
+            return steering.should_stop() or (deadline is not None and self.clock() >= deadline)
 
         if stop_now():
             return GenerationOutcome("", "cancelled", len(prompt), 0, None, None)
@@ -163,7 +164,7 @@ class ChatModel:
         except _PrefillStopped as stopped:
             self._keep_cache(cache, prompt)  # what was read stays reusable: a retry resumes from there
             return GenerationOutcome("", "cancelled", len(prompt), 0, None, None, stopped.read)
-        run = _Run(stop, on_token, started)
+        run = _Run(stop, steering.on_token, started)
         self._decode(run, cache, fresh[read:], max_tokens, temperature, stop_now)
         self._keep_cache(cache, prompt)
         return run.outcome(len(prompt), len(fresh))

@@ -42,7 +42,7 @@ from adapters.mlx_models import (
     model_dir,
     model_info,
 )
-from adapters.mlx_runtime import JobContext, OwnerThread
+from adapters.mlx_runtime import JobContext, OwnerThread, Steering
 from adapters.types import (
     Capability,
     ChatRequest,
@@ -107,9 +107,7 @@ class _Chat(Protocol):
         max_tokens: int,
         temperature: float,
         stop: list[str],
-        should_stop: Callable[[], bool],
-        on_token: Callable[[str, int], None] | None,
-        deadline: float | None,
+        steering: Steering,
     ) -> _Outcome: ...
 
 
@@ -330,9 +328,7 @@ class MLXAdapter:
             max_tokens=max_tokens,
             temperature=self._options.temperature if req.temperature is None else req.temperature,
             stop=list(req.stop),
-            should_stop=ctx.should_stop,
-            on_token=on_token,
-            deadline=deadline,
+            steering=Steering(ctx.should_stop, on_token, deadline),
         )
         ttft, tps = out.time_to_first_token_s, out.tokens_per_second
         return ChatResult(

@@ -48,6 +48,23 @@ def _no_report(done: float, total: float | None, message: str | None) -> None:
     return None
 
 
+def _never() -> bool:
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Steering:
+    """How the caller steers a generation on the owner thread.
+
+    `should_stop` is polled at every yield point (it serves the jobs waiting, then says whether the caller is
+    gone); `on_token(delta, n)` hears each new piece of text; `deadline` is a time.monotonic() value.
+    """
+
+    should_stop: Callable[[], bool] = _never
+    on_token: Callable[[str, int], None] | None = None
+    deadline: float | None = None
+
+
 @dataclass(eq=False)
 class JobContext:
     """What a job sees of the runtime, on the owner thread. `report` posts progress to the caller."""

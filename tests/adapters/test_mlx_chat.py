@@ -10,6 +10,7 @@ import pytest
 
 from adapters.errors import InvalidRequestError, ModelLoadError
 from adapters.mlx_chat import ChatModel, GenerationOutcome
+from adapters.mlx_runtime import Steering
 from tests.support.smollm2 import SKIP_REASON, smollm2_dir
 from tests.support.tiny_lm import CONTEXT_LENGTH, build_tiny_lm
 
@@ -40,8 +41,7 @@ def generate(
         max_tokens=max_tokens,
         temperature=temperature,
         stop=stop or [],
-        should_stop=should_stop,
-        on_token=on_token,
+        steering=Steering(should_stop, on_token),
     )
 
 
@@ -145,7 +145,7 @@ def test_a_prompt_sharing_a_prefix_with_the_last_one_gets_the_reply_a_fresh_mode
         messages = [*MESSAGES, {"role": "assistant", "content": first}, {"role": "user", "content": "And 43?"}]
     else:
         messages = [{"role": "user", "content": "Say nothing about the number 42."}]
-    kwargs: dict[str, Any] = {"max_tokens": 24, "temperature": 0.0, "stop": [], "should_stop": never, "on_token": None}
+    kwargs: dict[str, Any] = {"max_tokens": 24, "temperature": 0.0, "stop": [], "steering": Steering()}
     reused = tiny_model.generate(messages, **kwargs)
     fresh = ChatModel.load(tiny_model.path).generate(messages, **kwargs)
     assert reused.text == fresh.text
@@ -194,8 +194,7 @@ def test_smollm2_knows_the_capital_of_france() -> None:
         max_tokens=20,
         temperature=0.0,
         stop=[],
-        should_stop=never,
-        on_token=None,
+        steering=Steering(),
     )
     assert "Paris" in out.text
     assert out.finish_reason in ("stop", "length")
@@ -214,9 +213,10 @@ def _chunked(path: Path) -> ChatModel:
     return model
 
 
-def _generate_long(model: ChatModel, **kwargs: Any) -> GenerationOutcome:
-    args: dict[str, Any] = {"max_tokens": 8, "temperature": 0.0, "stop": [], "should_stop": never, "on_token": None}
-    return model.generate(LONG, **{**args, **kwargs})
+def _generate_long(
+    model: ChatModel, should_stop: Callable[[], bool] = never, deadline: float | None = None
+) -> GenerationOutcome:
+    return model.generate(LONG, max_tokens=8, temperature=0.0, stop=[], steering=Steering(should_stop, None, deadline))
 
 
 def test_a_prefill_stopped_by_the_caller_ends_after_the_chunk_in_progress(tiny_model: ChatModel) -> None:

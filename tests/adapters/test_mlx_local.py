@@ -24,6 +24,7 @@ from adapters.errors import (
 from adapters.manifest import MLXManifest
 from adapters.mlx_bert import CrossEncoder
 from adapters.mlx_local import MLXAdapter, load_model
+from adapters.mlx_runtime import Steering
 from adapters.types import ChatMessage, ChatRequest, EmbedRequest, RerankRequest
 from tests.support.tiny_bert import mark_installed, write_tiny_bert
 
@@ -78,10 +79,9 @@ class ScriptedChat:
         max_tokens: int,
         temperature: float,
         stop: list[str],
-        should_stop: Callable[[], bool],
-        on_token: Callable[[str, int], None] | None,
-        deadline: float | None = None,
+        steering: Steering,
     ) -> Outcome:
+        should_stop, on_token = steering.should_stop, steering.on_token
         self.thread_name = threading.current_thread().name
         self.started.set()
         text, n = "", 0
