@@ -70,6 +70,7 @@ class AdapterLimits:
     probe_deadline_s: float = 2.0
     batch_limit: int = 256
     http2: bool = False
+    model_load_s: float = 60.0  # how long a call waits for a local model to finish loading
     # Upstream bounds: the largest answer read (a larger one is refused while it arrives) and the widest vector.
     max_response_bytes: int = 32 << 20
     max_dimensions: int = 65_536
