@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol, cast
 import orjson
 
 from adapters._blas import load_openblas
-from adapters.base import AdapterContext, AdapterInfo, ModelInfo, ProbeResult
+from adapters.base import AdapterContext, AdapterInfo, ModelInfo, ModelState, ProbeResult
 from adapters.errors import (
     AdapterError,
     AdapterUnavailableError,
@@ -206,6 +206,10 @@ class MLXAdapter:
             ok=ok, models=tuple(_model_info(s) for s in self._slots.values()), error=error, details=details
         )
 
+    def model_states(self) -> dict[str, tuple[ModelState, str | None]]:
+        """Each model's load state now (set on the owner thread; a read here sees the latest)."""
+        return {s.spec.name: (_LIVE_STATE[s.state], s.error) for s in self._slots.values()}
+
     async def embed(self, req: EmbedRequest) -> EmbedResult:
         slot = self._slot(req.model, "embed")
         if not req.texts:
@@ -383,6 +387,9 @@ def _missing_files(slot: _Slot) -> str | None:
         f"model pack {slot.spec.pack!r} is not installed (looked in {slot.path}); "
         f"run `model-gateway models pull {slot.spec.pack}`"
     )
+
+
+_LIVE_STATE: dict[str, ModelState] = {"idle": "unloaded", "loading": "loading", "ready": "ready", "failed": "failed"}
 
 
 def _describe(slot: _Slot) -> str:
