@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import SecretStr
 
@@ -129,3 +129,18 @@ class Adapter(Protocol):
     async def rerank(self, req: RerankRequest) -> RerankResult: ...
 
     async def aclose(self) -> None: ...
+
+
+ModelState = Literal["unloaded", "loading", "ready", "failed"]
+
+
+@runtime_checkable
+class ReportsModelStates(Protocol):
+    """An adapter that holds models itself and can say, now, where each one is.
+
+    Health reads this on every request, so it must be cheap and must not wait on the backend.
+    Adapters whose models live on a server report nothing here; health derives their state
+    from the last probe.
+    """
+
+    def model_states(self) -> Mapping[str, tuple[ModelState, str | None]]: ...

@@ -21,7 +21,7 @@ import anyio
 import orjson
 
 from adapters._blas import load_openblas
-from adapters.base import AdapterContext, AdapterInfo, ModelInfo, ProbeResult
+from adapters.base import AdapterContext, AdapterInfo, ModelInfo, ModelState, ProbeResult
 from adapters.errors import (
     AdapterError,
     AdapterUnavailableError,
@@ -175,6 +175,10 @@ class MLXAdapter:
         return ProbeResult(
             ok=ok, models=tuple(model_info(s) for s in self._slots.values()), error=error, details=details
         )
+
+    def model_states(self) -> dict[str, tuple[ModelState, str | None]]:
+        """Each model's load state now (set on the owner thread; a read here sees the latest)."""
+        return {s.spec.name: (_LIVE_STATE[s.state], s.error) for s in self._slots.values()}
 
     async def embed(self, req: EmbedRequest) -> EmbedResult:
         slot = self._slot(req.model, "embed")
@@ -347,3 +351,6 @@ class MLXAdapter:
 def _preload(adapter: MLXAdapter, slot: Slot, ctx: JobContext) -> None:
     with contextlib.suppress(ModelLoadError):  # recorded on the slot; probe() reports it and calls raise it
         adapter._ensure_loaded(slot, ctx)
+
+
+_LIVE_STATE: dict[str, ModelState] = {"idle": "unloaded", "loading": "loading", "ready": "ready", "failed": "failed"}

@@ -270,10 +270,10 @@ def _policy(args: argparse.Namespace) -> int:
     """Exit 0 when the call would be allowed, 1 when denied or when nothing serves it."""
     from server.config import load_settings
     from server.policy import PolicyEngine
-    from server.policy_explain import CallQuery, explain_call, to_json, to_text
+    from server.policy_explain import CallQuery, explain_call, manifest_namer, to_json, to_text
 
     settings = load_settings(manifests_dir=args.manifests)
-    engine = PolicyEngine(settings.manifests.policy)
+    engine = PolicyEngine(settings.manifests.policy, namer=manifest_namer(settings.manifests))
     query = CallQuery(
         tool=args.tool,
         model=args.model,
