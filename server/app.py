@@ -28,12 +28,13 @@ from server import __version__
 from server.batching import EmbedCoalescer
 from server.config import Settings
 from server.discovery import Discovery
-from server.governance import limiter_for, open_audit, redactor_for
+from server.governance import open_audit, redactor_for
 from server.health import StateRef, health_report
 from server.policy import PolicyEngine
 from server.principal import SCOPE_KEY, principal_middleware, token_digest
 from server.redact import redact_tool_errors, redacted_logs
 from server.router import Breaker, Router
+from server.sharing import sharing
 from server.state import AppState
 from server.telemetry import CONTENT_TYPE, Metrics
 from server.tools import register_tools
@@ -77,6 +78,7 @@ async def gateway_state(settings: Settings, adapters: Mapping[str, Adapter] | No
         coalescer = await stack.enter_async_context(
             EmbedCoalescer(perf.batching, perf.deadlines.embed_s, metrics.observe_batch)
         )
+        shared = await stack.enter_async_context(sharing(settings, metrics.registry))
         tg = await stack.enter_async_context(anyio.create_task_group())
         state = AppState(
             settings=settings,
@@ -87,10 +89,13 @@ async def gateway_state(settings: Settings, adapters: Mapping[str, Adapter] | No
             policy=PolicyEngine(settings.manifests.policy),
             audit=audit,
             metrics=metrics,
-            limiter=limiter_for(settings),
+            limiter=shared.limiter,
             redactor=redactor,
+            response_cache=shared.cache,
+            shared_state=shared.shared,
         )
         tg.start_soon(discovery.run)
+        tg.start_soon(shared.run)
         try:
             yield state
         finally:

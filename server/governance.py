@@ -1,10 +1,9 @@
-"""Builds the governance pieces the lifespan owns: the redactor, the audit sink, the rate limiter."""
+"""Builds the governance pieces the lifespan owns: the redactor and the audit sink (limits: server/sharing.py)."""
 
 from __future__ import annotations
 
 from server.audit import AuditLog, load_or_create_key
 from server.config import Settings
-from server.ratelimit import RateLimiter
 from server.redact import Redactor
 
 
@@ -33,7 +32,3 @@ def open_audit(settings: Settings, redactor: Redactor) -> AuditLog:
         redact=redactor.value,
         needs_redaction=redactor.found_in,
     )
-
-
-def limiter_for(settings: Settings) -> RateLimiter:
-    return RateLimiter(settings.manifests.performance.rate_limits)

@@ -9,6 +9,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from server.errors import GatewayError
 from server.router import Candidate
 from server.schemas import ModelEntry, ModelsOutput
+from server.sharing import sharing_health
 from server.state import AppState
 
 
@@ -65,13 +66,15 @@ def health_report(state: AppState) -> dict[str, Any]:
             "models": [m.name for m in s.models],
         }
     serving = {cap: _can_serve(state, cap) for cap in ("chat", "embed", "rerank")}
+    shared_up = state.shared_state is None or state.shared_state.up is not False
     return {
-        "status": "ok" if all(serving.values()) and state.audit.healthy else "degraded",
+        "status": "ok" if all(serving.values()) and state.audit.healthy and shared_up else "degraded",
         "capabilities": serving,
         "snapshot": {"source": snap.source, "age_s": round(snap.age_s(), 3) if snap.created_at else None},
         "privacy_mode": state.privacy_mode,
         "audit": {"ok": state.audit.healthy, "error": state.audit.error, "records": state.audit.records},
         "in_flight": state.in_flight,
+        "shared_state": sharing_health(state.shared_state, state.response_cache),
         "adapters": adapters,
     }
 

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -28,6 +29,7 @@ from server.audit import evidence as evidence_of
 from server.errors import GatewayError, InternalError, LimitError, NoRouteError, PolicyDeniedError
 from server.policy import POLICY_ERROR, Decision, PolicyRequest
 from server.principal import principal_for
+from server.response_cache import CacheQuery
 from server.router import Attempt, Candidate
 from server.state import AppState
 from server.telemetry import call_span, end_span_with
@@ -58,7 +60,7 @@ class Outcome(Generic[T]):
     decision: Decision
 
 
-def check_limits(state: AppState, call: Call) -> None:
+async def check_limits(state: AppState, call: Call) -> None:
     lim = state.settings.manifests.performance.limits
     if call.texts > lim.max_texts:
         raise LimitError(f"too many texts: {call.texts} > limit {lim.max_texts}; split the request")
@@ -71,7 +73,7 @@ def check_limits(state: AppState, call: Call) -> None:
     if state.in_flight >= state.settings.manifests.performance.concurrency.max_in_flight:
         raise LimitError("gateway busy: too many calls in flight; retry shortly")
     units = {"texts": call.texts + call.documents, "chars": call.chars, "max_tokens": call.max_tokens}
-    state.limiter.acquire(principal_for(call.principal), call.tool, units)
+    await state.limiter.acquire(principal_for(call.principal), call.tool, units)
 
 
 def _policy_request(call: Call, c: Candidate) -> PolicyRequest:
@@ -157,7 +159,7 @@ async def run_call(
     started = time.perf_counter()
     with call_span(call.tool, call.capability, call.model) as span:
         try:
-            check_limits(state, call)
+            await check_limits(state, call)
         except LimitError as exc:
             # refused before routing: audited as a denial by the limit that refused it
             limit = {"decision": "deny", "rule": exc.code, "model": call.model, "outcome": "limited"}
@@ -211,9 +213,12 @@ async def _execute(
     attempts: list[Attempt] = list(skipped)
     state.in_flight += 1
     state.metrics.in_flight.inc()
-    outcome, error, value, chosen = "error", "internal", None, None
+    outcome, error, value, chosen, cache = "error", "internal", None, None, None
     try:
-        value, chosen = await state.router.execute(call.capability, candidates, invoke, deadline_s, attempts)
+        # response cache (server/response_cache.py): a hit answers without routing; a served answer is stored
+        query = CacheQuery(call.tool, call.capability, principal_for(call.principal), call.request)
+        route = partial(state.router.execute, call.capability, candidates, invoke, deadline_s, attempts)
+        value, chosen, cache = await state.response_cache.serve(query, candidates, attempts, route)
         outcome, error = "ok", ""
         return Outcome(value, chosen, attempts, decision)
     except GatewayError as exc:
@@ -243,6 +248,8 @@ async def _execute(
                 "usage": usage,
                 "response_sha256": _ev(evidence(value)) if value is not None else None,
             }
+            if cache is not None:
+                finish["cache"] = cache
             await _audit(state, "finish", {**_audit_base(call), **finish})
 
 

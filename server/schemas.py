@@ -23,7 +23,7 @@ Route = Annotated[
     list[dict[str, Any]],
     Field(
         description="One entry per candidate considered, in order: adapter, model, "
-        "outcome (ok | failed | rejected | skipped), latency_ms, error (why it was skipped or failed)."
+        "outcome (ok | failed | rejected | skipped | cached), latency_ms, error (why it was skipped or failed)."
     ),
 ]
 

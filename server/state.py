@@ -11,9 +11,11 @@ from server.batching import EmbedCoalescer
 from server.config import Settings
 from server.discovery import Discovery
 from server.policy import PolicyEngine
-from server.ratelimit import RateLimiter
+from server.ratelimit import Limiter
 from server.redact import Redactor
+from server.response_cache import ResponseCache
 from server.router import Router
+from server.shared_state import SharedState
 from server.telemetry import Metrics
 
 
@@ -27,8 +29,10 @@ class AppState:
     policy: PolicyEngine
     audit: AuditLog
     metrics: Metrics
-    limiter: RateLimiter
+    limiter: Limiter
     redactor: Redactor
+    response_cache: ResponseCache
+    shared_state: SharedState | None = None
     started_at: float = field(default_factory=time.time)
     in_flight: int = 0
 
