@@ -134,7 +134,7 @@ def test_entries_round_trip_exactly_and_damaged_ones_do_not_decode() -> None:
 
 async def test_replicas_share_entries_through_redis_and_ignore_damaged_ones(tmp_path: Path, redis_url: str) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}:"
-    perf = {"shared_state": {"url": redis_url, "key_prefix": prefix}}
+    perf = {"shared_state": {"url": redis_url, "key_prefix": prefix, "deadline_ms": 5000}}
     adapters = [FakeAdapter("a"), FakeAdapter("a")]
     servers = [
         fake_server(tmp_path / f"r{i}", {"a": a}, routes=ROUTES, performance=perf) for i, a in enumerate(adapters)

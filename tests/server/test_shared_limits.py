@@ -38,7 +38,8 @@ async def limiter_on(
     url: str, rules: list[dict[str, Any]], registry: CollectorRegistry | None = None, **shared: Any
 ) -> AsyncIterator[RedisRateLimiter]:
     """A limiter as one replica builds it, with its own connection pool and a key prefix of its own test."""
-    cfg = SharedStateConfig.model_validate({"key_prefix": f"t{uuid.uuid4().hex[:12]}:", **shared})
+    # a generous deadline unless a test is about deadlines: the machine running the tests may be busy
+    cfg = SharedStateConfig.model_validate({"key_prefix": f"t{uuid.uuid4().hex[:12]}:", "deadline_ms": 5000, **shared})
     state = SharedState(SecretStr(url), cfg, registry or CollectorRegistry())
     try:
         yield RedisRateLimiter(RateLimitConfig.model_validate({"rules": rules}), state, cfg)
@@ -97,7 +98,7 @@ async def test_replicas_racing_for_one_quota_admit_exactly_its_burst(redis_url: 
     rules = [{"id": "burst", "principal": "team-*", "rate_per_s": 0.001, "burst": 10}]
     admitted, refused = 0, 0
     async with limiter_on(redis_url, rules) as first:
-        cfg = SharedStateConfig(key_prefix=first.prefix)
+        cfg = SharedStateConfig(key_prefix=first.prefix, deadline_ms=5000)
         others = [SharedState(SecretStr(redis_url), cfg, CollectorRegistry()) for _ in range(3)]
         replicas = [first, *(RedisRateLimiter(first.config, s, cfg) for s in others)]
 

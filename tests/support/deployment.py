@@ -74,11 +74,13 @@ def replica_env(layout: Layout, port: str) -> dict[str, str]:
     }
 
 
-def render_haproxy(frontend: str, replicas: Sequence[str], stats_socket: str, check_interval: str) -> str:
+def render_haproxy(
+    frontend: str, replicas: Sequence[str], stats_socket: str, check_interval: str, maxconn: int = 256
+) -> str:
     servers = "\n".join(f"    server r{i} {address}" for i, address in enumerate(replicas, 1))
     template = string.Template((HERE / "haproxy.cfg.tmpl").read_text())
     return template.substitute(
-        frontend=frontend, servers=servers, stats_socket=stats_socket, check_interval=check_interval
+        frontend=frontend, servers=servers, stats_socket=stats_socket, check_interval=check_interval, maxconn=maxconn
     )
 
 
@@ -91,7 +93,7 @@ def render_unit(layout: Layout, executable: str, allowed_hosts: Sequence[str]) -
 
 def readme_haproxy() -> str:
     replicas = [f"127.0.0.1:{p}" for p in README_PORTS]
-    return render_haproxy(":8080", replicas, "/run/haproxy/model-gateway.sock", "2s")
+    return render_haproxy(":8080", replicas, "/run/haproxy/model-gateway.sock", "2s", maxconn=2048)
 
 
 def readme_unit() -> str:
