@@ -20,7 +20,8 @@ from server.response_cache import CacheQuery, LocalStore, ResponseCache, decode,
 from server.router import Candidate
 from tests.support.fakes import FakeAdapter
 from tests.support.gateway import fake_server
-from tests.support.redis_server import MISSING, free_port, redis_server, run_redis
+from tests.support.processes import free_port
+from tests.support.redis_server import MISSING, redis_server, run_redis
 
 pytestmark = pytest.mark.anyio
 ROUTES = {"routes": {"embed": ["a/m"], "rerank": ["a/m"], "chat": ["a/m"]}}

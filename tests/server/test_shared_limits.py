@@ -20,7 +20,8 @@ from server.errors import LimitError, RateLimitedError, SharedStateUnavailableEr
 from server.manifests import RateLimitConfig, SharedStateConfig
 from server.shared_limits import RedisRateLimiter, bucket_key
 from server.shared_state import SharedState
-from tests.support.redis_server import MISSING, free_port, redis_server, run_redis, silent_listener
+from tests.support.processes import free_port
+from tests.support.redis_server import MISSING, redis_server, run_redis, silent_listener
 
 pytestmark = pytest.mark.anyio
 

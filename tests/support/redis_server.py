@@ -14,14 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.support.proc import stop
+from tests.support.processes import free_port
 
 MISSING = "redis-server is not installed (Debian: apt-get install redis-server; `bash .ci/test` does it as root)"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def redis_server() -> str | None:
