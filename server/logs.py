@@ -15,6 +15,8 @@ from typing import Any
 from mcp.server.mcpserver import MCPServer
 from mcp_types import EmptyResult, SetLevelRequestParams
 
+from server import sdk
+
 MCP_LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -67,4 +69,4 @@ def register_set_level(server: MCPServer[Any]) -> None:
         return EmptyResult()
 
     # The lowlevel server is where the SDK documents re-providing logging/setLevel.
-    server._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, set_level)
+    sdk.add_request_handler(server, "logging/setLevel", SetLevelRequestParams, set_level)

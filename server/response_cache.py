@@ -1,19 +1,27 @@
-"""Exact-match cache of embed and rerank answers; never chat.
+"""Exact-match cache of embed and rerank answers: step 4 of the call path; never chat.
 
-The key is sha256 over the canonical JSON of: the entry format, the scope,
-the tool, the adapter and model that serve the call (the candidate, never the
-caller's alias), and the canonical request without the caller's model name
-(texts, dimensions; query, documents, top_n). The scope is the caller's
-principal, so one principal never reads another's answers, unless the model's
-`adapter/model` matches `response_cache.shared_models` (default: none).
+The pipeline asks it after a call is admitted (limits, rate limits, routing,
+policy and the audit start record all happen first, for a hit as for a served
+call): `lookup()` under the first candidate policy and routing allow, and on a
+miss `keep()` under the candidate that served the answer.
 
-The lookup uses the first candidate policy and routing allow for the call; a
-served answer is stored under the candidate that served it. An entry is the
-answer encoded as JSON, read back through a schema (an entry that does not
-validate is a miss); one larger than `max_entry_bytes` is not stored. The
-store is an LRU in this process, bounded in entries and bytes, or Redis when
-shared state is configured (entries expire after `ttl_s`; a Redis failure is
-a miss, never an error).
+The key is sha256 over the canonical JSON of: the entry format, the scope, the
+tool, the adapter and its canonical spelling of the model
+(`adapters.naming.canonical_model`, so `LLAMA3` and `llama3:latest` share an
+entry on Ollama), and the call's canonical audit form without the caller's
+model name (texts, dimensions; query, documents, top_n). How an answer is
+published (float or base64, documents echoed or not) is not in the key: the
+cache holds the adapter's answer and the call formats it. The scope is the
+caller's principal, so one principal never reads another's answers, unless
+the model's `adapter/model` matches `response_cache.shared_models` (default:
+none). Inputs are never stored: a key is a hash, an entry holds vectors or
+scores.
+
+An entry is the answer encoded as JSON, read back through a schema (one that
+does not validate is a miss); one larger than `max_entry_bytes` is not stored.
+The store is an LRU in this process, bounded in entries and bytes, or Redis
+when shared state is configured (entries expire after `ttl_s`; a Redis failure
+is a miss, never an error).
 """
 
 from __future__ import annotations
@@ -21,24 +29,25 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from fnmatch import fnmatchcase
-from typing import Any, Literal, Protocol, TypeVar, cast
+from typing import Any, Literal, Protocol
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from adapters.types import Capability, EmbedResult, RerankMethod, RerankResult, RerankScore, Usage
+from server.calls import ToolCall
 from server.manifests import ResponseCacheConfig
-from server.router import Attempt, Candidate
+from server.router import Candidate
 from server.shared_state import SharedState, SharedStateDown
 
-T = TypeVar("T")
 FORMAT = 1
-CACHED: frozenset[str] = frozenset({"embed", "rerank"})
+CACHED: frozenset[Capability] = frozenset({"embed", "rerank"})
 CacheOutcome = Literal["hit", "miss"]
+Answer = EmbedResult | RerankResult
+Naming = Callable[[str, str], str]  # (adapter, model) -> the adapter's canonical spelling of the model
 
 
 class CacheStore(Protocol):
@@ -156,7 +165,7 @@ def encode(value: object) -> bytes | None:
     return orjson.dumps({"v": FORMAT, "model": value.model, **usage, **extra})
 
 
-def decode(capability: str, blob: bytes) -> EmbedResult | RerankResult | None:
+def decode(capability: Capability, blob: bytes) -> Answer | None:
     """A cache entry back as an answer; None when it does not validate (foreign or damaged bytes)."""
     try:
         raw = orjson.loads(blob)
@@ -173,87 +182,71 @@ def decode(capability: str, blob: bytes) -> EmbedResult | RerankResult | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class CacheQuery:
-    tool: str
-    capability: Capability
-    principal: str
-    request: Mapping[str, Any]
-
-
 class CacheMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, store: CacheStore) -> None:
         self.lookups = Counter(
             "model_gateway_response_cache_total",
             "Response cache lookups and stores by result.",
             ["tool", "result"],
             registry=registry,
         )
-        p = "model_gateway_response_cache_"
-        self.entries = Gauge(p + "entries", "Entries in the in-process cache.", registry=registry)
-        self.bytes = Gauge(p + "bytes", "Encoded bytes in the in-process cache.", registry=registry)
+        if isinstance(store, LocalStore):  # read when scraped: nothing is set on the call path
+            p = "model_gateway_response_cache_"
+            Gauge(p + "entries", "Entries in the in-process cache.", registry=registry).set_function(store.__len__)
+            Gauge(p + "bytes", "Encoded bytes in the in-process cache.", registry=registry).set_function(
+                lambda: store.bytes
+            )
 
 
 class ResponseCache:
-    def __init__(self, config: ResponseCacheConfig, store: CacheStore, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, config: ResponseCacheConfig, store: CacheStore, registry: CollectorRegistry, naming: Naming
+    ) -> None:
         self.config = config
         self.store = store
-        self.metrics = CacheMetrics(registry)
+        self.metrics = CacheMetrics(registry, store)
+        self._naming = naming
 
-    def key(self, query: CacheQuery, candidate: Candidate) -> str:
-        shared = any(fnmatchcase(candidate.label, glob) for glob in self.config.shared_models)
-        request = {k: v for k, v in query.request.items() if k != "model"}
+    def holds(self, call: ToolCall[Any]) -> bool:
+        """Whether this call's answers are cached at all (switched on, and embed or rerank)."""
+        return self.config.enabled and call.capability in CACHED
+
+    def key(self, call: ToolCall[Any], candidate: Candidate) -> str:
+        model = self._naming(candidate.adapter, candidate.model)
+        shared = any(fnmatchcase(f"{candidate.adapter}/{model}", glob) for glob in self.config.shared_models)
+        request = {k: v for k, v in call.canonical().items() if k != "model"}
         material = {
             "v": FORMAT,
-            "scope": "*" if shared else query.principal,
-            "tool": query.tool,
+            "scope": "*" if shared else call.caller.principal,
+            "tool": call.tool,
             "adapter": candidate.adapter,
-            "model": candidate.model,
+            "model": model,
             "request": request,
         }
         return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
-    async def serve(
-        self,
-        query: CacheQuery,
-        candidates: Sequence[Candidate],
-        attempts: list[Attempt],
-        run: Callable[[], Awaitable[tuple[T, Candidate]]],
-    ) -> tuple[T, Candidate, CacheOutcome | None]:
-        """A stored answer for the first candidate, else `run()`'s answer, stored; outcome None when not cached."""
-        if not self.config.enabled or query.capability not in CACHED or not candidates:
-            value, chosen = await run()
-            return value, chosen, None
-        first = candidates[0]
-        started = time.perf_counter()
-        blob = await self.store.get(self.key(query, first))
-        found = decode(query.capability, blob) if blob is not None else None
+    async def lookup(self, call: ToolCall[Any], candidate: Candidate) -> Answer | None:
+        """The stored answer to this call from this candidate, or None (counted as a hit or a miss)."""
+        blob = await self.store.get(self.key(call, candidate))
+        found = decode(call.capability, blob) if blob is not None else None
         if blob is not None and found is None:
-            self._count(query, "invalid")
-        if found is not None:
-            attempts.append(Attempt(first.adapter, first.model, "cached", (time.perf_counter() - started) * 1000))
-            self._count(query, "hit")
-            return cast(T, found), first, "hit"
-        self._count(query, "miss")
-        value, chosen = await run()
-        await self._store(query, chosen, value)
-        return value, chosen, "miss"
+            self._count(call, "invalid")
+        self._count(call, "miss" if found is None else "hit")
+        return found
 
-    async def _store(self, query: CacheQuery, chosen: Candidate, value: object) -> None:
+    async def keep(self, call: ToolCall[Any], chosen: Candidate, value: object) -> None:
+        """Keep the answer `chosen` served, unless it is larger than one entry may be."""
         blob = encode(value)
         if blob is None:
             return
         if len(blob) > self.config.max_entry_bytes:
-            self._count(query, "too_large")
+            self._count(call, "too_large")
             return
-        await self.store.put(self.key(query, chosen), blob, self.config.ttl_s)
-        self._count(query, "store")
+        await self.store.put(self.key(call, chosen), blob, self.config.ttl_s)
+        self._count(call, "store")
 
-    def _count(self, query: CacheQuery, result: str) -> None:
-        self.metrics.lookups.labels(query.tool, result).inc()
-        if isinstance(self.store, LocalStore):
-            self.metrics.entries.set(len(self.store))
-            self.metrics.bytes.set(self.store.bytes)
+    def _count(self, call: ToolCall[Any], result: str) -> None:
+        self.metrics.lookups.labels(call.tool, result).inc()
 
     def health(self) -> dict[str, Any]:
         return {"enabled": self.config.enabled, **self.store.stats()}

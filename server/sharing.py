@@ -1,21 +1,24 @@
-"""What replicas may share, built once per lifespan: the rate limiter, the response cache, the Redis connection.
+"""What replicas may share, built once per state by `open_state()`: the rate limiter, the response cache, Redis.
 
 Without `MODEL_GATEWAY_SHARED_STATE` (or `shared_state.url`), buckets and the
-cache live in this process: the embedded default. With it, both move to Redis.
+cache live in this process: the embedded default. With it, both move to Redis,
+and the Redis connection's health probe runs in the state's task group.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from adapters.base import Adapter
+from adapters.naming import canonical_model
 from server.config import Settings
 from server.ratelimit import Limiter, RateLimiter
-from server.response_cache import LocalStore, RedisStore, ResponseCache
+from server.response_cache import LocalStore, Naming, RedisStore, ResponseCache
 from server.shared_limits import RedisRateLimiter
 from server.shared_state import SharedState
 
@@ -26,25 +29,29 @@ class Sharing:
     cache: ResponseCache
     shared: SharedState | None
 
-    async def run(self) -> None:
-        """Background work for the lifespan's task group: health probes of the shared state, if any."""
-        if self.shared is not None:
-            await self.shared.run()
+
+def naming(adapters: Mapping[str, Adapter]) -> Naming:
+    """(adapter, model) -> that adapter's canonical spelling of the model; names are kept for unknown adapters."""
+    return lambda adapter, model: canonical_model(adapters.get(adapter), model)
 
 
 @asynccontextmanager
-async def sharing(settings: Settings, registry: CollectorRegistry) -> AsyncIterator[Sharing]:
+async def sharing(
+    settings: Settings, registry: CollectorRegistry, adapters: Mapping[str, Adapter]
+) -> AsyncIterator[Sharing]:
+    """The limiter and the cache, in this process or in Redis; the Redis connection is closed on exit."""
     perf = settings.manifests.performance
     cfg = perf.shared_state
     if settings.shared_state_url is None:
         store = LocalStore(perf.response_cache.max_entries, perf.response_cache.max_bytes)
-        yield Sharing(RateLimiter(perf.rate_limits), ResponseCache(perf.response_cache, store, registry), None)
+        cache = ResponseCache(perf.response_cache, store, registry, naming(adapters))
+        yield Sharing(RateLimiter(perf.rate_limits), cache, None)
         return
     password = settings.secrets.get(cfg.password_env) if cfg.password_env else None
     shared = SharedState(settings.shared_state_url, cfg, registry, password)
     try:
         limiter = RedisRateLimiter(perf.rate_limits, shared, cfg)
-        cache = ResponseCache(perf.response_cache, RedisStore(shared, cfg.key_prefix), registry)
+        cache = ResponseCache(perf.response_cache, RedisStore(shared, cfg.key_prefix), registry, naming(adapters))
         yield Sharing(limiter, cache, shared)
     finally:
         await shared.aclose()
