@@ -3,7 +3,7 @@
     1 limits        sizes, then the rate limiter (awaited: its buckets may be in Redis); over -> tool error
     2 route+policy  candidates from the router, each checked by policy; none allowed -> denial
     3 audit start   written before any backend is touched; fail-closed if it cannot write
-    4 cache         embed/rerank: the stored answer of the first candidate is a hit (server/response_cache.py)
+    4 cache         embed/rerank when switched on, never in privacy mode: a stored answer is a hit (response_cache.py)
     5 router        ordered attempts under deadlines, fallback on retryable errors; a miss's answer is stored
     6 finish        shielded from cancellation: audit finish (with `cache`: hit | miss), metrics, span end
 

@@ -15,7 +15,8 @@ cache holds the adapter's answer and the call formats it. The scope is the
 caller's principal, so one principal never reads another's answers, unless
 the model's `adapter/model` matches `response_cache.shared_models` (default:
 none). Inputs are never stored: a key is a hash, an entry holds vectors or
-scores.
+scores. The cache is off unless `response_cache.enabled` is set, and a call
+in privacy mode never touches it.
 
 An entry is the answer encoded as JSON, read back through a schema (one that
 does not validate is a miss); one larger than `max_entry_bytes` is not stored.
@@ -208,8 +209,13 @@ class ResponseCache:
         self._naming = naming
 
     def holds(self, call: ToolCall[Any]) -> bool:
-        """Whether this call's answers are cached at all (switched on, and embed or rerank)."""
-        return self.config.enabled and call.capability in CACHED
+        """Whether this call's answers are cached at all: switched on, embed or rerank, and not in privacy mode.
+
+        A call in privacy mode (the operator's or its session's) is neither answered from the cache nor stored:
+        an entry is derived from its input and may live in a Redis on another host, or be read by every
+        principal under `shared_models`.
+        """
+        return self.config.enabled and call.capability in CACHED and not call.caller.privacy
 
     def key(self, call: ToolCall[Any], candidate: Candidate) -> str:
         model = self._naming(candidate.adapter, candidate.model)

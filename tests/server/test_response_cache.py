@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from mcp import Client
 from prometheus_client import CollectorRegistry
 
 from adapters.types import EmbedRequest, EmbedResult, RerankResult, RerankScore, Usage
+from server.app import Gateway
 from server.calls import Caller, EmbedCall
 from server.errors import PolicyDeniedError, RateLimitedError
 from server.health import health_report
@@ -22,7 +24,7 @@ from server.pipeline import run_call
 from server.response_cache import LocalStore, ResponseCache, decode, encode
 from server.router import Candidate
 from tests.support.fakes import FakeAdapter
-from tests.support.gateway import fake_server
+from tests.support.gateway import fake_server, settings_for
 from tests.support.processes import free_port
 from tests.support.redis_server import MISSING, redis_server, run_redis
 
@@ -157,6 +159,41 @@ async def test_rate_limits_and_policy_apply_to_a_call_the_cache_could_answer(tmp
         ("deny", "bob", None),
         ("finish", "carol", "hit"),
     ]
+
+
+async def test_a_session_in_privacy_mode_neither_reads_nor_fills_the_cache(tmp_path: Path) -> None:
+    adapter = FakeAdapter("a")
+    perf = {"response_cache": {"enabled": True, "shared_models": ["a/*"]}}  # shared: any principal may read
+    server, gateway = fake_server(tmp_path, {"a": adapter}, routes=ROUTES, performance=perf)
+    async with Client(server) as c:
+        await c.call_tool("embed", {"input": ["stored before"]})
+        switched = await c.call_tool("privacy", {"enable": True})
+        assert switched.structured_content is not None and switched.structured_content["privacy_mode"] is True
+        for text in ("stored before", "private text", "private text"):
+            result = await c.call_tool("embed", {"input": [text]})
+            assert result.structured_content is not None and result.structured_content["route"][0]["outcome"] == "ok"
+        done = finishes(gateway.get().audit.path)
+        registry = gateway.get().metrics.registry
+        store = gateway.get().response_cache.store
+    assert len(adapter.calls) == 4  # nothing the private session asked was answered from the cache
+    assert isinstance(store, LocalStore) and len(store) == 1  # nor left in it: only the entry stored before
+    assert [f.get("cache") for f in done] == ["miss", None, None, None]
+    assert (sample(registry, "hit"), sample(registry, "store")) == (0, 1)
+
+
+async def test_a_call_in_the_operators_privacy_mode_never_touches_the_cache(tmp_path: Path) -> None:
+    cache = ResponseCache(
+        ResponseCacheConfig(enabled=True), LocalStore(10, 10_000), CollectorRegistry(), lambda adapter, model: model
+    )
+    assert cache.holds(EmbedCall(Caller("alice"), ("t",)))
+    assert not cache.holds(EmbedCall(Caller("alice", privacy=True), ("t",)))
+    adapter = FakeAdapter("a")
+    gateway = Gateway(replace(settings_for(tmp_path, routes=ROUTES, performance=ON), privacy_mode=True), {"a": adapter})
+    async with Client(gateway.server) as c:
+        for _ in range(2):
+            await c.call_tool("embed", {"input": ["same"]})
+        done = finishes(gateway.get().audit.path)
+    assert len(adapter.calls) == 2 and all("cache" not in f for f in done)
 
 
 def served(texts: list[str]) -> EmbedResult:
