@@ -137,6 +137,7 @@ class Deployment:
     lb: str
     redis_url: str
     stats_socket: Path
+    state_root: Path  # every replica's state dir is a folder in here: `audit verify` over it checks every trail
     replicas: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     state_dirs: dict[str, Path] = field(default_factory=dict)
 
@@ -184,7 +185,7 @@ def deployment(
             str(manifests),
         )
         ports = [str(free_port()) for _ in range(replicas)]
-        found = Deployment(f"http://127.0.0.1:{free_port()}", redis_url, root / "haproxy.sock")
+        found = Deployment(f"http://127.0.0.1:{free_port()}", redis_url, root / "haproxy.sock", root / "state")
         for i, port in enumerate(ports, 1):
             proc = _replica(root, layout, port, f"r{i}")
             stack.callback(stop, proc, 15)
