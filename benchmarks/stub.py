@@ -78,16 +78,17 @@ def stub_manifests(root: Path, audit_fsync: str | None = None) -> Path:
     return write_manifests(root, routes=ROUTES, performance=performance(audit_fsync))
 
 
-def performance(audit_fsync: str | None) -> dict[str, object] | None:
-    """The shipped performance config, with the audit fsync policy replaced when asked."""
-    if audit_fsync is None:
-        return None
+def performance(audit_fsync: str | None) -> dict[str, object]:
+    """The shipped performance config without the response cache (every call measured here is served),
+    with the audit fsync policy replaced when asked."""
     import json
 
     from tests.support.processes import ROOT
 
     shipped = json.loads((ROOT / "manifests" / "performance-config.json").read_text())
-    shipped["audit"]["fsync"] = audit_fsync
+    shipped["response_cache"]["enabled"] = False
+    if audit_fsync is not None:
+        shipped["audit"]["fsync"] = audit_fsync
     return dict(shipped)
 
 

@@ -1,4 +1,4 @@
-"""Builds the governance pieces the lifespan owns: the redactor, the audit sink, the rate limiter."""
+"""Builds the governance pieces the lifespan owns: the redactor and the audit sink (limits: server/sharing.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from functools import partial
 from server.audit import AuditLog
 from server.audit_key import load_or_create_key
 from server.config import Settings
-from server.ratelimit import RateLimiter
 from server.redact import Redactor
 
 
@@ -39,7 +38,3 @@ def open_audit(settings: Settings, redactor: Redactor) -> AuditLog:
         redact=redactor.value,
         needs_redaction=redactor.found_in,
     )
-
-
-def limiter_for(settings: Settings) -> RateLimiter:
-    return RateLimiter(settings.manifests.performance.rate_limits)

@@ -15,6 +15,7 @@ from server.discovery import AdapterStatus
 from server.errors import GatewayError
 from server.router import Candidate
 from server.schemas import ModelEntry, ModelsOutput
+from server.sharing import sharing_health
 from server.state import AppState
 
 
@@ -48,14 +49,16 @@ def health_report(state: AppState) -> dict[str, Any]:
     now = time.time()
     adapters = {name: _adapter_health(state, s, now) for name, s in snap.adapters.items()}
     serving = {cap: _can_serve(state, cap) for cap in CAPABILITIES}
+    shared_up = state.shared_state is None or state.shared_state.up is not False
     return {
-        "status": "ok" if all(serving.values()) and state.audit.healthy else "degraded",
+        "status": "ok" if all(serving.values()) and state.audit.healthy and shared_up else "degraded",
         "capabilities": serving,
         "snapshot": {"source": snap.source, "age_s": round(snap.age_s(), 3) if snap.created_at else None},
         "privacy_mode": state.privacy_mode,
         "policy": state.policy.summary(),
         "audit": {"ok": state.audit.healthy, "error": state.audit.error, "records": state.audit.records},
         "in_flight": state.in_flight,
+        "shared_state": sharing_health(state.shared_state, state.response_cache),
         "adapters": adapters,
     }
 

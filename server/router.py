@@ -51,7 +51,7 @@ class Candidate:
 class Attempt:
     adapter: str
     model: str
-    outcome: Literal["ok", "failed", "rejected", "skipped"]
+    outcome: Literal["ok", "failed", "rejected", "skipped", "cached"]
     latency_ms: float
     error: str | None = None
 

@@ -24,12 +24,15 @@ from server.batching import Coalescer, CoalescingAdapter
 from server.breaker import Breaker
 from server.config import Settings
 from server.discovery import Discovery
-from server.governance import limiter_for, open_audit, redactor_for
+from server.governance import open_audit, redactor_for
 from server.policy import PolicyEngine
-from server.ratelimit import RateLimiter
+from server.ratelimit import Limiter
 from server.redact import Redactor, redacted_logs
+from server.response_cache import ResponseCache
 from server.router import AttemptRules, Router
 from server.session import SessionState
+from server.shared_state import SharedState
+from server.sharing import sharing
 from server.shedding import Shedder
 from server.telemetry import Metrics
 
@@ -46,9 +49,11 @@ class AppState:
     policy: PolicyEngine
     audit: AuditLog
     metrics: Metrics
-    limiter: RateLimiter
+    limiter: Limiter
     redactor: Redactor
     shedder: Shedder
+    response_cache: ResponseCache
+    shared_state: SharedState | None = None  # Redis, when replicas share limits and the cache
     # stdio serves one client: its session's switches live here rather than on a per-request connection
     local_session: SessionState = field(default_factory=SessionState)
     started_at: float = field(default_factory=time.time)
@@ -109,6 +114,7 @@ async def open_state(settings: Settings, adapters: Mapping[str, Adapter] | None 
         stack.push_async_callback(_close_adapters, adapters)
         stack.push_async_callback(audit.aclose)
         coalescer = await stack.enter_async_context(Coalescer(perf.batching, metrics.observe_batch))
+        shared = await stack.enter_async_context(sharing(settings, metrics.registry, adapters))
         tg = await stack.enter_async_context(anyio.create_task_group())
         coalescing = {n: CoalescingAdapter(a, coalescer) for n, a in adapters.items()}
         router = _router(settings, discovery, coalescing, metrics, redactor)
@@ -122,12 +128,16 @@ async def open_state(settings: Settings, adapters: Mapping[str, Adapter] | None 
             policy=PolicyEngine(settings.manifests.policy, namer=router.canonical),
             audit=audit,
             metrics=metrics,
-            limiter=limiter_for(settings),
+            limiter=shared.limiter,
             redactor=redactor,
             shedder=Shedder(perf.concurrency.max_in_flight),
+            response_cache=shared.cache,
+            shared_state=shared.shared,
         )
         stack.push_async_callback(state.shedder.flush, state.write_audit)
         tg.start_soon(discovery.run)
+        if shared.shared is not None:
+            tg.start_soon(shared.shared.run)  # pings Redis, so health sees it come and go without traffic
         try:
             yield state
         finally:
