@@ -204,9 +204,10 @@ class ResponseCacheConfig(_Strict):
     """Exact-match cache of embed and rerank answers (never chat)."""
 
     enabled: bool = Field(
-        False,
-        description="Answer a repeated embed or rerank call from the cache. Off by default: a hit is not fresh "
-        "from the backend (a model re-pulled under the same name keeps its old answers until ttl_s passes).",
+        True,
+        description="Answer a repeated embed or rerank call from the cache: in process, or in Redis when shared "
+        "state is configured. A hit is not fresh from the backend: a model re-pulled under the same name keeps "
+        "its old answers until ttl_s passes (set false where that matters).",
     )
     ttl_s: float = Field(3600.0, gt=0, le=30 * 86400, description="How long an entry is served.")
     max_entries: int = Field(4096, ge=1, le=1_000_000, description="In-process entries; least recently used go first.")

@@ -100,7 +100,8 @@ async def test_the_ollama_adapter_and_routes_examples_serve_calls_through_a_real
     assert not emb.is_error and emb.structured_content["adapter"] == "ollama", emb.content
     assert emb.structured_content["count"] == 2
     assert not chat.is_error and chat.structured_content["adapter"] == "ollama", chat.content
-    assert default_chat.structured_content["model"] == "llama3.2"  # the example's chat route, first target
+    # the example's chat route, first target, as Ollama names it: the default tag made explicit
+    assert default_chat.structured_content["model"] == "llama3.2:latest"
     routes = load_manifests(tmp_path / "manifests").routes
     shipped = load_manifests().routes
     assert routes.routes["embed"] == shipped.routes["embed"] and routes.aliases["default"] == shipped.aliases["default"]

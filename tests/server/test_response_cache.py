@@ -31,6 +31,7 @@ from tests.support.redis_server import MISSING, redis_server, run_redis
 pytestmark = pytest.mark.anyio
 ROUTES = {"routes": {"embed": ["a/m"], "rerank": ["a/m"], "chat": ["a/m"]}}
 ON = {"response_cache": {"enabled": True}}
+OFF = {"response_cache": {"enabled": False}}
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +78,19 @@ async def test_the_lru_drops_the_least_recently_used_past_either_bound_and_expir
     assert await store.get("big") is None and len(store) == 2
 
 
-async def test_the_cache_is_off_unless_the_operator_switches_it_on(tmp_path: Path) -> None:
-    adapter = FakeAdapter("a")
-    server, gateway = fake_server(tmp_path, {"a": adapter}, routes=ROUTES)
+async def test_the_cache_is_on_by_default_and_an_operator_can_switch_it_off(tmp_path: Path) -> None:
+    on, off = FakeAdapter("a"), FakeAdapter("a")
+    server, _ = fake_server(tmp_path / "on", {"a": on}, routes=ROUTES)
+    async with Client(server) as c:
+        for _ in range(2):
+            await c.call_tool("embed", {"input": ["same"]})
+    server, gateway = fake_server(tmp_path / "off", {"a": off}, routes=ROUTES, performance=OFF)
     async with Client(server) as c:
         for _ in range(2):
             await c.call_tool("embed", {"input": ["same"]})
         report = health_report(gateway.get())
         done = finishes(gateway.get().audit.path)
-    assert len(adapter.calls) == 2 and all("cache" not in f for f in done)
+    assert len(on.calls) == 1 and len(off.calls) == 2 and all("cache" not in f for f in done)
     assert report["shared_state"] == {
         "backend": "local",
         "response_cache": {"enabled": False, "store": "local", "entries": 0, "bytes": 0, "evictions": 0},
