@@ -21,6 +21,7 @@ import hashlib
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -40,6 +41,20 @@ def toy_vector(text: str) -> list[float]:
     raw = [(b - 127.5) / 127.5 for b in digest[:DIMENSIONS]]
     norm = math.sqrt(sum(x * x for x in raw)) or 1.0
     return [x / norm for x in raw]
+
+
+def spawned(log: Path) -> list[int]:
+    """The pids that DOWNSTREAM_SPAWN_LOG=log recorded, in start order."""
+    return [int(line) for line in log.read_text().split()] if log.exists() else []
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie awaiting its parent."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
 
 
 def overlap_score(query: str, document: str) -> float:
