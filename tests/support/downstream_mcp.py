@@ -97,7 +97,15 @@ def build_server(variant: str, tools_ttl_ms: int | None, with_models: bool = Tru
         {"tools/list": CacheHint(ttl_ms=tools_ttl_ms)} if tools_ttl_ms is not None else None
     )
     server: MCPServer = MCPServer("downstream-gateway", cache_hints=hints)
+    _add_embed(server, variant)
+    _add_rerank_and_chat(server)
+    if with_models:
+        _add_models(server)
+    _add_fault_tools(server)
+    return server
 
+
+def _add_embed(server: MCPServer, variant: str) -> None:
     if variant == "v2":
 
         @server.tool(name="embed")
@@ -112,6 +120,8 @@ def build_server(variant: str, tools_ttl_ms: int | None, with_models: bool = Tru
             """Embed texts into 8-dimensional toy vectors."""
             return _embed_result(model, input)
 
+
+def _add_rerank_and_chat(server: MCPServer) -> None:
     @server.tool()
     def rerank(query: str, documents: list[str], model: str = "toy-rerank", top_n: int | None = None) -> dict[str, Any]:
         """Score documents by word overlap with the query."""
@@ -145,13 +155,15 @@ def build_server(variant: str, tools_ttl_ms: int | None, with_models: bool = Tru
             "timings": {"total_ms": 0.1},
         }
 
-    if with_models:
 
-        @server.tool()
-        def models() -> dict[str, Any]:
-            """List every routable model, as a model gateway does."""
-            return _models_listing()
+def _add_models(server: MCPServer) -> None:
+    @server.tool()
+    def models() -> dict[str, Any]:
+        """List every routable model, as a model gateway does."""
+        return _models_listing()
 
+
+def _add_fault_tools(server: MCPServer) -> None:
     @server.tool()
     def noop() -> str:
         """Do nothing."""
@@ -172,8 +184,6 @@ def build_server(variant: str, tools_ttl_ms: int | None, with_models: bool = Tru
     def fail(message: str = "bad input") -> str:
         """Return an isError result with the given message."""
         raise ToolError(message)
-
-    return server
 
 
 def main(argv: list[str] | None = None) -> None:
