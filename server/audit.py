@@ -111,7 +111,6 @@ class AuditLog:
     def __init__(self, path: Path, key: bytes | KeySource, options: AuditOptions | None = None) -> None:
         opts = options or AuditOptions()
         self.path = path
-        self.options = opts
         self._key_source: KeySource = key if callable(key) else _given(key)
         self.fsync = opts.fsync
         self.group_commit_s = opts.group_commit_ms / 1000
