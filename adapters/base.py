@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from contextvars import Context
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import SecretStr
 
@@ -71,6 +71,7 @@ class AdapterLimits:
     probe_deadline_s: float = 2.0
     batch_limit: int = 256
     http2: bool = False
+    model_load_s: float = 60.0  # how long a call waits for a local model to finish loading
     # Upstream bounds: the largest answer read (a larger one is refused while it arrives) and the widest vector.
     max_response_bytes: int = 32 << 20
     max_dimensions: int = 65_536
@@ -154,3 +155,18 @@ class Adapter(Protocol):
     async def rerank(self, req: RerankRequest) -> RerankResult: ...
 
     async def aclose(self) -> None: ...
+
+
+ModelState = Literal["unloaded", "loading", "ready", "failed"]
+
+
+@runtime_checkable
+class ReportsModelStates(Protocol):
+    """An adapter that holds models itself and can say, now, where each one is.
+
+    Health reads this on every request, so it must be cheap and must not wait on the backend.
+    Adapters whose models live on a server report nothing here; health derives their state
+    from the last probe.
+    """
+
+    def model_states(self) -> Mapping[str, tuple[ModelState, str | None]]: ...

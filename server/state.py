@@ -112,13 +112,15 @@ async def open_state(settings: Settings, adapters: Mapping[str, Adapter] | None 
         coalescer = await stack.enter_async_context(Coalescer(perf.batching, metrics.observe_batch))
         tg = await stack.enter_async_context(tasks)
         coalescing = {n: CoalescingAdapter(a, coalescer) for n, a in adapters.items()}
+        router = _router(settings, discovery, coalescing, metrics, redactor)
         state = AppState(
             settings=settings,
             adapters=adapters,
             discovery=discovery,
-            router=_router(settings, discovery, coalescing, metrics, redactor),
+            router=router,
             coalescer=coalescer,
-            policy=PolicyEngine(settings.manifests.policy),
+            # a rule names a model as its users spell it; the router's namer makes every spelling one model
+            policy=PolicyEngine(settings.manifests.policy, namer=router.canonical),
             audit=audit,
             metrics=metrics,
             limiter=limiter_for(settings),
