@@ -8,7 +8,8 @@ name)` asks the adapter when it has a rule and keeps the name as given otherwise
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from contextvars import Context
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar, runtime_checkable
@@ -102,11 +103,35 @@ class NoCache:
         return None
 
 
+class TaskOwner(Protocol):
+    """Runs work that outlives the call that started it (a downstream session's owner task).
+
+    The server passes the task group of the application state (an anyio TaskGroup is a TaskOwner), so
+    what an adapter starts is cancelled when the state closes and no adapter keeps tasks of its own.
+    Raises RuntimeError, having closed `coro`, when nothing owns tasks (not open yet, or closed).
+    """
+
+    def create_task(
+        self, coro: Coroutine[object, object, None], *, name: object = None, context: Context | None = None
+    ) -> object: ...
+
+
+class NoTaskOwner:
+    """The owner of contexts built without a task group: every start is refused."""
+
+    def create_task(
+        self, coro: Coroutine[object, object, None], *, name: object = None, context: Context | None = None
+    ) -> object:
+        coro.close()
+        raise RuntimeError("no task group owns background work in this adapter context")
+
+
 @dataclass(frozen=True, slots=True)
 class AdapterContext:
     """Everything an adapter needs from the outside, resolved by server/config.py.
 
-    Adapters never read the environment or config files themselves.
+    Adapters never read the environment or config files themselves. `tasks` is filled by
+    server/state.py with the state's task group.
     """
 
     limits: AdapterLimits = AdapterLimits()
@@ -114,6 +139,7 @@ class AdapterContext:
     models_dir: Path = Path(".")
     secrets: Mapping[str, SecretStr] = field(default_factory=dict)
     cache: CacheStore = field(default_factory=NoCache)
+    tasks: TaskOwner = field(default_factory=NoTaskOwner)
 
 
 @runtime_checkable

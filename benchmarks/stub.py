@@ -93,9 +93,9 @@ def performance(audit_fsync: str | None) -> dict[str, object]:
 
 
 def _settings(transport: str, port: int, manifests: Path) -> object:
-    from server.config import load_settings
+    from server.config import ServeOptions, load_settings
 
-    return load_settings(manifests_dir=manifests, transport=transport, port=port)  # type: ignore[arg-type]
+    return load_settings(manifests_dir=manifests, serve=ServeOptions(transport=transport, port=port))  # type: ignore[arg-type]
 
 
 async def _serve(transport: str, port: int, manifests: Path) -> None:

@@ -171,10 +171,9 @@ def _start_tracing(into: list[Tracing]) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    from server.config import load_settings
+    from server.config import ServeOptions, load_settings
 
-    return load_settings(
-        manifests_dir=args.manifests,
+    serve = ServeOptions(
         transport=args.transport,
         host=args.host,
         port=args.port,
@@ -183,6 +182,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         privacy_mode=args.privacy_mode,
         metrics_port=args.metrics_port,
     )
+    return load_settings(manifests_dir=args.manifests, serve=serve)
 
 
 def _prepare_stdio(args: argparse.Namespace, tracing: list[Tracing]) -> Serve:

