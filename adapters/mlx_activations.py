@@ -57,11 +57,13 @@ def gelu_exact(x: mx.array) -> mx.array:
 
 
 Activation = Callable[[mx.array], mx.array]
+BiasedActivation = Callable[[mx.array, mx.array], mx.array]  # act(y + bias)
+Residual = Callable[[mx.array, mx.array, mx.array], mx.array]  # y + bias + x
 
 
 def activation(hidden_act: str, fast_gelu: bool) -> Activation:
     if hidden_act == "gelu":
-        return _compiled(gelu_fast) if fast_gelu else gelu_exact
+        return gelu_fast if fast_gelu else gelu_exact
     if hidden_act in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
         return cast(Activation, nn.gelu_approx)
     if hidden_act == "relu":
@@ -69,11 +71,29 @@ def activation(hidden_act: str, fast_gelu: bool) -> Activation:
     raise ModelLoadError(f"unsupported hidden_act {hidden_act!r} in config.json (supported: gelu, gelu_new, relu)")
 
 
-def _compiled(fn: Activation) -> Activation:
+def biased(act: Activation) -> BiasedActivation:
+    """act(y + bias) as one compiled loop: a linear layer's bias added in the activation's pass over y."""
+
+    def fn(y: mx.array, bias: mx.array) -> mx.array:
+        return act(y + bias)
+
+    return _compiled(fn, 2)
+
+
+def residual() -> Residual:
+    """y + bias + x in one compiled loop: a projection's bias and the residual connection together."""
+
+    def fn(y: mx.array, bias: mx.array, x: mx.array) -> mx.array:
+        return y + bias + x
+
+    return _compiled(fn, 3)
+
+
+def _compiled(fn: Callable[..., mx.array], arity: int) -> Callable[..., mx.array]:
     """Fuse the elementwise chain when MLX can compile here; the plain function otherwise."""
     try:
         compiled = mx.compile(fn)
-        mx.eval(compiled(mx.zeros((2, 3))))
+        mx.eval(compiled(*[mx.zeros((2, 3))] * arity))
     except Exception:  # no compiler toolchain: the unfused chain gives the same numbers
         return fn
     return compiled

@@ -23,13 +23,24 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from adapters.errors import ModelLoadError, safe_detail
-from adapters.mlx_activations import Activation, activation, erf_rational, gelu_exact, gelu_fast
+from adapters.mlx_activations import (
+    Activation,
+    BiasedActivation,
+    Residual,
+    activation,
+    biased,
+    erf_rational,
+    gelu_exact,
+    gelu_fast,
+    residual,
+)
 from adapters.mlx_attention import softmax
 
 __all__ = ["CrossEncoder", "SentenceEncoder", "erf_rational", "gelu_exact", "gelu_fast"]
 
 ChunkFn = Callable[[int, int], None]  # (inputs done, inputs total)
-NUMPY_SOFTMAX_FROM = 64  # padded tokens per input
+# Attention scores in one forward batch (inputs x heads x tokens^2) from which numpy computes the softmax.
+NUMPY_SOFTMAX_FROM = 8192
 Inputs = Sequence[str] | Sequence[tuple[str, str]]
 
 
@@ -80,18 +91,27 @@ class _Layer(nn.Module):
         self.ffn_out = nn.Linear(cfg.intermediate_size, h)
         self.ffn_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
 
-    def __call__(self, x: mx.array, mask: mx.array, act: Activation, numpy_softmax: bool) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array, fused: _Fused, numpy_softmax: bool) -> mx.array:
         b, n, h = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, h // self.heads).transpose(2, 0, 3, 1, 4)
         scale = (h // self.heads) ** -0.5
-        # On a CPU MLX's exp makes the n^2 softmax the slow part of long inputs' attention; for short ones the
-        # hand-over to numpy costs more than it saves (adapters/mlx_attention.py).
-        if numpy_softmax and n >= NUMPY_SOFTMAX_FROM:
+        # On a CPU MLX's exp costs ~20 ns an element, so a batch's softmax over many scores goes to numpy
+        # (adapters/mlx_attention.py); for a few scores the hand-over costs more than it saves.
+        if numpy_softmax and b * self.heads * n * n >= NUMPY_SOFTMAX_FROM:
             ctx = softmax((q * scale) @ k.swapaxes(-1, -2) + mask) @ v
         else:
             ctx = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
-        x = self.attn_norm(x + self.attn_out(ctx.transpose(0, 2, 1, 3).reshape(b, n, h)))
-        return self.ffn_norm(x + self.ffn_out(act(self.ffn_in(x))))
+        # Biases join the elementwise pass that follows each product (one compiled loop instead of two).
+        attended = ctx.transpose(0, 2, 1, 3).reshape(b, n, h) @ self.attn_out.weight.T
+        x = self.attn_norm(fused.residual(attended, self.attn_out.bias, x))
+        inner = fused.act(x @ self.ffn_in.weight.T, self.ffn_in.bias)
+        return self.ffn_norm(fused.residual(inner @ self.ffn_out.weight.T, self.ffn_out.bias, x))
+
+
+@dataclass(frozen=True, slots=True)
+class _Fused:
+    act: BiasedActivation
+    residual: Residual
 
 
 class BertModel(nn.Module):
@@ -105,7 +125,7 @@ class BertModel(nn.Module):
         self.layers = [_Layer(cfg) for _ in range(cfg.num_hidden_layers)]
         if pooler:
             self.pooler = nn.Linear(h, h)
-        self._act = act
+        self._fused = _Fused(biased(act), residual())
         self.numpy_softmax = False  # set at load: float32 on a CPU
 
     def __call__(self, ids: mx.array, type_ids: mx.array, mask: mx.array) -> mx.array:
@@ -114,7 +134,7 @@ class BertModel(nn.Module):
         # Additive mask over keys: padded positions get a large negative score before softmax.
         bias = ((mask[:, None, None, :].astype(x.dtype) - 1.0) * 1e4).astype(x.dtype)
         for layer in self.layers:
-            x = layer(x, bias, self._act, self.numpy_softmax)
+            x = layer(x, bias, self._fused, self.numpy_softmax)
         return x
 
 
@@ -247,7 +267,7 @@ class _BertRunner:
         """The weights' dtype and device, for health."""
         dtype = str(self.model.word.weight.dtype).removeprefix("mlx.core.")
         device = "cpu" if mx.default_device() == mx.cpu else "gpu"
-        softmax = f", numpy softmax from {NUMPY_SOFTMAX_FROM} tokens" if self.model.numpy_softmax else ""
+        softmax = f", numpy softmax from {NUMPY_SOFTMAX_FROM} scores" if self.model.numpy_softmax else ""
         return f"{dtype}{softmax} ({device})"
 
     @staticmethod

@@ -1,7 +1,7 @@
 """MLX adapter profile: embed latency by batch size, chat speed by prompt length, and embeds during a long chat.
 
-`python -m benchmarks.mlx_profile [--reference-blas] [--quick]` (needs `model-gateway models pull`). Prints one
-JSON object:
+`python -m benchmarks.mlx_profile [--reference-blas] [--quick] [--embed-only]` (needs `model-gateway models pull`).
+Prints one JSON object (`--embed-only`: the encoder's figures alone):
 
 - `embed_<n>_ms_p50`: one embed call of n short texts, median of 7 (encoder-only adapter);
 - `chat_short_*`: three 64-token replies to ~30-token questions (different questions, so only the template's
@@ -201,7 +201,8 @@ async def main() -> None:
     rounds = 3 if "--quick" in sys.argv else 7
     out: dict[str, Any] = {}
     await encoder_profile(out, rounds)
-    await chat_profile(out, rounds)
+    if "--embed-only" not in sys.argv:
+        await chat_profile(out, rounds)
     print(json.dumps(out, indent=1))
 
 

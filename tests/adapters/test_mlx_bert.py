@@ -50,7 +50,7 @@ def test_tiny_encoder_matches_a_float64_reference_bert(
 ) -> None:
     import adapters.mlx_bert
 
-    # Inputs this short normally keep MLX's attention; from one token on, the numpy softmax serves them.
+    # Batches this small normally keep MLX's attention; from one score on, the numpy softmax serves them.
     monkeypatch.setattr(adapters.mlx_bert, "NUMPY_SOFTMAX_FROM", 1 if numpy_softmax else 1 << 20)
     enc = SentenceEncoder.load(tiny_dir, fast_gelu=fast_gelu)
     out = enc.encode(TEXTS)
@@ -181,3 +181,23 @@ def test_cross_encoder_loads_minilm_weights_in_the_sequence_classification_layou
     (logit,) = ce.logits([("how do i reset my password", "click forgot password on the login page")])
     assert logit == pytest.approx(reference_logit(tmp_path, enc.ids, enc.type_ids), abs=1e-4)
     assert reference_hidden(tmp_path, enc.ids, enc.type_ids).shape == (len(enc.ids), 384)
+
+
+def test_the_numpy_softmax_serves_a_batch_by_its_count_of_scores_not_by_its_length(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import adapters.mlx_bert
+
+    enc = SentenceEncoder.load(tiny_dir)
+    width = len(enc.tokenizer.encode("rain").ids)
+    heads, layers = enc.config.num_attention_heads, enc.config.num_hidden_layers
+    monkeypatch.setattr(adapters.mlx_bert, "NUMPY_SOFTMAX_FROM", 2 * heads * width * width)
+    calls: list[int] = []
+    real = adapters.mlx_bert.softmax
+    monkeypatch.setattr(adapters.mlx_bert, "softmax", lambda scores: calls.append(1) or real(scores))
+    single = enc.encode(["rain"]).vectors[0]
+    assert calls == []  # one short input: MLX's fused attention
+    batch = enc.encode(["rain"] * 4).vectors
+    assert len(calls) == layers  # four of them: enough scores for numpy, once per layer
+    for vector in batch:
+        assert _cos(vector, single) > 0.99999

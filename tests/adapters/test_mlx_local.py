@@ -258,7 +258,7 @@ async def test_probe_reports_loading_then_ready_and_early_calls_wait(models_dir:
             "cross": "ready",
             "lm": "ready",
         }
-        assert details["enc layout"] == details["cross layout"] == "float32, numpy softmax from 64 tokens (cpu)"
+        assert details["enc layout"] == details["cross layout"] == "float32, numpy softmax from 8192 scores (cpu)"
     finally:
         gate.set()
         await adapter.aclose()
@@ -376,7 +376,7 @@ async def test_the_shipped_mlx_manifest_serves_the_default_packs() -> None:
         layouts = {k: details.pop(k) for k in list(details) if k.endswith(" layout")}
         assert details == {"all-minilm-l6-v2": "ready", "smollm2-135m-instruct": "ready"}
         if "cpu" in layouts["smollm2-135m-instruct layout"]:
-            assert layouts["all-minilm-l6-v2 layout"] == "float32, numpy softmax from 64 tokens (cpu)"
+            assert layouts["all-minilm-l6-v2 layout"] == "float32, numpy softmax from 8192 scores (cpu)"
             assert layouts["smollm2-135m-instruct layout"] == (
                 "float32 converted from 4/8-bit quantized at load, numpy softmax (cpu)"
             )
