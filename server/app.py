@@ -30,10 +30,12 @@ from server.config import Settings
 from server.discovery import Discovery
 from server.governance import limiter_for, open_audit, redactor_for
 from server.health import StateRef, health_report
+from server.http_guard import HostCheck, HostOriginGuard, RequestGuard, cancel_when_client_leaves, guarded
 from server.policy import PolicyEngine
 from server.principal import SCOPE_KEY, principal_middleware, token_digest
 from server.redact import redact_tool_errors, redacted_logs
 from server.router import Breaker, Router
+from server.session_guard import SessionGuard
 from server.state import AppState
 from server.telemetry import CONTENT_TYPE, Metrics
 from server.tools import register_tools
@@ -134,15 +136,20 @@ def build_server(
         log_level=settings.log_level,  # type: ignore[arg-type]
     )
     server.middleware.append(principal_middleware)
+    server.middleware.append(cancel_when_client_leaves)
     server.middleware.append(redact_tool_errors)
     register_tools(server, ref)
-    for route in ops_routes(ref):
+    for route in ops_routes(ref, transport_security(settings)):
         server.custom_route(route.path, methods=["GET"])(route.endpoint)
     return server
 
 
-def ops_routes(ref: StateRef) -> list[Route]:
-    """GET /health (503 when a capability cannot be served) and GET /metrics."""
+def ops_routes(ref: StateRef, security: TransportSecuritySettings | None = None) -> list[Route]:
+    """GET /health (503 when a capability cannot be served) and GET /metrics, behind the Host/Origin check.
+
+    Without `security`, the loopback names only (the stdio metrics port listens on 127.0.0.1).
+    """
+    check = HostCheck(security or _LOOPBACK)
 
     async def health(request: Request) -> Response:
         if ref.state is None:
@@ -157,7 +164,10 @@ def ops_routes(ref: StateRef) -> list[Route]:
         ref.state.metrics.snapshot_age.set(ref.state.discovery.snapshot.age_s())
         return Response(ref.state.metrics.render(), media_type=CONTENT_TYPE)
 
-    return [Route("/health", health, methods=["GET"]), Route("/metrics", metrics, methods=["GET"])]
+    return [
+        Route("/health", guarded(health, check), methods=["GET"]),
+        Route("/metrics", guarded(metrics, check), methods=["GET"]),
+    ]
 
 
 def transport_security(settings: Settings) -> TransportSecuritySettings:
@@ -165,6 +175,13 @@ def transport_security(settings: Settings) -> TransportSecuritySettings:
     origins = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
     origins += [f"http://{h}" for h in settings.allowed_hosts] + [f"https://{h}" for h in settings.allowed_hosts]
     return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+
+
+_LOOPBACK = TransportSecuritySettings(
+    enable_dns_rebinding_protection=True,
+    allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
+    allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+)
 
 
 class BearerAuth:
@@ -195,29 +212,39 @@ class BearerAuth:
 
 
 def http_app(settings: Settings, server: MCPServer[AppState]) -> ASGIApp:
+    """The MCP transport behind the front door (outermost first): Host/Origin, bearer token, body, session."""
     security = transport_security(settings)
-    app: Starlette
+    front = settings.manifests.performance.http_server
+    sdk: Starlette
     if settings.transport == "sse":
-        app = server.sse_app(transport_security=security, host=settings.host)
+        sdk = server.sse_app(
+            transport_security=security, host=settings.host, max_request_body_size=front.max_body_bytes
+        )
     else:
-        app = server.streamable_http_app(
+        sdk = server.streamable_http_app(
             json_response=settings.json_response,
             stateless_http=settings.stateless,
             transport_security=security,
             host=settings.host,
+            max_request_body_size=front.max_body_bytes,
+            session_idle_timeout=front.session_idle_timeout_s,
+            max_sessions=front.max_sessions * 2,  # the session guard makes room first; this never refuses
         )
+    app: ASGIApp = SessionGuard.for_config(sdk, front, stateless=settings.stateless)
+    app = RequestGuard.for_config(app, front)
     if settings.auth_subjects:
-        return BearerAuth(app, settings.auth_subjects)
-    return app
+        app = BearerAuth(app, settings.auth_subjects)
+    return HostOriginGuard(app, security)
 
 
 async def serve_http(settings: Settings) -> None:
     import uvicorn
 
+    from server.http_server import uvicorn_config  # imports uvicorn: kept off the stdio start
+
     ref = StateRef()
     server = build_server(settings, ref)
-    app = http_app(settings, server)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", lifespan="on")
+    config = uvicorn_config(settings, http_app(settings, server))
     if settings.transport == "sse":
         # legacy SSE runs the MCP lifespan per connection: share one AppState across them
         async with gateway_state(settings) as state:

@@ -53,6 +53,12 @@ def load_tokens_file(path: Path) -> dict[str, str]:
     return {t.sha256: t.subject for t in parsed.tokens}
 
 
+def scope_principal(scope: Mapping[str, Any]) -> str | None:
+    """The subject the HTTP auth layer left in an ASGI scope (None when the server requires no token)."""
+    subject = scope.get(SCOPE_KEY)
+    return subject if isinstance(subject, str) else None
+
+
 def principal_for(default: str) -> str:
     """The authenticated subject of the request being served, else `default` (the local user)."""
     return current_principal.get() or default
@@ -62,8 +68,8 @@ async def principal_middleware(ctx: Any, call_next: Any) -> Any:
     """MCP middleware: expose the subject the HTTP auth layer found to everything this request runs."""
     request = getattr(ctx, "request", None)
     scope: Mapping[str, Any] | None = getattr(request, "scope", None)
-    subject = scope.get(SCOPE_KEY) if scope is not None else None
-    if not isinstance(subject, str):
+    subject = scope_principal(scope) if scope is not None else None
+    if subject is None:
         return await call_next(ctx)
     token = current_principal.set(subject)
     try:

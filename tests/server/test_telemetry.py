@@ -121,7 +121,8 @@ async def test_http_health_is_503_when_a_capability_has_no_usable_route(tmp_path
     async with Client(server) as c:
         await c.call_tool("embed", {"input": "x"})
         health = next(r for r in ops_routes(ref) if r.path == "/health")
-        reply = await health.endpoint(Request({"type": "http", "method": "GET", "path": "/health", "headers": []}))
+        scope = {"type": "http", "method": "GET", "path": "/health", "headers": [(b"host", b"127.0.0.1:8765")]}
+        reply = await health.endpoint(Request(scope))
     body = json.loads(reply.body)
     assert reply.status_code == 503
     assert body["capabilities"] == {"chat": False, "embed": True, "rerank": False}

@@ -1,0 +1,258 @@
+"""ASGI layers at the HTTP front door: Host/Origin checks, request-body bounds, and dropped clients.
+
+- `HostCheck` / `HostOriginGuard`: every path (the MCP endpoints, /health, /metrics, anything else)
+  answers only to the Host and Origin values the MCP transports accept, so a web page that rebinds
+  its DNS name to 127.0.0.1 reads nothing. Refusals never echo the header back or log it whole.
+- `RequestGuard`: a body larger than the cap is refused (413) from its Content-Length before any of
+  it is read, or as soon as a streamed body passes the cap; a body not received in full within the
+  deadline is refused (408). The body is handed on whole, and the guard is the only reader of the
+  client's side of the connection afterwards: when the client goes away before its answer is
+  complete, the call it was waiting for is cancelled (`cancel_when_client_leaves`, an MCP
+  middleware, registers how), and the request itself is cut after a short grace.
+
+The connection-level bound (request headers within a deadline) lives in `server/http_server.py`,
+below ASGI, where the headers are parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.manifests import HTTPServerConfig
+
+log = logging.getLogger("model_gateway.http")
+
+REQUEST_KEY = "model_gateway.request"
+CLIENT_GONE = -32800  # JSON-RPC code the MCP transports use for a request cancelled before its answer
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """One request header (lower-case name), without building a Headers object per request."""
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _matches(value: str, allowed: Iterable[str]) -> bool:
+    """Exact match, or `base:*` for `base:<digits>` (the MCP SDK's rule, with the port checked to be a number)."""
+    for pattern in allowed:
+        if value == pattern:
+            return True
+        if pattern.endswith(":*"):
+            base = pattern[:-1]
+            if value.startswith(base) and value[len(base) :].isdigit():
+                return True
+    return False
+
+
+class HostCheck:
+    """The Host/Origin rule of the MCP transports, for any request."""
+
+    def __init__(self, security: TransportSecuritySettings) -> None:
+        self._on = security.enable_dns_rebinding_protection
+        self._hosts = tuple(security.allowed_hosts)
+        self._origins = tuple(security.allowed_origins)
+
+    def refusal(self, scope: Scope) -> Response | None:
+        """None when the request may pass; else the answer (421 for Host, 403 for Origin)."""
+        if not self._on:
+            return None
+        host = header(scope, b"host")
+        if host is None or not _matches(host.decode("latin-1"), self._hosts):
+            log.debug("refused a request with a Host header that is not allowed")
+            return Response("Invalid Host header", status_code=421)
+        origin = header(scope, b"origin")
+        if origin is not None and not _matches(origin.decode("latin-1"), self._origins):
+            log.debug("refused a request with an Origin header that is not allowed")
+            return Response("Invalid Origin header", status_code=403)
+        return None
+
+
+class HostOriginGuard:
+    """ASGI layer: `HostCheck` on every HTTP request, before anything else reads it."""
+
+    def __init__(self, app: ASGIApp, security: TransportSecuritySettings) -> None:
+        self.app = app
+        self._check = HostCheck(security)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refusal = self._check.refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def guarded(endpoint: Callable[[Request], Any], check: HostCheck) -> Callable[[Request], Any]:
+    """A Starlette endpoint that answers only requests passing `check` (for routes served on their own)."""
+
+    async def guarded_endpoint(request: Request) -> Response:
+        refusal = check.refusal(request.scope)
+        if refusal is not None:
+            return refusal
+        response: Response = await endpoint(request)
+        return response
+
+    return guarded_endpoint
+
+
+@dataclass(eq=False)
+class RequestState:
+    """What the guard knows about one HTTP request, left in its scope for the layers and middleware below."""
+
+    body: bytes
+    disconnected: anyio.Event = field(default_factory=anyio.Event)
+    responded: bool = False  # the answer was sent in full
+    on_disconnect: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def client_gone(self) -> bool:
+        return self.disconnected.is_set() and not self.responded
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    max_bytes: int
+    timeout_s: float
+    cancel_grace_s: float = 5.0  # after cancelling its call, how long a dropped client's request may take to end
+
+
+def jsonrpc_error(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """A JSON-RPC error body (no id), as the MCP transports answer requests they refuse."""
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}})
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _error(status: int, message: str) -> Response:
+    """A refusal before the body was read: the connection cannot carry another request."""
+    return jsonrpc_error(status, -32600, message, {"connection": "close"})
+
+
+class RequestGuard:
+    """ASGI layer: bounded request bodies, and a dropped client's request cancelled instead of run to its end."""
+
+    def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
+        self.app = app
+        self._limits = limits
+
+    @classmethod
+    def for_config(cls, app: ASGIApp, config: HTTPServerConfig) -> RequestGuard:
+        return cls(app, BodyLimits(config.max_body_bytes, config.body_timeout_s))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body = await self._read_body(scope, receive, send)
+        if body is None:
+            return
+        state = RequestState(body)
+        scope[REQUEST_KEY] = state
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await state.disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        async def tracking_send(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                state.responded = True
+            await send(message)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch, receive, state, tg.cancel_scope)
+            await self.app(scope, replay, tracking_send)
+            tg.cancel_scope.cancel()
+
+    async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The whole body, or None once the request has been answered (too large, too slow, client gone)."""
+        cap = self._limits.max_bytes
+        declared = header(scope, b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await _error(400, "Content-Length is not a number")(scope, receive, send)
+                return None
+            if int(declared) > cap:
+                await self._too_large(scope, receive, send, int(declared))
+                return None
+        chunks: list[bytes] = []
+        size = 0
+        with anyio.move_on_after(self._limits.timeout_s) as deadline:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return None  # the client left before sending its body
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > cap:
+                    await self._too_large(scope, receive, send, None)
+                    return None
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        if deadline.cancelled_caught:
+            log.info("refused a request whose body did not arrive within %.0f s", self._limits.timeout_s)
+            text = f"request body not received within {self._limits.timeout_s:g} s (http_server.body_timeout_s)"
+            await _error(408, text)(scope, receive, send)
+            return None
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, declared: int | None) -> None:
+        cap = self._limits.max_bytes
+        size = f"{declared} bytes" if declared is not None else "over the limit"
+        log.info("refused a request body %s (limit %d bytes)", size, cap)
+        text = f"request body is {size}; the limit is {cap} bytes (http_server.max_body_bytes)"
+        await _error(413, text)(scope, receive, send)
+
+    async def _watch(self, receive: Receive, state: RequestState, request_scope: anyio.CancelScope) -> None:
+        """Sole reader of the client's side once the body is in: notices when the client goes away."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        state.disconnected.set()
+        if state.responded:
+            return
+        hooks = list(state.on_disconnect)
+        for cancel in hooks:
+            cancel()
+        if hooks:
+            await anyio.sleep(self._limits.cancel_grace_s)
+        request_scope.cancel()
+
+
+async def cancel_when_client_leaves(ctx: Any, call_next: Any) -> Any:
+    """MCP middleware: a request whose HTTP client went away is cancelled where it runs.
+
+    The call sees an ordinary cancellation (upstream requests are closed, the audit records
+    `cancelled`); the answer, which nobody will read, is a JSON-RPC error.
+    """
+    request = getattr(ctx, "request", None)
+    scope = getattr(request, "scope", None)
+    state = scope.get(REQUEST_KEY) if isinstance(scope, dict) else None
+    if not isinstance(state, RequestState) or ctx.request_id is None:
+        return await call_next(ctx)
+    with anyio.CancelScope() as cancel_scope:
+        if state.client_gone:
+            cancel_scope.cancel()
+        state.on_disconnect.append(cancel_scope.cancel)
+        try:
+            return await call_next(ctx)
+        finally:
+            state.on_disconnect.remove(cancel_scope.cancel)
+    raise MCPError(code=CLIENT_GONE, message="the client disconnected; the request was cancelled")

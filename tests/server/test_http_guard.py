@@ -1,0 +1,252 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import pytest
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+
+from server.http_guard import (
+    REQUEST_KEY,
+    BodyLimits,
+    HostCheck,
+    HostOriginGuard,
+    RequestGuard,
+    RequestState,
+    cancel_when_client_leaves,
+)
+
+pytestmark = pytest.mark.anyio
+
+Message = dict[str, Any]
+SECURITY = TransportSecuritySettings(
+    enable_dns_rebinding_protection=True,
+    allowed_hosts=["127.0.0.1:*", "gw.example.org"],
+    allowed_origins=["http://127.0.0.1:*", "https://gw.example.org"],
+)
+
+
+def scope(method: str = "POST", path: str = "/mcp", **headers: str) -> dict[str, Any]:
+    hdrs = [(k.replace("_", "-").encode(), v.encode()) for k, v in {"host": "127.0.0.1:8765", **headers}.items()]
+    return {"type": "http", "method": method, "path": path, "headers": hdrs, "query_string": b""}
+
+
+class Inner:
+    """An ASGI app that records what reached it and answers 200 with what it read."""
+
+    def __init__(self, answer: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.calls = 0
+        self.bodies: list[bytes] = []
+        self.answer = answer
+        self.cancelled = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.calls += 1
+        message = await receive()
+        self.bodies.append(message.get("body", b""))
+        try:
+            if self.answer is not None:
+                await self.answer()
+        except anyio.get_cancelled_exc_class():
+            self.cancelled = True
+            raise
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def drive(app: Any, sc: dict[str, Any], incoming: list[Message], then: Message | None = None) -> list[Message]:
+    """Feed `incoming` to the app; after it, `then` (None: the client waits silently)."""
+    queue = list(incoming)
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if queue:
+            return queue.pop(0)
+        if then is None:
+            await anyio.sleep_forever()
+        return then  # type: ignore[return-value]
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    with anyio.fail_after(10):
+        await app(sc, receive, send)
+    return sent
+
+
+def status(sent: list[Message]) -> int:
+    return int(next(m["status"] for m in sent if m["type"] == "http.response.start"))
+
+
+def body_text(sent: list[Message]) -> str:
+    return b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body").decode()
+
+
+@pytest.mark.parametrize(
+    ("host", "origin", "expected"),
+    [
+        ("127.0.0.1:8765", None, None),
+        ("gw.example.org", "https://gw.example.org", None),
+        ("127.0.0.1:8765", "http://127.0.0.1:3000", None),
+        ("evil.example:8765", None, 421),
+        ("127.0.0.1:evil", None, 421),
+        ("127.0.0.1", None, 421),
+        ("127.0.0.1:8765", "http://evil.example", 403),
+        ("127.0.0.1:8765", "null", 403),
+        ("127.0.0.1:8765", "http://127.0.0.1:80@evil", 403),
+    ],
+)
+def test_the_host_check_takes_loopback_ports_and_named_hosts_only(
+    host: str, origin: str | None, expected: int | None
+) -> None:
+    sc = scope(host=host, **({"origin": origin} if origin else {}))
+    refusal = HostCheck(SECURITY).refusal(sc)
+    assert (refusal.status_code if refusal else None) == expected
+
+
+async def test_a_request_without_a_host_header_is_refused() -> None:
+    inner = Inner()
+    sc = scope()
+    sc["headers"] = []
+    sent = await drive(HostOriginGuard(inner, SECURITY), sc, [{"type": "http.request", "body": b""}])
+    assert status(sent) == 421 and inner.calls == 0
+
+
+async def test_a_refused_host_is_not_echoed_back() -> None:
+    inner = Inner()
+    sent = await drive(HostOriginGuard(inner, SECURITY), scope(path="/health", host="x" * 5000), [])
+    assert status(sent) == 421 and "xxxx" not in body_text(sent) and inner.calls == 0
+
+
+async def test_a_declared_body_over_the_cap_is_refused_before_any_of_it_is_read() -> None:
+    inner = Inner()
+    reads = 0
+
+    async def receive() -> Message:
+        nonlocal reads
+        reads += 1
+        return {"type": "http.request", "body": b"x" * 10, "more_body": True}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    guard = RequestGuard(inner, BodyLimits(max_bytes=1000, timeout_s=5))
+    await guard(scope(content_length="1001"), receive, send)
+    assert status(sent) == 413 and reads == 0 and inner.calls == 0
+    reply = json.loads(body_text(sent))
+    assert "1001 bytes" in reply["error"]["message"] and "1000" in reply["error"]["message"]
+    assert (b"connection", b"close") in next(m for m in sent if m["type"] == "http.response.start")["headers"]
+
+
+async def test_a_streamed_body_is_cut_off_as_soon_as_it_passes_the_cap() -> None:
+    inner = Inner()
+    chunks = [{"type": "http.request", "body": b"x" * 400, "more_body": True} for _ in range(10)]
+    sent = await drive(RequestGuard(inner, BodyLimits(max_bytes=1000, timeout_s=5)), scope(), chunks)
+    assert status(sent) == 413 and inner.calls == 0
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_refused_with_408() -> None:
+    inner = Inner()
+    trickle = [{"type": "http.request", "body": b"x", "more_body": True}]
+    sent = await drive(RequestGuard(inner, BodyLimits(max_bytes=1000, timeout_s=0.2)), scope(), trickle)
+    assert status(sent) == 408 and inner.calls == 0
+
+
+async def test_a_content_length_that_is_not_a_number_is_refused() -> None:
+    inner = Inner()
+    sent = await drive(RequestGuard(inner, BodyLimits(1000, 5)), scope(content_length="12abc"), [])
+    assert status(sent) == 400 and inner.calls == 0
+
+
+async def test_the_body_reaches_the_app_whole_in_one_message() -> None:
+    inner = Inner()
+    parts = [{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.request", "body": b"cd"}]
+    sent = await drive(RequestGuard(inner, BodyLimits(1000, 5)), scope(), parts)
+    assert status(sent) == 200 and inner.bodies == [b"abcd"]
+
+
+async def test_when_the_client_leaves_before_its_answer_the_hooks_run_and_the_request_is_cut() -> None:
+    hooked = anyio.Event()
+
+    async def slow_answer() -> None:
+        await anyio.sleep_forever()
+
+    inner = Inner(slow_answer)
+
+    async def app(sc: dict[str, Any], receive: Any, send: Any) -> None:
+        state = sc[REQUEST_KEY]
+        assert isinstance(state, RequestState)
+        state.on_disconnect.append(hooked.set)
+        await inner(sc, receive, send)
+
+    guard = RequestGuard(app, BodyLimits(1000, 5, cancel_grace_s=0.01))
+    sent = await drive(guard, scope(), [{"type": "http.request", "body": b"{}"}], then={"type": "http.disconnect"})
+    assert hooked.is_set() and inner.cancelled and sent == []
+
+
+async def test_a_request_answered_in_full_runs_no_disconnect_hook() -> None:
+    hooks: list[str] = []
+
+    async def app(sc: dict[str, Any], receive: Any, send: Any) -> None:
+        sc[REQUEST_KEY].on_disconnect.append(lambda: hooks.append("ran"))
+        await Inner()(sc, receive, send)
+
+    sent = await drive(RequestGuard(app, BodyLimits(1000, 5)), scope(), [{"type": "http.request", "body": b""}])
+    assert status(sent) == 200 and hooks == []
+
+
+class Ctx:
+    def __init__(self, state: RequestState, request_id: int | None = 1) -> None:
+        self.request = type("R", (), {"scope": {REQUEST_KEY: state}})()
+        self.request_id = request_id
+
+
+async def test_a_call_whose_client_has_gone_is_cancelled_and_answered_with_an_error() -> None:
+    state = RequestState(b"")
+    reached = anyio.Event()
+    cancelled = False
+
+    async def call_next(ctx: Any) -> Any:
+        nonlocal cancelled
+        reached.set()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            cancelled = True
+            raise
+
+    async def leave() -> None:
+        await reached.wait()
+        state.disconnected.set()
+        for hook in list(state.on_disconnect):
+            hook()
+
+    errors: list[MCPError] = []
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(leave)
+            try:
+                await cancel_when_client_leaves(Ctx(state), call_next)
+            except MCPError as exc:
+                errors.append(exc)
+    assert cancelled and "disconnected" in errors[0].message and state.on_disconnect == []
+
+
+async def test_a_call_that_arrives_after_its_client_left_does_not_start() -> None:
+    state = RequestState(b"")
+    state.disconnected.set()
+    started = False
+
+    async def call_next(ctx: Any) -> Any:
+        nonlocal started
+        await anyio.lowlevel.checkpoint()
+        started = True
+
+    with pytest.raises(MCPError):
+        await cancel_when_client_leaves(Ctx(state), call_next)
+    assert not started
