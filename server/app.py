@@ -26,6 +26,7 @@ from adapters.base import Adapter
 from adapters.registry import create_adapter
 from server import __version__
 from server.batching import EmbedCoalescer
+from server.client_logs import ClientLogs, client_log_scope
 from server.config import Settings
 from server.discovery import Discovery
 from server.governance import limiter_for, open_audit, redactor_for
@@ -80,6 +81,7 @@ async def gateway_state(settings: Settings, adapters: Mapping[str, Adapter] | No
             EmbedCoalescer(perf.batching, perf.deadlines.embed_s, metrics.observe_batch)
         )
         tg = await stack.enter_async_context(anyio.create_task_group())
+        client_logs = ClientLogs(redactor, max_sessions=perf.http_server.max_sessions)
         state = AppState(
             settings=settings,
             adapters=adapters,
@@ -91,8 +93,10 @@ async def gateway_state(settings: Settings, adapters: Mapping[str, Adapter] | No
             metrics=metrics,
             limiter=limiter_for(settings),
             redactor=redactor,
+            client_logs=client_logs,
         )
         tg.start_soon(discovery.run)
+        tg.start_soon(client_logs.run)
         try:
             yield state
         finally:
@@ -136,6 +140,7 @@ def build_server(
         log_level=settings.log_level,  # type: ignore[arg-type]
     )
     server.middleware.append(principal_middleware)
+    server.middleware.append(client_log_scope)
     server.middleware.append(cancel_when_client_leaves)
     server.middleware.append(redact_tool_errors)
     register_tools(server, ref)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from adapters.base import Adapter
 from server.audit import AuditLog
 from server.batching import EmbedCoalescer
+from server.client_logs import ClientLogs
 from server.config import Settings
 from server.discovery import Discovery
 from server.policy import PolicyEngine
@@ -29,6 +30,7 @@ class AppState:
     metrics: Metrics
     limiter: RateLimiter
     redactor: Redactor
+    client_logs: ClientLogs
     started_at: float = field(default_factory=time.time)
     in_flight: int = 0
 
