@@ -15,7 +15,6 @@ request that streams it.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from urllib.parse import parse_qsl
 from uuid import UUID
 
 import anyio
+import pydantic_core
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -76,10 +76,10 @@ def _is_initialize(scope: Scope) -> bool:
     """
     state = scope.get(REQUEST_KEY)
     body = state.body if isinstance(state, RequestState) else b""
-    if len(body) > _MAX_INITIALIZE_BYTES:
+    if len(body) > _MAX_INITIALIZE_BYTES or b'"initialize"' not in body:
         return False
-    try:
-        message = json.loads(body)
+    try:  # the transport's own parser: iterative, depth-limited, the same verdict on the same bytes
+        message = pydantic_core.from_json(body)
     except ValueError:
         return False
     return isinstance(message, dict) and message.get("method") == "initialize"
