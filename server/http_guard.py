@@ -5,10 +5,10 @@
   its DNS name to 127.0.0.1 reads nothing. Refusals never echo the header back or log it whole.
 - `RequestGuard`: a body larger than the cap is refused (413) from its Content-Length before any of
   it is read, or as soon as a streamed body passes the cap; a body not received in full within the
-  deadline is refused (408). The body is handed on whole, and the guard is the only reader of the
-  client's side of the connection afterwards: when the client goes away before its answer is
-  complete, the call it was waiting for is cancelled (`cancel_when_client_leaves`, an MCP
-  middleware, registers how), and the request itself is cut after a short grace.
+  deadline is refused (408). The body is handed on whole. When the client goes away before its
+  answer is complete (the HTTP server's protocol reports it: `RequestState.client_left`), the call
+  it was waiting for is cancelled (`cancel_when_client_leaves`, an MCP middleware, registers how),
+  and the request itself is cut after a short grace.
 
 The connection-level bound (request headers within a deadline) lives in `server/http_server.py`,
 below ASGI, where the headers are parsed.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,13 +115,39 @@ class RequestState:
     """What the guard knows about one HTTP request, left in its scope for the layers and middleware below."""
 
     body: bytes
-    disconnected: anyio.Event = field(default_factory=anyio.Event)
+    grace_s: float = 5.0
+    disconnected: bool = False
     responded: bool = False  # the answer was sent in full
     on_disconnect: list[Callable[[], None]] = field(default_factory=list)
+    cut: anyio.CancelScope | None = None  # around the request itself, while it runs
+    _clock: tuple[float, float] = (0.0, 0.0)  # (event-loop time, monotonic time) when the request began
 
     @property
     def client_gone(self) -> bool:
-        return self.disconnected.is_set() and not self.responded
+        return self.disconnected and not self.responded
+
+    def client_left(self) -> None:
+        """The client closed its connection before the answer was complete: cancel what it waits for.
+
+        Called from the HTTP server's protocol when the connection drops (no task per request
+        watches for it), or when a layer reads `http.disconnect`. Hooks (the call) are cancelled
+        at once; the request itself is cut after the grace, or at once when nothing is hooked.
+        """
+        if self.disconnected:
+            return
+        self.disconnected = True
+        if self.responded:
+            return
+        hooks = list(self.on_disconnect)
+        for cancel in hooks:
+            cancel()
+        if self.cut is None:
+            return
+        if not hooks:
+            self.cut.cancel()
+            return
+        loop_then, mono_then = self._clock
+        self.cut.deadline = min(self.cut.deadline, loop_then + time.monotonic() - mono_then + self.grace_s)
 
 
 @dataclass(frozen=True)
@@ -159,7 +186,7 @@ class RequestGuard:
         body = await self._read_body(scope, receive, send)
         if body is None:
             return
-        state = RequestState(body)
+        state = RequestState(body, self._limits.cancel_grace_s)
         scope[REQUEST_KEY] = state
         delivered = False
 
@@ -168,18 +195,22 @@ class RequestGuard:
             if not delivered:
                 delivered = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            await state.disconnected.wait()
-            return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                state.client_left()
+            return message
 
         async def tracking_send(message: Message) -> None:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 state.responded = True
             await send(message)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch, receive, state, tg.cancel_scope)
-            await self.app(scope, replay, tracking_send)
-            tg.cancel_scope.cancel()
+        try:
+            with anyio.CancelScope() as cut:
+                state.cut, state._clock = cut, (anyio.current_time(), time.monotonic())
+                await self.app(scope, replay, tracking_send)
+        finally:
+            state.cut, state.body = None, b""  # the scope may outlive the request; its body need not
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The whole body, or None once the request has been answered (too large, too slow, client gone)."""
@@ -220,20 +251,6 @@ class RequestGuard:
         log.info("refused a request body %s (limit %d bytes)", size, cap)
         text = f"request body is {size}; the limit is {cap} bytes (http_server.max_body_bytes)"
         await _error(413, text)(scope, receive, send)
-
-    async def _watch(self, receive: Receive, state: RequestState, request_scope: anyio.CancelScope) -> None:
-        """Sole reader of the client's side once the body is in: notices when the client goes away."""
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        state.disconnected.set()
-        if state.responded:
-            return
-        hooks = list(state.on_disconnect)
-        for cancel in hooks:
-            cancel()
-        if hooks:
-            await anyio.sleep(self._limits.cancel_grace_s)
-        request_scope.cancel()
 
 
 async def cancel_when_client_leaves(ctx: Any, call_next: Any) -> Any:

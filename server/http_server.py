@@ -5,7 +5,9 @@ request headers: one byte every few seconds holds a connection (and its slot) fo
 connection that sends nothing is never closed. `HeaderDeadlineProtocol` gives each request's
 headers `header_timeout_s` from the moment the connection opens or the first byte of the next
 request arrives; past it the connection is closed. Headers are parsed here, below ASGI, so no
-ASGI layer could see this.
+ASGI layer could see this. It also tells a request that its client has gone
+(`RequestState.client_left`) the moment the connection drops, so no task per request has to
+wait on the connection to notice.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from server.config import Settings
+from server.http_guard import REQUEST_KEY, RequestState
 
 log = logging.getLogger("model_gateway.http")
 
@@ -51,7 +54,12 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and not cycle.response_complete:
+            state = cycle.scope.get(REQUEST_KEY)
+            if isinstance(state, RequestState):
+                state.client_left()  # the request's call is cancelled now, not at its deadline
 
     def _note_cycle(self) -> None:
         """A new request cycle means its headers are complete."""

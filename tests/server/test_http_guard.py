@@ -172,6 +172,7 @@ async def test_the_body_reaches_the_app_whole_in_one_message() -> None:
 
 async def test_when_the_client_leaves_before_its_answer_the_hooks_run_and_the_request_is_cut() -> None:
     hooked = anyio.Event()
+    states: list[RequestState] = []
 
     async def slow_answer() -> None:
         await anyio.sleep_forever()
@@ -179,14 +180,34 @@ async def test_when_the_client_leaves_before_its_answer_the_hooks_run_and_the_re
     inner = Inner(slow_answer)
 
     async def app(sc: dict[str, Any], receive: Any, send: Any) -> None:
-        state = sc[REQUEST_KEY]
-        assert isinstance(state, RequestState)
-        state.on_disconnect.append(hooked.set)
+        states.append(sc[REQUEST_KEY])
+        states[0].on_disconnect.append(hooked.set)
         await inner(sc, receive, send)
 
-    guard = RequestGuard(app, BodyLimits(1000, 5, cancel_grace_s=0.01))
-    sent = await drive(guard, scope(), [{"type": "http.request", "body": b"{}"}], then={"type": "http.disconnect"})
+    async def server_sees_the_connection_drop() -> None:
+        while not states:
+            await anyio.lowlevel.checkpoint()
+        states[0].client_left()  # what the HTTP server's protocol calls on connection_lost
+
+    guard = RequestGuard(app, BodyLimits(1000, 5, cancel_grace_s=0.05))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server_sees_the_connection_drop)
+        sent = await drive(guard, scope(), [{"type": "http.request", "body": b"{}"}])
     assert hooked.is_set() and inner.cancelled and sent == []
+    assert states[0].body == b""  # not kept past the request
+
+
+async def test_a_disconnect_read_by_the_app_counts_as_the_client_leaving() -> None:
+    seen: list[RequestState] = []
+
+    async def app(sc: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(sc[REQUEST_KEY])
+        await receive()  # the body
+        await receive()  # a streaming response listens for the client leaving
+
+    body = [{"type": "http.request", "body": b""}]
+    await drive(RequestGuard(app, BodyLimits(1000, 5)), scope(), body, then={"type": "http.disconnect"})
+    assert seen[0].client_gone
 
 
 async def test_a_request_answered_in_full_runs_no_disconnect_hook() -> None:
@@ -222,9 +243,7 @@ async def test_a_call_whose_client_has_gone_is_cancelled_and_answered_with_an_er
 
     async def leave() -> None:
         await reached.wait()
-        state.disconnected.set()
-        for hook in list(state.on_disconnect):
-            hook()
+        state.client_left()
 
     errors: list[MCPError] = []
     with anyio.fail_after(5):
@@ -239,7 +258,7 @@ async def test_a_call_whose_client_has_gone_is_cancelled_and_answered_with_an_er
 
 async def test_a_call_that_arrives_after_its_client_left_does_not_start() -> None:
     state = RequestState(b"")
-    state.disconnected.set()
+    state.disconnected = True
     started = False
 
     async def call_next(ctx: Any) -> Any:
