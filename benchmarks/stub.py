@@ -86,10 +86,11 @@ def _settings(transport: str, port: int, manifests: Path) -> object:
     return load_settings(manifests_dir=manifests, transport=transport, port=port)  # type: ignore[arg-type]
 
 
-async def _serve(transport: str, port: int, manifests: Path) -> None:
-    from server.app import build_server, http_app
+async def _serve(transport: str, port: int, manifests: Path, front_door: bool = True) -> None:
+    from server.app import build_server, http_app, transport_security
     from server.config import Settings
     from server.health import StateRef
+    from server.http_server import uvicorn_config
 
     settings = _settings(transport, port, manifests)
     assert isinstance(settings, Settings)
@@ -106,7 +107,11 @@ async def _serve(transport: str, port: int, manifests: Path) -> None:
         return
     import uvicorn
 
-    config = uvicorn.Config(http_app(settings, server), host="127.0.0.1", port=port, log_level="warning")
+    if front_door:
+        config = uvicorn_config(settings, http_app(settings, server))
+    else:  # the MCP transport as the SDK serves it: what the front door's layers are measured against
+        app = server.streamable_http_app(json_response=True, transport_security=transport_security(settings))
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     await uvicorn.Server(config).serve()
 
 
@@ -116,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--manifests", type=Path, help="default: a fresh temp dir routing to the stub")
     parser.add_argument("--audit-fsync", choices=["always", "group", "never"], help="override the shipped policy")
+    parser.add_argument(
+        "--no-front-door", action="store_true", help="HTTP: serve the SDK's app without the gateway's HTTP layers"
+    )
     args = parser.parse_args(argv)
     import anyio
 
@@ -123,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="stub-manifests-") as tmp:
         manifests = args.manifests or stub_manifests(Path(tmp), args.audit_fsync)
         try:
-            anyio.run(_serve, args.transport, args.port, manifests)
+            anyio.run(_serve, args.transport, args.port, manifests, not args.no_front_door)
         except KeyboardInterrupt:
             sys.exit(130)
 
