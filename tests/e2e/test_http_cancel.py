@@ -13,7 +13,7 @@ import httpx2
 import pytest
 
 from tests.support.hanging_upstream import HangingOllama
-from tests.support.mcp_http import open_session, post, tool_call
+from tests.support.mcp_http import INITIALIZED, initialize_message, open_session, post, sse_session, tool_call
 from tests.support.processes import (
     ROOT,
     free_port,
@@ -112,3 +112,21 @@ async def test_sigterm_over_http_lets_the_call_in_flight_finish_then_exits(tmp_p
     assert rc in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it drained for once it is done
     finish = [r for r in map(json.loads, audit_path(home).read_text().splitlines()) if r["event"] == "finish"]
     assert [r["outcome"] for r in finish] == ["ok"]
+
+
+async def test_a_legacy_sse_client_that_closes_its_stream_cancels_its_calls(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with HangingOllama(hold_s=60) as upstream:
+        manifests = ollama_manifests(tmp_path / "manifests", upstream.url)
+        with http_gateway(home, manifests, "sse") as base, anyio.fail_after(40):
+            timeout = httpx2.Timeout(10, read=None)
+            async with httpx2.AsyncClient(timeout=timeout) as http, sse_session(http, base) as session:
+                await post(http, session.endpoint, initialize_message(1))
+                await session.wait_for(1)
+                await post(http, session.endpoint, INITIALIZED)
+                await post(http, session.endpoint, tool_call("chat", CALLS["chat"], 2))
+                assert await anyio.to_thread.run_sync(upstream.entered.wait, 20)
+            released = await anyio.to_thread.run_sync(upstream.released.wait, 15)
+            finish = await finish_record(home, "chat")
+    assert released, "the upstream request was not closed when the client left"
+    assert finish["outcome"] == "cancelled", finish
