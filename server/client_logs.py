@@ -33,7 +33,7 @@ from mcp_types import LoggingMessageNotification, LoggingMessageNotificationPara
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from server.redact import Redactor
-from server.sessions import SESSION_KEY
+from server.sessions import session_of
 
 MAX_CHARS = 1000
 MAX_FIELD_CHARS = 200
@@ -130,9 +130,8 @@ class ClientLogs:
         """Whose request this is: the HTTP session the guard bound it to, the local session, or UNBOUND."""
         if request is None:
             return self.local
-        scope = getattr(request, "scope", None)
-        owner = scope.get(SESSION_KEY) if isinstance(scope, dict) else None
-        return owner if owner is not None else UNBOUND
+        handle = session_of(request)
+        return handle if handle is not None else UNBOUND
 
     def bind(self, owner: object, session: Any, refresh: bool) -> None:
         """Remember the session's channel (a new owner always; a known one when `refresh`)."""

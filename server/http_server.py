@@ -98,5 +98,6 @@ def uvicorn_config(settings: Settings, app: ASGIApp) -> uvicorn.Config:
         log_level="warning",
         lifespan="on",
         http=protocol_with(front.header_timeout_s),
+        ws="none",  # the gateway serves no WebSocket: an upgrade is not taken
         timeout_graceful_shutdown=math.ceil(front.shutdown_grace_s),
     )

@@ -42,6 +42,17 @@ class SessionHandle:
         return self.in_flight == 0 and self.streams == 0
 
 
+def session_of(request: object) -> SessionHandle | None:
+    """The HTTP session a request belongs to (from an MCP handler's `ctx.request`); None off HTTP or without one.
+
+    Per-session state (log levels, switches a client may flip for itself) keys on this handle: it is
+    bound to the principal that opened the session, and `closed` says when to let go of the state.
+    """
+    scope = getattr(request, "scope", None)
+    handle = scope.get(SESSION_KEY) if isinstance(scope, dict) else None
+    return handle if isinstance(handle, SessionHandle) else None
+
+
 @dataclass(frozen=True)
 class SessionLimits:
     per_principal: int = 64
