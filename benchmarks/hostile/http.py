@@ -1,6 +1,7 @@
 """Hostile HTTP traffic against the real `model-gateway serve` process, with the tally of what went wrong.
 
     python -m benchmarks.hostile.http [--requests 2400] [--seed 7] [--server-root DIR] [--json PATH]
+    python -m benchmarks.hostile.http --flood 10000 [--server-root DIR]
 
 Two principals (bearer tokens from MODEL_GATEWAY_AUTH_TOKENS_FILE) and a third that only
 pings. A seeded mix of tries runs eight at a time: bad Host and Origin values, missing or wrong
@@ -14,7 +15,9 @@ cross-principal accesses, connections held past their deadline, lockouts (a new 
 refused), dropped calls whose upstream was released at once, calls audited `cancelled`, idle and
 peak RSS. The goal: 0 crashes, 0 hangs, 0 cross-principal accesses, 0 held, peak RSS under
 2x idle + 64 MiB. `--server-root` runs the server from another checkout (an older commit, to
-compare); settings that checkout does not know are left out.
+compare); settings that checkout does not know are left out. `--flood N` instead opens N
+sessions as one principal and abandons them, with the shipped limits, and prints whether
+anyone was refused and what the sessions cost in memory.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -100,11 +104,14 @@ def rss_mib(pid: int, key: str) -> float:
 
 
 @contextmanager
-def gateway(tmp: Path, upstream_url: str, transport: str, server_root: Path) -> Iterator[subprocess.Popen[bytes]]:
+def gateway(
+    tmp: Path, upstream_url: str, transport: str, server_root: Path, front_door: dict[str, float] | None = FRONT_DOOR
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The server from `server_root` with `front_door` settings (None: as shipped) and the three tokens."""
     manifests = ollama_manifests(tmp / f"manifests-{transport}", upstream_url)
     shipped = json.loads((server_root / "manifests" / "performance-config.json").read_text())
-    if "http_server" in shipped:  # an older checkout has no such settings
-        shipped["http_server"].update(FRONT_DOOR)
+    if front_door and "http_server" in shipped:  # an older checkout has no such settings
+        shipped["http_server"].update(front_door)
         (manifests / "performance-config.json").write_text(json.dumps(shipped))
     env = gateway_env(
         tmp / "home",
@@ -307,6 +314,51 @@ def report(results: list[PhaseResult]) -> str:
     return "\n".join(lines)
 
 
+async def flood(openings: int, server_root: Path = ROOT) -> dict[str, float]:
+    """`openings` sessions opened by one principal and abandoned, with the shipped limits; then newcomers."""
+    with (
+        tempfile.TemporaryDirectory(prefix="hostile-flood-") as scratch,
+        HangingOllama(60, "HANG-HERE") as up,
+        gateway(Path(scratch), up.url, "streamable-http", server_root, front_door=None) as proc,
+    ):
+        url = f"http://127.0.0.1:{proc.port}/mcp"  # type: ignore[attr-defined]
+        return await _flood(url, proc.pid, openings)
+
+
+async def _flood(url: str, pid: int, openings: int) -> dict[str, float]:
+    limits = httpx2.Limits(max_connections=8, max_keepalive_connections=8)
+    async with httpx2.AsyncClient(timeout=30, limits=limits) as http:
+        await http.post(url, json=initialize_message(), headers=headers(TOKENS["carol"]))
+        idle = rss_mib(pid, "VmRSS")
+        refused = 0
+        left = iter(range(openings))
+        started = time.perf_counter()
+
+        async def worker() -> None:
+            nonlocal refused
+            for _ in left:
+                r = await http.post(url, json=initialize_message(), headers=headers(TOKENS["bob"]))
+                refused += r.status_code == 503
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(worker)
+        wall = time.perf_counter() - started
+        after, peak = rss_mib(pid, "VmRSS"), rss_mib(pid, "VmHWM")
+        others = await http.post(url, json=initialize_message(), headers=headers(TOKENS["alice"]))
+        again = await http.post(url, json=initialize_message(), headers=headers(TOKENS["bob"]))
+    return {
+        "openings": openings,
+        "refused": refused,
+        "wall_s": round(wall, 1),
+        "newcomer_status": others.status_code,
+        "flooder_again_status": again.status_code,
+        "idle_rss_mib": round(idle, 1),
+        "after_rss_mib": round(after, 1),
+        "peak_rss_mib": round(peak, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--requests", type=int, default=2400)
@@ -314,7 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-root", type=Path, default=ROOT)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", type=Path, help="keep the servers' logs, manifests and audit here")
+    parser.add_argument("--flood", type=int, metavar="N", help="instead: N abandoned sessions, shipped limits")
     args = parser.parse_args(argv)
+    if args.flood:
+        figures = anyio.run(flood, args.flood, args.server_root.resolve())
+        print("  ".join(f"{k} {v}" for k, v in figures.items()))
+        return 0 if figures["refused"] == 0 and figures["newcomer_status"] == 200 else 1
     results = anyio.run(campaign, args.requests, args.seed, args.server_root.resolve(), args.keep)
     print(report(results))
     if args.json:
