@@ -177,3 +177,27 @@ async def test_health_and_metrics_answer_only_the_hosts_and_origins_the_mcp_endp
             ok = [(await http.get(base + p)).status_code for p in ("/health", "/metrics")]
     assert set(codes.values()) == {(421, 403)}, codes
     assert ok == [200, 200]
+
+
+async def test_at_its_cap_a_principal_s_oldest_legacy_sse_stream_is_closed_to_make_room(
+    tmp_path: Path, ollama_url: str
+) -> None:
+    manifests = with_front_door(ollama_manifests(tmp_path / "manifests", ollama_url), max_sessions_per_principal=2)
+    with (
+        http_gateway(tmp_path / "home", manifests, "sse", env=two_principals(tmp_path)) as base,
+        anyio.fail_after(60),
+    ):
+        timeout = httpx2.Timeout(10, read=None)
+        async with (
+            httpx2.AsyncClient(timeout=timeout) as http,
+            sse_session(http, base, ALICE) as first,
+            sse_session(http, base, ALICE) as second,
+            sse_session(http, base, BOB) as bobs,
+            sse_session(http, base, ALICE) as third,
+        ):
+            await first.ended.wait()
+            alive = [s.ended.is_set() for s in (second, third, bobs)]
+            gone = await post(http, first.endpoint, initialize_message(), ALICE)
+            kept = await post(http, third.endpoint, initialize_message(), ALICE)
+    assert alive == [False, False, False]
+    assert gone.status_code == 404 and kept.status_code == 202

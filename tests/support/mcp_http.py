@@ -67,6 +67,7 @@ class SseSession:
     endpoint: str
     messages: list[dict[str, Any]] = field(default_factory=list)
     arrived: anyio.Event = field(default_factory=anyio.Event)
+    ended: anyio.Event = field(default_factory=anyio.Event)  # the server closed the stream
 
     async def wait_for(self, request_id: int, timeout_s: float = 10.0) -> dict[str, Any]:
         with anyio.fail_after(timeout_s):
@@ -93,10 +94,14 @@ async def sse_session(http: httpx2.AsyncClient, base: str, token: str | None = N
         session = SseSession(endpoint.split("session_id=", 1)[1], base + endpoint)
 
         async def pump() -> None:
-            async for line in lines:
-                if line.startswith("data:"):
-                    session.messages.append(json.loads(line.removeprefix("data:")))
-                    session.arrived.set()
+            try:
+                async for line in lines:
+                    if line.startswith("data:"):
+                        session.messages.append(json.loads(line.removeprefix("data:")))
+                        session.arrived.set()
+            except httpx2.HTTPError:
+                pass
+            session.ended.set()
 
         tg.start_soon(pump)
         try:
