@@ -1,21 +1,29 @@
-"""The one module that imports httpx2: a pooled client factory and error mapping.
+"""The one module that imports httpx2, and the one way HTTP backends talk to their upstream.
 
-HTTP adapters build ONE client here for their lifetime (building one costs
-~26 ms; a request on a warm keep-alive connection under 1 ms) and translate
-every httpx2 failure into the adapter error tree with `raise ... from exc`.
+`HTTPUpstream` is the kit's helper family: ONE pooled client per adapter (building
+one costs ~26 ms; a request on a warm keep-alive connection under 1 ms), built on
+first use; answers read under a size cap while they arrive (a larger answer is
+refused without being buffered); JSON decoded by the bounded decoder, off the event
+loop when large; provider text redacted before it is cut; the kit's retry policy;
+every httpx2 failure translated into the adapter error tree with `raise ... from exc`.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import AsyncIterator, Callable, Mapping
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, TypeAlias
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import anyio
+import anyio.to_thread
 import httpx2
 import orjson
 
+from adapters._json import DecodeLimits, decode
+from adapters._retry import RETRY, RetryPolicy
 from adapters.base import AdapterLimits
 from adapters.errors import (
     AdapterError,
@@ -26,9 +34,26 @@ from adapters.errors import (
     safe_detail,
 )
 
+T = TypeVar("T")
+Redactor = Callable[[str], str]
+StatusMapper = Callable[[int, str, float | None], AdapterError]
+
 # Clients built so far, per process: benchmarks and tests read it to prove
 # that no client is built per request.
 CLIENTS_BUILT = 0
+# An error answer is read this far for its message; the rest is dropped unread.
+ERROR_BODY_BYTES = 64 << 10
+# Answers up to this size are decoded on the event loop (about 2 ms); larger ones in a worker thread.
+INLINE_DECODE_BYTES = 256 << 10
+# One line of a streamed answer (an NDJSON chunk, an SSE event line).
+MAX_LINE_BYTES = 1 << 20
+_MESSAGE_HEAD = re.compile(r'"(?:message|error|detail)"\s*:\s*"((?:[^"\\]|\\.)*)')
+_TOKEN_LIKE = re.compile(r"(?i)\bbearer\s+[^\s\"',;]+|\bsk-[A-Za-z0-9_\-]{4,}")
+
+
+def redact_tokens(text: str) -> str:
+    """Bearer credentials and `sk-` keys, wherever they appear in provider text."""
+    return _TOKEN_LIKE.sub("[redacted]", text)
 
 
 def is_loopback_url(url: str) -> bool:
@@ -107,139 +132,197 @@ def retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
-def status_error(response: httpx2.Response, what: str) -> UpstreamStatusError:
-    """An UpstreamStatusError carrying the provider's message, made safe to show."""
-    detail = _provider_message(response)
-    msg = f"{what}: upstream returned HTTP {response.status_code}"
-    if detail:
-        msg += f": {detail}"
-    return UpstreamStatusError(
-        response.status_code, msg, retry_after_s=retry_after_seconds(response.headers.get("retry-after"))
-    )
+def status_error(status: int, message: str, retry_after_s: float | None) -> AdapterError:
+    """The default mapping of a non-2xx answer: 429 and 5xx retryable, other 4xx not."""
+    return UpstreamStatusError(status, message, retry_after_s=retry_after_s)
 
 
-def _provider_message(response: httpx2.Response) -> str:
+def provider_message(text: str) -> str:
+    """The provider's own message in an error body (`error`, `error.message`, `message`, `detail`), or the text.
+
+    A JSON body cut at ERROR_BODY_BYTES no longer parses; its message's head is still read from it.
+    """
     try:
-        body = response.json()
-    except (ValueError, UnicodeDecodeError):
-        return safe_detail(response.text[:2000]) if response.text else ""
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        found = _MESSAGE_HEAD.search(text[:ERROR_BODY_BYTES])
+        return found.group(1).replace('\\"', '"') if found else text
     if isinstance(body, dict):
         err = body.get("error", body.get("message", body.get("detail")))
         if isinstance(err, dict):
             err = err.get("message", "")
         if isinstance(err, str):
-            return safe_detail(err)
+            return err
     return ""
 
 
-def json_body(response: httpx2.Response, what: str) -> Any:
-    """Parse a 2xx JSON body or raise UpstreamProtocolError."""
-    try:
-        return orjson.loads(response.content)  # 4-5x the stdlib on large vector payloads
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UpstreamProtocolError(f"{what}: upstream sent a body that is not JSON") from exc
+def as_is(value: Any) -> Any:
+    """The `parse` of a call that takes the decoded JSON as it is."""
+    return value
 
 
-# --- request helpers, so adapter modules never import httpx2 themselves ------
-
-HTTPClient: TypeAlias = httpx2.AsyncClient
-HTTPResponse: TypeAlias = httpx2.Response
-
-
-async def send_json(
-    client: httpx2.AsyncClient, method: str, path: str, what: str, payload: object | None = None
-) -> httpx2.Response:
-    """One request with its body read in full; transport failures become adapter errors."""
-    try:
-        return await client.request(method, path, json=payload)
-    except httpx2.HTTPError as exc:
-        raise map_transport_error(exc, what) from exc
-
-
-@asynccontextmanager
-async def open_stream(
-    client: httpx2.AsyncClient, method: str, path: str, what: str, payload: object | None = None
-) -> AsyncIterator[httpx2.Response]:
-    """A streamed response, closed on exit and on cancellation.
-
-    Transport failures raised while the block reads the body become adapter errors too.
-    """
-    try:
-        async with client.stream(method, path, json=payload) as response:
-            yield response
-    except httpx2.HTTPError as exc:
-        raise map_transport_error(exc, what) from exc
-
-
-# --- helpers that let an adapter keep provider text (which may echo credentials) redacted ---
-
-
-def safe_status_error(response: httpx2.Response, what: str, redact: Callable[[str], str]) -> UpstreamStatusError:
-    """Like status_error, with the provider's message passed through `redact` before any exception holds it."""
-    detail = redact(_provider_message(response))
-    msg = f"{what}: upstream returned HTTP {response.status_code}"
-    if detail:
-        msg += f": {detail}"
-    return UpstreamStatusError(
-        response.status_code, msg, retry_after_s=retry_after_seconds(response.headers.get("retry-after"))
+def too_large(what: str, limit: int) -> UpstreamProtocolError:
+    return UpstreamProtocolError(
+        f"{what}: the upstream answer exceeds the response limit of {limit} bytes (max_response_bytes)"
     )
 
 
-def is_connect_failure(err: BaseException) -> bool:
-    """True when the request never reached the upstream (safe to resend even if not idempotent)."""
-    return isinstance(err.__cause__, httpx2.ConnectError | httpx2.ConnectTimeout)
+class HTTPUpstream:
+    """One upstream over HTTP: the pooled client and every request an adapter makes to it."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        limits: AdapterLimits,
+        *,
+        describe: str,
+        headers: Callable[[], Mapping[str, str]] = dict,
+        http2: bool = False,
+        redact: Redactor = redact_tokens,
+        status: StatusMapper = status_error,
+        retry: RetryPolicy = RETRY,
+        max_response_bytes: int | None = None,
+    ) -> None:
+        """`headers` is called when the client is built (it may raise, e.g. for a missing key); `redact` sees
+        all provider text before any message holds it; `status` maps non-2xx answers to adapter errors."""
+        self.endpoint = endpoint
+        self.max_response_bytes = max_response_bytes or limits.max_response_bytes
+        self.decode_limits = DecodeLimits(max_array_items=limits.max_dimensions)
+        self._limits = limits
+        self._describe = describe
+        self._headers = headers
+        self._http2 = http2
+        self._redact = redact
+        self._status = status
+        self._retry = retry
+        self._client: httpx2.AsyncClient | None = None
+        self._closed = False
+        self._decoders: anyio.CapacityLimiter | None = None
+
+    @property
+    def client(self) -> httpx2.AsyncClient:
+        if self._closed:
+            raise AdapterUnavailableError(f"{self._describe}: adapter is closed")
+        if self._client is None:
+            self._client = build_client(self.endpoint, self._limits, headers=self._headers(), http2=self._http2)
+        return self._client
+
+    async def aclose(self) -> None:
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def call(self, method: str, path: str, what: str, *, parse: Callable[[Any], T], body: object = None) -> T:
+        """One request; the 2xx answer's JSON passed through `parse` (which runs where the body is decoded:
+        in a worker thread for large answers, so it must not touch the event loop)."""
+        return await self._retry.run(lambda: self._once(method, path, what, body, parse))
+
+    @asynccontextmanager
+    async def stream_lines(
+        self, method: str, path: str, what: str, *, body: object = None
+    ) -> AsyncIterator[AsyncIterator[str]]:
+        """A streamed answer as text lines, each and all of them size-capped; a non-2xx answer raises first."""
+        response = await self._retry.run(lambda: self._open(method, path, what, body))
+        lines = self._lines(response, what)
+        try:
+            yield lines
+        finally:
+            await lines.aclose()
+            await response.aclose()
+
+    # --- one exchange -------------------------------------------------------------
+
+    async def _once(self, method: str, path: str, what: str, body: object, parse: Callable[[Any], T]) -> T:
+        response = await self._open(method, path, what, body)
+        try:
+            data = await self._read_capped(response, what)
+        finally:
+            await response.aclose()
+        limits = self.decode_limits
+
+        def decoded() -> T:
+            return parse(decode(data, what, limits))
+
+        if len(data) <= INLINE_DECODE_BYTES:
+            return decoded()
+        if self._decoders is None:
+            self._decoders = anyio.CapacityLimiter(2)
+        return await anyio.to_thread.run_sync(decoded, limiter=self._decoders)
+
+    async def _open(self, method: str, path: str, what: str, body: object) -> httpx2.Response:
+        """The response with its headers read and its body not yet; a non-2xx answer becomes its error."""
+        content = None if body is None else orjson.dumps(body)
+        headers = None if content is None else {"Content-Type": "application/json"}
+        try:
+            request = self.client.build_request(method, path, content=content, headers=headers)
+            response = await self.client.send(request, stream=True)
+        except httpx2.HTTPError as exc:
+            raise map_transport_error(exc, what) from exc
+        if response.is_success:
+            return response
+        try:
+            text = await self._error_text(response, what)
+        finally:
+            await response.aclose()
+        detail = safe_detail(self._redact(provider_message(text)))
+        message = f"{what}: upstream returned HTTP {response.status_code}" + (f": {detail}" if detail else "")
+        raise self._status(response.status_code, message, retry_after_seconds(response.headers.get("retry-after")))
+
+    async def _read_capped(self, response: httpx2.Response, what: str) -> bytes:
+        limit = self.max_response_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large(what, limit)
+        data = bytearray()
+        try:
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) > limit:
+                    raise too_large(what, limit)
+        except httpx2.HTTPError as exc:
+            raise map_transport_error(exc, what) from exc
+        return bytes(data)
+
+    async def _error_text(self, response: httpx2.Response, what: str) -> str:
+        """The first ERROR_BODY_BYTES of an error answer, never ending inside a word: a secret cut in two
+        would slip past redaction, so a truncated tail is dropped back to the last whitespace."""
+        data = bytearray()
+        try:
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) > ERROR_BODY_BYTES:
+                    cut = max(data.rfind(b" ", 0, ERROR_BODY_BYTES), data.rfind(b"\n", 0, ERROR_BODY_BYTES))
+                    del data[max(cut, 0) :]
+                    break
+        except httpx2.HTTPError as exc:
+            raise map_transport_error(exc, what) from exc
+        return data.decode("utf-8", errors="replace")
+
+    async def _lines(self, response: httpx2.Response, what: str) -> AsyncGenerator[str, None]:
+        limit = self.max_response_bytes
+        total = 0
+        pending = b""
+        try:
+            async for chunk in response.aiter_bytes():
+                total += len(chunk)
+                if total > limit:
+                    raise too_large(what, limit)
+                *complete, pending = (pending + chunk).split(b"\n")
+                if len(pending) > MAX_LINE_BYTES:
+                    raise UpstreamProtocolError(f"{what}: a streamed line exceeds {MAX_LINE_BYTES} bytes")
+                for line in complete:
+                    yield _text(line, what)
+        except httpx2.HTTPError as exc:
+            raise map_transport_error(exc, what) from exc
+        if pending:
+            yield _text(pending, what)
 
 
-async def request_json(
-    client: httpx2.AsyncClient,
-    method: str,
-    path: str,
-    what: str,
-    *,
-    body: Any = None,
-    redact: Callable[[str], str] = str,
-) -> Any:
-    """One request; transport failures and non-2xx answers become adapter errors, a 2xx body parsed JSON."""
+def _text(line: bytes, what: str) -> str:
+    if len(line) > MAX_LINE_BYTES:
+        raise UpstreamProtocolError(f"{what}: a streamed line exceeds {MAX_LINE_BYTES} bytes")
     try:
-        response = await client.request(method, path, json=body)
-    except httpx2.HTTPError as exc:
-        raise map_transport_error(exc, what) from exc
-    if not response.is_success:
-        raise safe_status_error(response, what, redact)
-    return json_body(response, what)
-
-
-@asynccontextmanager
-async def stream_lines(
-    client: httpx2.AsyncClient,
-    method: str,
-    path: str,
-    what: str,
-    *,
-    body: Any = None,
-    redact: Callable[[str], str] = str,
-) -> AsyncIterator[AsyncIterator[str]]:
-    """A streamed request's body as text lines; a non-2xx answer raises before the first line."""
-    request = client.build_request(method, path, json=body)
-    try:
-        response = await client.send(request, stream=True)
-    except httpx2.HTTPError as exc:
-        raise map_transport_error(exc, what) from exc
-    try:
-        if not response.is_success:
-            try:
-                await response.aread()
-            except httpx2.HTTPError as exc:
-                raise map_transport_error(exc, what) from exc
-            raise safe_status_error(response, what, redact)
-        yield _lines(response, what)
-    finally:
-        await response.aclose()
-
-
-async def _lines(response: httpx2.Response, what: str) -> AsyncIterator[str]:
-    try:
-        async for line in response.aiter_lines():
-            yield line
-    except httpx2.HTTPError as exc:
-        raise map_transport_error(exc, what) from exc
+        return line.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError as exc:
+        raise UpstreamProtocolError(f"{what}: a streamed line is not UTF-8") from exc

@@ -4,26 +4,33 @@ The cache lets discovery answer without starting the downstream (a stdio
 server is a process spawn), and it remembers, per capability, the hash of the
 input schema the mapping was accepted with, so a downstream that changes a
 mapped tool is caught even across restarts.
+
+The file is kept through the context's `CacheStore` (the server's keeps it
+private and writes it whole) and read back through a schema: a file of another
+format or shape is no catalog, which only costs a fresh listing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio.to_thread
+from pydantic import BaseModel, ConfigDict, Field
 
+from adapters.base import CacheStore
 from adapters.errors import AdapterError, CapabilityError
 from adapters.manifest import MCPToolMapping
 from adapters.types import Capability
 
 _FORMAT = 1
+# the store bounds the file's size; the schema bounds the counts
+_MAX_TOOLS = 10_000
+_MAX_PROPERTIES = 1_000
 
 
 def schema_hash(schema: Mapping[str, Any]) -> str:
@@ -111,31 +118,51 @@ def catalog_from_listing(
     return Catalog(tools=entries, listed_at=time.time(), ttl_s=ttl_s, accepted=accepted)
 
 
-async def load_catalog(path: Path) -> Catalog | None:
-    return await anyio.to_thread.run_sync(_load, path)
+async def load_catalog(store: CacheStore, name: str) -> Catalog | None:
+    """The cached catalog; None when there is none the store trusts or it does not match the schema."""
+    return await anyio.to_thread.run_sync(store.load, name, parse_catalog)
 
 
-async def save_catalog(path: Path, catalog: Catalog) -> None:
-    await anyio.to_thread.run_sync(_save, path, catalog)
+async def save_catalog(store: CacheStore, name: str, catalog: Catalog) -> None:
+    await anyio.to_thread.run_sync(store.save, name, catalog_bytes(catalog))
 
 
-def _load(path: Path) -> Catalog | None:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        if raw.get("format") != _FORMAT:
-            return None
-        tools = {
-            t["name"]: ToolEntry(name=t["name"], sha256=t["sha256"], properties=tuple(t["properties"]))
-            for t in raw["tools"]
-        }
-        accepted = {cap: Accepted(**a) for cap, a in raw["accepted"].items()}
-        return Catalog(tools=tools, listed_at=float(raw["listed_at"]), ttl_s=float(raw["ttl_s"]), accepted=accepted)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        # A missing or damaged cache only costs a fresh listing.
-        return None
+class _ToolJSON(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    properties: list[str] = Field(max_length=_MAX_PROPERTIES)
 
 
-def _save(path: Path, catalog: Catalog) -> None:
+class _AcceptedJSON(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tool: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    mapping: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class _CatalogJSON(BaseModel):
+    """The file's schema: anything else (another format, another shape, odd numbers) is not a catalog."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    format: Literal[1]
+    listed_at: float = Field(allow_inf_nan=False)
+    ttl_s: float = Field(ge=0, allow_inf_nan=False)
+    tools: list[_ToolJSON] = Field(max_length=_MAX_TOOLS)
+    accepted: dict[Capability, _AcceptedJSON]
+
+
+def parse_catalog(data: bytes) -> Catalog:
+    """Bytes of the cache file -> Catalog; ValueError (pydantic's ValidationError) when they are not one."""
+    raw = _CatalogJSON.model_validate_json(data)
+    tools = {t.name: ToolEntry(name=t.name, sha256=t.sha256, properties=tuple(t.properties)) for t in raw.tools}
+    accepted: dict[str, Accepted] = {
+        cap: Accepted(tool=a.tool, sha256=a.sha256, mapping=a.mapping) for cap, a in raw.accepted.items()
+    }
+    return Catalog(tools=tools, listed_at=raw.listed_at, ttl_s=raw.ttl_s, accepted=accepted)
+
+
+def catalog_bytes(catalog: Catalog) -> bytes:
     payload = {
         "format": _FORMAT,
         "listed_at": catalog.listed_at,
@@ -147,7 +174,4 @@ def _save(path: Path, catalog: Catalog) -> None:
             cap: {"tool": a.tool, "sha256": a.sha256, "mapping": a.mapping} for cap, a in catalog.accepted.items()
         },
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    return json.dumps(payload, indent=1).encode()

@@ -9,15 +9,19 @@ gateway returns, which also covers plain lists and strings.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 
+from adapters._vectors import float_rows
+from adapters.base import ModelInfo
 from adapters.errors import UpstreamProtocolError
-from adapters.manifest import MCP_GATEWAY_FIELDS
+from adapters.manifest import MCP_GATEWAY_FIELDS, MODEL_NAME
 from adapters.types import (
+    CAPABILITIES,
     Capability,
     ChatRequest,
     EmbedRequest,
@@ -28,6 +32,9 @@ from adapters.types import (
 )
 
 GATEWAY_FIELDS = MCP_GATEWAY_FIELDS
+# A downstream lists at most this many models; names follow the manifests' model-name rule.
+MAX_LEARNED_MODELS = 512
+_MODEL_NAME = re.compile(MODEL_NAME)
 
 
 def gateway_values(req: ChatRequest | EmbedRequest | RerankRequest) -> dict[str, Any]:
@@ -80,19 +87,31 @@ def read_usage(value: Any) -> Usage:
     return Usage(input_tokens=_int(usage.get("input_tokens")), output_tokens=_int(usage.get("output_tokens")))
 
 
-def read_vectors(value: Any, count: int) -> list[list[float]]:
+def read_vectors(value: Any, count: int, first: int = 0) -> list[list[float]]:
+    """`count` vectors of finite floats; widths are the kit's to check (adapters/_vectors.py)."""
     vectors: Any = value
     if isinstance(value, Mapping):
         vectors = value.get("embeddings")
         if vectors is None and isinstance(value.get("embeddings_b64"), str):
             vectors = _decode_b64(value["embeddings_b64"], _int(value.get("dimensions")))
-    if not isinstance(vectors, list) or len(vectors) != count:
-        got = len(vectors) if isinstance(vectors, list) else "no"
-        raise UpstreamProtocolError(f"downstream embed returned {got} vectors for {count} inputs")
-    out = [_float_list(v) for v in vectors]
-    if len({len(v) for v in out}) > 1:
-        raise UpstreamProtocolError("downstream embed returned vectors of different lengths")
-    return out
+    return float_rows(vectors, count, first, "downstream embed")
+
+
+def read_model_listing(value: Any) -> tuple[ModelInfo, ...]:
+    """The models a downstream model gateway lists (its `models` tool): routable name and capabilities."""
+    items = value.get("models") if isinstance(value, Mapping) else None
+    found: dict[str, ModelInfo] = {}
+    for item in items if isinstance(items, list) else ():
+        name = item.get("name") if isinstance(item, Mapping) else None
+        caps = item.get("capabilities") if isinstance(item, Mapping) else None
+        if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name) or not isinstance(caps, list):
+            continue
+        served = frozenset(c for c in CAPABILITIES if c in caps)
+        if served and item.get("status") != "down":
+            found.setdefault(name, ModelInfo(name=name, capabilities=served))
+        if len(found) >= MAX_LEARNED_MODELS:
+            break
+    return tuple(found.values())
 
 
 def read_scores(value: Any, documents: int) -> list[RerankScore]:
@@ -129,12 +148,6 @@ def _decode_b64(data: str, dimensions: int) -> list[list[float]]:
     if dimensions <= 0 or flat.size % dimensions:
         raise UpstreamProtocolError("downstream embeddings_b64 does not match its dimensions")
     return [row.tolist() for row in flat.reshape(-1, dimensions).astype(np.float64)]
-
-
-def _float_list(value: Any) -> list[float]:
-    if not isinstance(value, list) or not all(isinstance(x, int | float) for x in value):
-        raise UpstreamProtocolError("downstream embed returned a vector that is not a list of numbers")
-    return [float(x) for x in value]
 
 
 def _int(value: Any) -> int:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from adapters._vectors import float_rows
 from adapters.errors import UpstreamProtocolError
 from adapters.types import ChatRequest, FinishReason, RerankRequest, RerankScore, Usage
 
@@ -105,8 +106,8 @@ def read_stream_event(line: str, what: str) -> StreamEvent | None:
     )
 
 
-def read_vectors(body: Any, count: int, dimensions: int | None, what: str) -> tuple[list[list[float]], int]:
-    """Vectors in input order (sorted by `index`) and the prompt token count."""
+def read_vectors(body: Any, count: int, what: str) -> tuple[list[list[float]], int]:
+    """Vectors in input order (sorted by `index`), each finite floats, and the prompt token count."""
     data = body.get("data") if isinstance(body, Mapping) else None
     if not isinstance(data, list) or len(data) != count:
         got = len(data) if isinstance(data, list) else "no"
@@ -114,13 +115,8 @@ def read_vectors(body: Any, count: int, dimensions: int | None, what: str) -> tu
     items = sorted(data, key=lambda d: d.get("index", -1) if isinstance(d, Mapping) else -1)
     if [d.get("index") if isinstance(d, Mapping) else None for d in items] != list(range(count)):
         raise UpstreamProtocolError(f"{what} embed: upstream embedding indices are not 0..{count - 1}")
-    vectors = [_vector(d.get("embedding"), what) for d in items]
-    dims = {len(v) for v in vectors}
-    if len(dims) > 1 or 0 in dims:
-        raise UpstreamProtocolError(f"{what} embed: upstream vectors have inconsistent lengths {sorted(dims)}")
-    if dimensions is not None and dims and dims != {dimensions}:
-        raise UpstreamProtocolError(f"{what} embed: asked for {dimensions} dimensions, upstream sent {dims.pop()}")
-    return vectors, read_usage_prompt(body)
+    rows = [_vector(d.get("embedding"), what) for d in items]
+    return float_rows(rows, count, 0, f"{what} embed"), read_usage_prompt(body)
 
 
 def read_usage_prompt(body: Any) -> int:
@@ -168,8 +164,8 @@ def _vector(value: Any, what: str) -> list[float]:
             return decode_base64_floats(value)
         except ValueError as exc:
             raise UpstreamProtocolError(f"{what} embed: a base64 embedding is not packed float32") from exc
-    if isinstance(value, list) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
-        return [float(x) for x in value]
+    if isinstance(value, list):
+        return value
     raise UpstreamProtocolError(f"{what} embed: an embedding is neither a list of numbers nor base64")
 
 

@@ -1,15 +1,17 @@
 """The adapter seam: one Protocol every backend implements.
 
 A backend is one module in adapters/ plus a manifest kind; the router and the
-pipeline only ever see this Protocol.
+pipeline only ever see this Protocol. Most kinds build on the kit (adapters/kit.py).
+Model identity is not part of the Protocol: `adapters.naming.canonical_model(adapter,
+name)` asks the adapter when it has a rule and keeps the name as given otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from pydantic import SecretStr
 
@@ -68,6 +70,35 @@ class AdapterLimits:
     probe_deadline_s: float = 2.0
     batch_limit: int = 256
     http2: bool = False
+    # Upstream bounds: the largest answer read (a larger one is refused while it arrives) and the widest vector.
+    max_response_bytes: int = 32 << 20
+    max_dimensions: int = 65_536
+
+
+T = TypeVar("T")
+
+
+class CacheStore(Protocol):
+    """Small files an adapter keeps between runs, by plain name; the server decides where and how.
+
+    The server's store writes whole files only, private to the user, and hands `parse` only bytes it
+    trusts; a file that is missing, untrusted, or that `parse` rejects (ValueError, TypeError, KeyError)
+    reads as None and is reported once. Both calls block: adapters run them in a worker thread.
+    """
+
+    def load(self, name: str, parse: Callable[[bytes], T]) -> T | None: ...
+
+    def save(self, name: str, data: bytes) -> None: ...
+
+
+class NoCache:
+    """A store that keeps nothing: every load misses (for contexts built without a cache folder)."""
+
+    def load(self, name: str, parse: Callable[[bytes], T]) -> T | None:
+        return None
+
+    def save(self, name: str, data: bytes) -> None:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +112,7 @@ class AdapterContext:
     cache_dir: Path = Path(".")
     models_dir: Path = Path(".")
     secrets: Mapping[str, SecretStr] = field(default_factory=dict)
+    cache: CacheStore = field(default_factory=NoCache)
 
 
 @runtime_checkable

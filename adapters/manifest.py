@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from adapters.types import Capability, Privacy
 
 ADAPTER_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+MAX_DIMENSIONS = 65_536
+MAX_RESPONSE_BYTES = 1 << 30
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,199}$"
 
 
@@ -24,12 +26,33 @@ class ModelSpec(_Strict):
     name: str = Field(pattern=MODEL_NAME, description="Model name as the backend knows it.")
     capabilities: list[Capability] = Field(min_length=1, description="What this model serves.")
     aliases: list[str] = Field(default_factory=list, description="Other names that route to this model.")
+    dimensions: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_DIMENSIONS,
+        description=(
+            "Width of this model's embedding vectors. Every answer is checked against it; unset, the first "
+            "answer fixes the width for the adapter's lifetime."
+        ),
+    )
 
 
 class _ManifestBase(_Strict):
     name: str = Field(pattern=ADAPTER_NAME, description="Unique adapter name; also the prefix in 'adapter/model'.")
     enabled: bool = True
     description: str | None = None
+
+
+class _HTTPManifest(_ManifestBase):
+    max_response_bytes: int | None = Field(
+        None,
+        ge=1024,
+        le=MAX_RESPONSE_BYTES,
+        description=(
+            "Largest answer read from the upstream, in bytes; a larger one is refused while it arrives. "
+            "Unset: 33554432 (32 MiB)."
+        ),
+    )
 
 
 # --- ollama -------------------------------------------------------------------
@@ -40,7 +63,7 @@ class OllamaOptions(_Strict):
     truncate: bool = Field(True, description="Let Ollama truncate inputs longer than the model's context.")
 
 
-class OllamaManifest(_ManifestBase):
+class OllamaManifest(_HTTPManifest):
     kind: Literal["ollama"]
     endpoint: str = Field("http://127.0.0.1:11434", description="Base URL of the Ollama server.")
     privacy: Privacy = "local"
@@ -59,9 +82,18 @@ class OpenAIOptions(_Strict):
     rerank_style: Literal["cohere", "tei"] = "cohere"
     embed_encoding: Literal["auto", "float", "base64"] = "auto"
     organization: str | None = None
+    batch_limit: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description=(
+            "Texts per upstream embed request. Unset: performance-config's batch_limit. "
+            "text-embeddings-inference accepts 32 by default (its --max-client-batch-size)."
+        ),
+    )
 
 
-class OpenAIManifest(_ManifestBase):
+class OpenAIManifest(_HTTPManifest):
     kind: Literal["openai"]
     endpoint: str = Field(description="Base URL, e.g. 'https://api.openai.com'.")
     privacy: Privacy = "remote"

@@ -6,6 +6,12 @@ is cached on disk (mcp-tools-<name>.json under the cache dir) for the server's
 `ttlMs` hint or the manifest's `tools_ttl_s`; it is relisted whenever a session
 opens, so a server that comes back after being down, or that changed a mapped
 tool's schema, is noticed before the next call is sent.
+
+Models: the manifest's `models` when it lists any. Otherwise the adapter learns
+them from the downstream: one model per mapped tool, named after the tool (a
+call to it sends no `model`, so the downstream uses its own default), plus, once
+a session is open, every model the downstream's `models` tool lists when it is a
+model gateway. So a manifest with only `name`, `kind` and `command` serves calls.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +35,7 @@ from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT, CallToolResult, TextCo
 from pydantic import ValidationError
 
 from adapters import _mcp_mapping as mapping_io
-from adapters._batch import map_chunks
-from adapters._http import build_client, redact_url
+from adapters._http import build_client, redact_tokens, redact_url
 from adapters._mcp_catalog import Binding, Catalog, catalog_from_listing, load_catalog, save_catalog
 from adapters._mcp_session import DownstreamSession
 from adapters.base import AdapterContext, AdapterInfo, ModelInfo, ProbeResult
@@ -37,10 +43,10 @@ from adapters.errors import (
     AdapterError,
     AdapterTimeoutError,
     AdapterUnavailableError,
-    CapabilityError,
     UpstreamProtocolError,
     safe_detail,
 )
+from adapters.kit import AdapterBase, declared_models, pinned_dimensions
 from adapters.manifest import MCPManifest, MCPToolMapping
 from adapters.types import (
     CAPABILITIES,
@@ -52,38 +58,38 @@ from adapters.types import (
     EmbedResult,
     RerankRequest,
     RerankResult,
-    Usage,
 )
 
 _MAX_LIST_PAGES = 20
-_EMBED_CONCURRENCY = 4
+# The downstream tool that lists a model gateway's models.
+_MODELS_TOOL = "models"
 # An isError text that reads like an outage lets the router try the next candidate.
 _TRANSIENT = re.compile(r"timed? ?out|unavailable|overloaded|busy|try again|rate.?limit|temporar", re.IGNORECASE)
 
 
-class MCPRemoteAdapter:
+class MCPRemoteAdapter(AdapterBase):
+    kind = "mcp"
+    embed_concurrency = 4
+    # Closing waits for the downstream process to exit (its own shutdown grace included).
+    close_grace_s = 30.0
+
     def __init__(self, manifest: MCPManifest, context: AdapterContext) -> None:
         self._manifest = manifest
         self._context = context
-        self._describe = f"mcp adapter '{manifest.name}'"
-        self._cache_path = context.cache_dir / f"mcp-tools-{manifest.name}.json"
+        self._cache_name = f"mcp-tools-{manifest.name}.json"
         self._lock = anyio.Lock()
         self._session: DownstreamSession | None = None
         self._retired: list[DownstreamSession] = []
         self._catalog: Catalog | None = None
         self._catalog_loaded = False
-        self._closed = False
-        self.info = AdapterInfo(
-            name=manifest.name,
-            kind="mcp",
-            privacy=manifest.privacy,
-            capabilities=_declared(manifest),
-            models=tuple(ModelInfo(name=m.name, capabilities=frozenset(m.capabilities)) for m in manifest.models),
-            endpoint=redact_url(manifest.url) if manifest.url else f"stdio:{Path((manifest.command or ['?'])[0]).name}",
+        self._learned: tuple[ModelInfo, ...] = ()
+        endpoint = redact_url(manifest.url) if manifest.url else f"stdio:{Path((manifest.command or ['?'])[0]).name}"
+        info = AdapterInfo(
+            manifest.name, "mcp", manifest.privacy, _declared(manifest), declared_models(manifest.models), endpoint
         )
-
-    def __repr__(self) -> str:
-        return f"MCPRemoteAdapter(name={self.info.name!r}, endpoint={self.info.endpoint!r})"
+        super().__init__(info, context, pinned=pinned_dimensions(manifest.models))
+        # Routable from the first call, before any probe: a manifest without models serves the tool-named ones.
+        self._show(self._models(info.capabilities))
 
     # --- the Adapter protocol -------------------------------------------------------
 
@@ -94,37 +100,31 @@ class MCPRemoteAdapter:
             source = "cache"
             if catalog is None or not catalog.fresh():
                 if self._session is None or not self._session.usable:
-                    return self._unopened()
+                    return self._unopened("not opened yet: opens on the first call")
+                if self._lock.locked():  # a call is opening or relisting it: report, never queue behind it
+                    return self._unopened("opening")
                 _, catalog = await self._ready()
                 source = "live"
         except AdapterError as exc:
             return ProbeResult(ok=False, error=exc.message)
         return self._probe_result(catalog, source)
 
-    def _unopened(self) -> ProbeResult:
-        models = tuple(ModelInfo(name=m.name, capabilities=frozenset(m.capabilities)) for m in self._manifest.models)
-        return ProbeResult(ok=True, models=models, details={"session": "not opened yet: opens on the first call"})
+    def _unopened(self, session: str) -> ProbeResult:
+        details = {"session": session}
+        if not self._manifest.models:
+            details["models"] = "named after the downstream's tools until a session lists them"
+        return ProbeResult(ok=True, models=self._show(self._models(self.info.capabilities)), details=details)
 
     async def embed(self, req: EmbedRequest) -> EmbedResult:
-        self._require("embed")
-        step = max(1, self._context.limits.batch_limit)
-        chunks = [req.texts[i : i + step] for i in range(0, len(req.texts), step)]
+        async def send(texts: Sequence[str], first: int) -> tuple[list[list[float]], int]:
+            chunk = EmbedRequest(model=req.model, texts=tuple(texts), dimensions=req.dimensions)
+            value = await self._call("embed", chunk)
+            return mapping_io.read_vectors(value, len(texts), first), mapping_io.read_usage(value).input_tokens
 
-        async def run(texts: tuple[str, ...]) -> tuple[list[list[float]], Usage]:
-            value = await self._call("embed", EmbedRequest(model=req.model, texts=texts, dimensions=req.dimensions))
-            return mapping_io.read_vectors(value, len(texts)), mapping_io.read_usage(value)
-
-        parts = await map_chunks(run, chunks, _EMBED_CONCURRENCY)
-        vectors = [v for part, _ in parts for v in part]
-        if req.dimensions is not None and vectors and len(vectors[0]) != req.dimensions:
-            raise UpstreamProtocolError(
-                f"{self._describe}: asked for {req.dimensions} dimensions, got {len(vectors[0])}"
-            )
-        usage = Usage(input_tokens=sum(u.input_tokens for _, u in parts))
-        return EmbedResult(model=req.model, vectors=vectors, usage=usage)
+        return await self.embed_in_chunks(req, send)
 
     async def rerank(self, req: RerankRequest) -> RerankResult:
-        self._require("rerank")
+        self.require("rerank")
         value = await self._call("rerank", req)
         scores = sorted(mapping_io.read_scores(value, len(req.documents)), key=lambda s: (-s.relevance_score, s.index))
         cut = scores[: req.top_n] if req.top_n is not None else scores
@@ -132,7 +132,7 @@ class MCPRemoteAdapter:
         return RerankResult(model=req.model, results=tuple(cut), method="upstream", usage=usage)
 
     async def chat(self, req: ChatRequest) -> ChatResult:
-        self._require("chat")
+        self.require("chat")
         started = time.perf_counter()
         value = await self._call("chat", req)
         content, finish = mapping_io.read_chat(value)
@@ -141,23 +141,57 @@ class MCPRemoteAdapter:
             model=req.model, content=content, finish_reason=finish, usage=mapping_io.read_usage(value), timings=timings
         )
 
-    async def aclose(self) -> None:
-        """Close the session and wait until the downstream (and any child process) is gone; idempotent."""
+    async def _release(self) -> None:
+        """Close the sessions and wait until the downstream (and any child process) is gone."""
         async with self._lock:
-            self._closed = True
             sessions = [*self._retired, *([self._session] if self._session else [])]
             self._session = None
             self._retired = []
         for session in sessions:
             await session.aclose()
 
-    # --- session and catalog ------------------------------------------------------
+    # --- models -------------------------------------------------------------------
+
+    def _models(self, usable: frozenset[Capability]) -> tuple[ModelInfo, ...]:
+        """The manifest's models, or the tool-named defaults and the models learned from the downstream."""
+        if self._manifest.models:
+            pool: tuple[ModelInfo, ...] = self.info.models
+        else:
+            by_tool: dict[str, set[Capability]] = {}
+            for capability in sorted(self.info.capabilities):
+                by_tool.setdefault(self._mapping(capability).tool, set()).add(capability)
+            defaults = tuple(ModelInfo(name=tool, capabilities=frozenset(caps)) for tool, caps in by_tool.items())
+            pool = defaults + tuple(m for m in self._learned if m.name not in by_tool)
+        return tuple(replace(m, capabilities=m.capabilities & usable) for m in pool if m.capabilities & usable)
+
+    def _show(self, models: tuple[ModelInfo, ...]) -> tuple[ModelInfo, ...]:
+        """Without manifest models, what the adapter describes follows what it last saw of the downstream."""
+        if not self._manifest.models:
+            self.info = replace(self.info, models=models)
+        return models
+
+    def _is_default_model(self, model: str) -> bool:
+        return not self._manifest.models and any(self._mapping(c).tool == model for c in self.info.capabilities)
+
+    async def _learn(self, client: Client, catalog: Catalog) -> None:
+        """Models a downstream gateway lists through its `models` tool; nothing learned is not an error."""
+        if self._manifest.models or _MODELS_TOOL not in catalog.tools:
+            return
+        bound = self.limits.probe_deadline_s  # a listing is cheap; a slow one must not hold up the first call
+        try:
+            with anyio.fail_after(bound):
+                result = await client.call_tool(_MODELS_TOOL, {}, read_timeout_seconds=bound)
+            value = mapping_io.structured_value(result.structured_content, _first_text(result), None)
+        except (MCPError, RuntimeError, ValidationError, TimeoutError, UpstreamProtocolError):
+            return
+        if not result.is_error:
+            self._learned = mapping_io.read_model_listing(value)
 
     async def _ready(self) -> tuple[Client, Catalog]:
         """The open client and a fresh catalog; opens (or reopens) the session under the lock."""
         async with self._lock:
             if self._closed:
-                raise AdapterUnavailableError(f"{self._describe}: adapter is closed")
+                raise AdapterUnavailableError(f"{self.describe}: adapter is closed")
             session, opened = self._session, False
             if session is None or not session.usable:
                 session, opened = self._open(), True
@@ -165,6 +199,7 @@ class MCPRemoteAdapter:
             catalog = self._catalog
             if opened or catalog is None or not catalog.fresh():
                 catalog = await self._relist(client)
+                await self._learn(client, catalog)
             return client, catalog
 
     def _open(self) -> DownstreamSession:
@@ -172,7 +207,7 @@ class MCPRemoteAdapter:
             self._session.drop()
             self._retired = [s for s in self._retired if not s.finished] + [self._session]
         session = DownstreamSession(
-            self._transport, open_timeout_s=self._manifest.open_timeout_s, describe=self._describe
+            self._transport, open_timeout_s=self._manifest.open_timeout_s, describe=self.describe
         )
         session.start()
         self._session = session
@@ -193,7 +228,7 @@ class MCPRemoteAdapter:
 
     async def _cached_catalog(self) -> Catalog | None:
         if not self._catalog_loaded:
-            self._catalog = await load_catalog(self._cache_path)
+            self._catalog = await load_catalog(self._context.cache, self._cache_name)
             self._catalog_loaded = True
         return self._catalog
 
@@ -214,13 +249,13 @@ class MCPRemoteAdapter:
                 if cursor is None:
                     break
         if scope.cancelled_caught:
-            raise AdapterTimeoutError(f"{self._describe}: tools/list did not answer in time")
+            raise AdapterTimeoutError(f"{self.describe}: tools/list did not answer in time")
         ttl_s = ttl_ms / 1000.0 if ttl_ms > 0 else self._manifest.tools_ttl_s
         catalog = catalog_from_listing(tools, ttl_s, previous)
         for capability in self.info.capabilities:
             catalog = catalog.accept(capability, self._mapping(capability))
         self._catalog = catalog
-        await save_catalog(self._cache_path, catalog)
+        await save_catalog(self._context.cache, self._cache_name, catalog)
         return catalog
 
     def _mapping(self, capability: Capability) -> MCPToolMapping:
@@ -228,7 +263,7 @@ class MCPRemoteAdapter:
 
     def _bind(self, capability: Capability, catalog: Catalog) -> Binding:
         mapping = self._mapping(capability)
-        problem = catalog.problem(capability, mapping, self._describe)
+        problem = catalog.problem(capability, mapping, self.describe)
         if problem is not None:
             raise problem
         entry = catalog.tools[mapping.tool]
@@ -236,35 +271,32 @@ class MCPRemoteAdapter:
         return Binding(tool=mapping.tool, arguments=arguments, result=mapping.result)
 
     def _probe_result(self, catalog: Catalog, source: str) -> ProbeResult:
-        details = {"source": source, "tools": ",".join(sorted(catalog.tools))[:300]}
+        details = {"source": source, "tools": safe_detail(self._redact(",".join(sorted(catalog.tools))))}
         problems: list[str] = []
         usable: set[Capability] = set()
         for capability in sorted(self.info.capabilities):
-            problem = catalog.problem(capability, self._mapping(capability), self._describe)
+            problem = catalog.problem(capability, self._mapping(capability), self.describe)
             if problem is None:
                 usable.add(capability)
             else:
                 details[f"disabled.{capability}"] = problem.message
                 problems.append(problem.message)
-        models = tuple(
-            ModelInfo(name=m.name, capabilities=frozenset(m.capabilities) & usable)
-            for m in self._manifest.models
-            if frozenset(m.capabilities) & usable
-        )
+        if self._learned and not self._manifest.models:
+            details["models"] = f"{len(self._learned)} listed by the downstream's models tool"
+        models = self._show(self._models(frozenset(usable)))
         return ProbeResult(ok=bool(usable), models=models, error="; ".join(problems) or None, details=details)
 
     # --- calls --------------------------------------------------------------------
-
-    def _require(self, capability: Capability) -> None:
-        if capability not in self.info.capabilities:
-            raise CapabilityError(f"{self._describe} does not serve {capability}")
 
     async def _call(self, capability: Capability, req: ChatRequest | EmbedRequest | RerankRequest) -> Any:
         client, catalog = await self._ready()
         # Taken before any await: a lost connection must retire this session, not a newer one.
         session = self._session
         binding = self._bind(capability, catalog)
-        arguments = mapping_io.build_arguments(binding.arguments, mapping_io.gateway_values(req))
+        values = mapping_io.gateway_values(req)
+        if self._is_default_model(req.model):
+            values["model"] = None  # a tool-named model: the downstream picks its own default
+        arguments = mapping_io.build_arguments(binding.arguments, values)
         try:
             result = await client.call_tool(
                 binding.tool, arguments, read_timeout_seconds=self._context.limits.read_timeout_s
@@ -272,29 +304,29 @@ class MCPRemoteAdapter:
         except MCPError as exc:
             raise self._mcp_error(exc, binding.tool, session) from exc
         except (RuntimeError, ValidationError) as exc:
-            raise UpstreamProtocolError(f"{self._describe}: tool '{binding.tool}' sent a malformed result") from exc
+            raise UpstreamProtocolError(f"{self.describe}: tool '{binding.tool}' sent a malformed result") from exc
         text = _first_text(result)
         if result.is_error:
             detail = safe_detail(self._redact(text or "no detail"))
             retryable = bool(_TRANSIENT.search(detail))
-            raise AdapterError(f"{self._describe}: tool '{binding.tool}' failed: {detail}", retryable=retryable)
+            raise AdapterError(f"{self.describe}: tool '{binding.tool}' failed: {detail}", retryable=retryable)
         return mapping_io.structured_value(result.structured_content, text, binding.result)
 
     def _mcp_error(self, exc: MCPError, what: str, session: DownstreamSession | None) -> AdapterError:
         if exc.code == CONNECTION_CLOSED:
             if session is not None:
                 session.drop()
-            return AdapterUnavailableError(f"{self._describe}: connection to the downstream was lost during '{what}'")
+            return AdapterUnavailableError(f"{self.describe}: connection to the downstream was lost during '{what}'")
         if exc.code == REQUEST_TIMEOUT:
-            return AdapterTimeoutError(f"{self._describe}: '{what}' timed out downstream")
-        return AdapterError(f"{self._describe}: downstream rejected '{what}': {safe_detail(self._redact(exc.message))}")
+            return AdapterTimeoutError(f"{self.describe}: '{what}' timed out downstream")
+        return AdapterError(f"{self.describe}: downstream rejected '{what}': {safe_detail(self._redact(exc.message))}")
 
     def _redact(self, text: str) -> str:
         """Downstream text with the bearer token (if any) removed, in case the server echoes it."""
         env = self._manifest.bearer_token_env
         secret = self._context.secrets.get(env) if env else None
         value = secret.get_secret_value() if secret is not None else ""
-        return text.replace(value, "[redacted]") if value else text
+        return redact_tokens(text.replace(value, "[redacted]") if value else text)
 
 
 def _declared(manifest: MCPManifest) -> frozenset[Capability]:

@@ -6,12 +6,15 @@ run end to end: an MCP client, a real `serve` process, the fake Ollama process.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import httpx2
+import orjson
 from mcp import Client
 
 import adapters._http as adapter_http
@@ -31,6 +34,7 @@ from benchmarks.upstream import (
     reset_upstream,
     upstream_embeds,
 )
+from tests.support.fake_ollama import Fault, remote_inject
 
 TEXT = "the quick brown fox jumps over the lazy dog"
 
@@ -97,7 +101,77 @@ async def bench_adapter_http(plan: Plan) -> list[Row]:
         body = {"model": OPENAI_MODEL, "input": [TEXT], "encoding_format": "float"}
         m, b, built = await _adapter_vs_raw(oa_adapter, url, "/v1/embeddings", body, plan)
         rows.append(_row3("3-openai", "OpenAI adapter embed vs raw keep-alive httpx2 POST, p50", m, b, built))
+    rows.append(await _large_answer(plan))
     return rows
+
+
+# --- 3-large: the event loop while a large answer is taken ---------------------------
+
+
+async def _longest_block_ms(run: Callable[[], Awaitable[Any]]) -> float:
+    """The longest the event loop went without running a 1 ms ticker while `run` ran."""
+    longest = 0.0
+    done = anyio.Event()
+
+    async def tick() -> None:
+        nonlocal longest
+        last = time.perf_counter()
+        while not done.is_set():
+            await anyio.sleep(0.001)
+            now = time.perf_counter()
+            longest, last = max(longest, now - last), now
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tick)
+        await anyio.sleep(0.01)
+        with anyio.fail_after(120):
+            await run()
+        done.set()
+    return longest * 1000
+
+
+async def _large_answer(plan: Plan) -> Row:
+    """The adapter reads and decodes a ~16 MB embed answer (256 x 3072-d floats, one upstream chunk at the
+    shipped batch_limit) vs a raw read and one orjson parse on the event loop."""
+    count = plan.n(256, 64)
+    vector = [math.sin(i) / 10 for i in range(3072)]  # full-precision floats, as embedding servers send them
+    answer = orjson.dumps({"model": OLLAMA_MODEL, "embeddings": [vector] * count}).decode()
+    fault = Fault("body", path="/api/embed", body=answer, times=1)
+    with fake_ollama() as url:
+        adapter = OllamaAdapter(OllamaManifest(kind="ollama", name="bench", endpoint=url), AdapterContext())
+        raw = httpx2.AsyncClient(base_url=url, trust_env=False, timeout=httpx2.Timeout(60.0))
+        request = EmbedRequest(model=OLLAMA_MODEL, texts=tuple(texts(count)))
+        body = {"model": OLLAMA_MODEL, "input": list(request.texts)}
+
+        async def via_adapter() -> float:
+            await anyio.to_thread.run_sync(remote_inject, url, fault)
+            return await _longest_block_ms(lambda: adapter.embed(request))
+
+        async def via_raw() -> float:
+            await anyio.to_thread.run_sync(remote_inject, url, fault)
+
+            async def post() -> None:
+                orjson.loads((await raw.post("/api/embed", json=body)).content)
+
+            return await _longest_block_ms(post)
+
+        try:
+            rounds = await interleave({"adapter": via_adapter, "raw": via_raw}, plan.rounds)
+        finally:
+            await raw.aclose()
+            await adapter.aclose()
+    measured, baseline = median(rounds["adapter"]), median(rounds["raw"])
+    size = f"{len(answer) / 2**20:.1f} MiB"
+    row = Row(
+        "3-large",
+        f"longest event-loop block taking a {size} embed answer: adapter vs raw read + orjson",
+        "ms",
+        measured,
+        baseline,
+        Target("<=", 50, unit="ms"),
+    )
+    row.extra["clients_built"] = 0
+    return row
 
 
 # --- 4, 5: batch sizes end to end -------------------------------------------------

@@ -43,12 +43,19 @@ def gateway_params(home: Path, manifests: Path | None, env: Mapping[str, str] | 
 
 
 @contextlib.contextmanager
-def http_module(module: str, home: Path, *args: str, ready_path: str = "/mcp") -> Iterator[str]:
+def http_module(
+    module: str, home: Path, *args: str, ready_path: str = "/mcp", env: Mapping[str, str] | None = None
+) -> Iterator[str]:
     """Run `python -m module --transport streamable-http --port P ...`; yields the base URL."""
     port = free_port()
     argv = [sys.executable, "-m", module, *args, "--transport", "streamable-http", "--port", str(port)]
     proc = subprocess.Popen(
-        argv, env=env_for(home), cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        argv,
+        env=env_for(home, env),
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
     try:

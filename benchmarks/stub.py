@@ -4,7 +4,8 @@ The stub isolates what the gateway itself costs per call (validation, routing,
 policy, audit, metrics, result shaping): its embed/chat/rerank return at once.
 
 As a process: ``python -m benchmarks.stub [--transport stdio|streamable-http] [--port N]``
-(HOME decides where the audit log and caches go, as for the real `serve`).
+(HOME decides where the audit log and caches go, as for the real `serve`; BENCH_STUB_DELAY_MS
+makes every embed take that long, as an upstream would).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+
+import anyio
 
 from adapters.base import AdapterInfo, ModelInfo, ProbeResult
 from adapters.types import (
@@ -34,18 +37,26 @@ ROUTES = {"routes": {"embed": [f"stub/{MODEL}"], "rerank": [f"stub/{MODEL}"], "c
 
 
 class StubAdapter:
-    """Answers every call at once with a canned result; counts calls."""
+    """Answers every call with a canned result, at once or after `delay_s`; counts calls.
 
-    def __init__(self, name: str = "stub") -> None:
+    An embed whose first text starts with "hold" waits until the call's deadline: it keeps one call in flight.
+    """
+
+    def __init__(self, name: str = "stub", delay_s: float = 0.0) -> None:
         model = ModelInfo(MODEL, frozenset({"embed", "rerank", "chat"}), dimensions=len(CANNED_VECTOR))
         self.info = AdapterInfo(name, "stub", "local", model.capabilities, (model,))
         self.calls = 0
+        self.delay_s = delay_s
 
     async def probe(self) -> ProbeResult:
         return ProbeResult(ok=True, models=self.info.models)
 
     async def embed(self, req: EmbedRequest) -> EmbedResult:
         self.calls += 1
+        if req.texts and req.texts[0].startswith("hold"):
+            await anyio.sleep_forever()
+        if self.delay_s:
+            await anyio.sleep(self.delay_s)
         return EmbedResult(req.model, [list(CANNED_VECTOR)] * len(req.texts), Usage(input_tokens=len(req.texts)))
 
     async def rerank(self, req: RerankRequest) -> RerankResult:
@@ -87,30 +98,34 @@ def _settings(transport: str, port: int, manifests: Path) -> object:
 
 
 async def _serve(transport: str, port: int, manifests: Path, front_door: bool = True) -> None:
-    from server.app import build_server, http_app, transport_security
+    from server.app import Gateway
     from server.config import Settings
-    from server.health import StateRef
+    from server.http_edge import http_app, transport_security
     from server.http_server import uvicorn_config
 
     settings = _settings(transport, port, manifests)
     assert isinstance(settings, Settings)
-    ref = StateRef()
-    server = build_server(settings, ref, {"stub": StubAdapter()})
+    delay_s = float(os.environ.get("BENCH_STUB_DELAY_MS", "0")) / 1000
+    gateway = Gateway(settings, {"stub": StubAdapter(delay_s=delay_s)})
     if transport == "stdio":
         # the same stdio path as `serve` (our wire, the handshake recorder), minus the fast start
-        from server.stdio import serve_stdio
-        from server.stdio_front import Handover, HandshakeCache, Recorder, claim
+        from server.stdio.fd import claim
+        from server.stdio.front import Pipes, fresh_handover
+        from server.stdio.handshake import HandshakeCache
+        from server.stdio.serve import serve_stdio
+        from server.stdio.session import Session, StdioOptions
 
         in_fd, out_fd = claim()
-        handover = Handover([], b"", Recorder(HandshakeCache(manifests / "stdio-handshake.json", "stub")))
-        await serve_stdio(settings, server, ref, handover, in_fd, out_fd)
+        cap = settings.manifests.performance.limits.max_line_bytes
+        handover = fresh_handover(HandshakeCache(manifests / "stdio-handshake.json", "stub", None), cap)
+        await serve_stdio(gateway, Session(handover, Pipes(in_fd, out_fd), StdioOptions(cap)))
         return
     import uvicorn
 
     if front_door:
-        config = uvicorn_config(settings, http_app(settings, server))
-    else:  # the MCP transport as the SDK serves it: what the front door's layers are measured against
-        app = server.streamable_http_app(json_response=True, transport_security=transport_security(settings))
+        config = uvicorn_config(settings, http_app(gateway))
+    else:  # the SDK's transport alone (its lifespan opens the state): what the front door is measured against
+        app = gateway.server.streamable_http_app(json_response=True, transport_security=transport_security(settings))
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     await uvicorn.Server(config).serve()
 

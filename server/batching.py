@@ -1,55 +1,169 @@
-"""Coalesces concurrent embed calls per (adapter, model, dimensions).
+"""Coalescing as an adapter decorator: concurrent calls that an upstream can serve as one request leave as one.
 
-Continuous batching: a call that finds its key idle is sent at once, in its own
-task (no added latency at low load); calls that arrive while a batch is
-upstream queue up and leave together as the next batch, bounded by a text count and an estimated
-token budget. One drain task per busy key runs in the coalescer's task group,
-so a caller that gives up (deadline, cancellation) never cancels the batch its
-neighbours are waiting on.
+`CoalescingAdapter` wraps an adapter when the state is built. Embed calls for
+the same (model, dimensions) and rerank calls for the same (model, query) are
+merged: texts (documents) are concatenated, sent once, and the answer is split
+back per caller in order. Any capability whose backend takes batches is one
+more `Batching` here.
+
+Continuous batching: a call that finds its lane idle goes at once, in its own
+task (no added latency at low load); calls that arrive while a request is
+upstream queue and leave together as the next batch, bounded by an item count
+and an estimated token budget. Batches run in the coalescer's task group, so a
+caller that gives up never cancels the batch its neighbours wait on; a batch
+runs under the latest of its callers' deadlines (the router's attempt
+deadlines), and a batch whose callers have all left is cancelled at once,
+freeing its lane for the next call.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
 
-from adapters.base import Adapter
-from adapters.types import EmbedRequest, EmbedResult, Usage
+from adapters.base import Adapter, AdapterInfo, ProbeResult
+from adapters.errors import AdapterTimeoutError, UpstreamProtocolError
+from adapters.types import (
+    ChatRequest,
+    ChatResult,
+    EmbedRequest,
+    EmbedResult,
+    RerankRequest,
+    RerankResult,
+    Usage,
+    rank,
+)
 from server.manifests import BatchingConfig
 
 BatchObserver = Callable[[str, int, int], None]  # adapter, calls in batch, texts in batch
-Key = tuple[str, str, int | None]
+Req = TypeVar("Req")
+Res = TypeVar("Res")
 
 
 def estimate_tokens(text: str) -> int:
     return len(text) // 4 + 1
 
 
+class Batching(Protocol[Req, Res]):
+    """How one capability's requests merge into one upstream request and its answer splits back."""
+
+    def key(self, req: Req) -> Hashable: ...
+    def items(self, req: Req) -> int: ...
+    def weight(self, req: Req) -> tuple[int, int]: ...  # items, estimated tokens
+    def merge(self, reqs: Sequence[Req]) -> Req: ...
+    def split(self, result: Res, reqs: Sequence[Req]) -> list[Res]: ...
+
+
+def _shares(tokens: int, sizes: Sequence[int]) -> list[int]:
+    total = sum(sizes)
+    return [round(tokens * n / total) if total else 0 for n in sizes]
+
+
+class EmbedBatching:
+    def key(self, req: EmbedRequest) -> Hashable:
+        return (req.model, req.dimensions)
+
+    def items(self, req: EmbedRequest) -> int:
+        return len(req.texts)
+
+    def weight(self, req: EmbedRequest) -> tuple[int, int]:
+        return len(req.texts), sum(estimate_tokens(t) for t in req.texts)
+
+    def merge(self, reqs: Sequence[EmbedRequest]) -> EmbedRequest:
+        first = reqs[0]
+        return EmbedRequest(
+            model=first.model, texts=tuple(t for r in reqs for t in r.texts), dimensions=first.dimensions
+        )
+
+    def split(self, result: EmbedResult, reqs: Sequence[EmbedRequest]) -> list[EmbedResult]:
+        sizes = [len(r.texts) for r in reqs]
+        if len(result.vectors) != sum(sizes):
+            raise UpstreamProtocolError(f"returned {len(result.vectors)} vectors for {sum(sizes)} texts")
+        out, offset = [], 0
+        for n, share in zip(sizes, _shares(result.usage.input_tokens, sizes), strict=True):
+            vectors = result.vectors[offset : offset + n]
+            # per-text truncation is not reported by adapters: a merged batch cannot say whose text was cut
+            out.append(EmbedResult(result.model, vectors, Usage(share), 0, result.max_input_tokens))
+            offset += n
+        return out
+
+
+class RerankBatching:
+    """Documents ranked against the same query score independently: one request ranks them all."""
+
+    def key(self, req: RerankRequest) -> Hashable:
+        return (req.model, req.query)
+
+    def items(self, req: RerankRequest) -> int:
+        return len(req.documents)
+
+    def weight(self, req: RerankRequest) -> tuple[int, int]:
+        return len(req.documents), sum(estimate_tokens(d) for d in req.documents) + estimate_tokens(req.query)
+
+    def merge(self, reqs: Sequence[RerankRequest]) -> RerankRequest:
+        first = reqs[0]
+        return RerankRequest(first.model, first.query, tuple(d for r in reqs for d in r.documents), None)
+
+    def split(self, result: RerankResult, reqs: Sequence[RerankRequest]) -> list[RerankResult]:
+        sizes = [len(r.documents) for r in reqs]
+        scores: list[float | None] = [None] * sum(sizes)
+        for s in result.results:
+            if 0 <= s.index < len(scores):
+                scores[s.index] = s.relevance_score
+        if any(s is None for s in scores):
+            raise UpstreamProtocolError(f"returned {len(result.results)} scores for {len(scores)} documents")
+        out, offset = [], 0
+        for req, n, share in zip(reqs, sizes, _shares(result.usage.input_tokens, sizes), strict=True):
+            mine = [float(s) for s in scores[offset : offset + n] if s is not None]
+            out.append(RerankResult(result.model, rank(mine, req.top_n), result.method, Usage(share)))
+            offset += n
+        return out
+
+
+EMBED = EmbedBatching()
+RERANK = RerankBatching()
+
+
 @dataclass(eq=False)
-class _Pending:
-    texts: tuple[str, ...]
+class _Pending(Generic[Req, Res]):
+    req: Req
+    deadline: float
     done: anyio.Event = field(default_factory=anyio.Event)
-    result: EmbedResult | None = None
+    result: Res | None = None
     error: BaseException | None = None
     abandoned: bool = False
 
 
-class EmbedCoalescer:
-    def __init__(self, config: BatchingConfig, deadline_s: float, on_batch: BatchObserver | None = None) -> None:
+@dataclass(eq=False)
+class _Lane(Generic[Req, Res]):
+    """One (adapter, capability, batch key) while it has work: its queue and the batch upstream now."""
+
+    key: Hashable
+    adapter: str
+    batching: Batching[Req, Res]
+    call: Callable[[Req], Awaitable[Res]]
+    queue: deque[_Pending[Req, Res]] = field(default_factory=deque)
+    running: list[_Pending[Req, Res]] = field(default_factory=list)
+    scope: anyio.CancelScope | None = None
+
+
+class Coalescer:
+    """Owns the lanes and the task group their batches run in (entered and left with the state)."""
+
+    def __init__(self, config: BatchingConfig, on_batch: BatchObserver | None = None) -> None:
         self.config = config
-        self.deadline_s = deadline_s
         self._on_batch = on_batch
-        self._queues: dict[Key, deque[_Pending]] = {}
-        self._busy: set[Key] = set()  # keys with upstream work in flight (a lone call or a drain task)
+        self._lanes: dict[Hashable, _Lane[Any, Any]] = {}  # only lanes with work: bounded by calls in flight
         self._tg: TaskGroup | None = None
         self.batches = 0
 
-    async def __aenter__(self) -> EmbedCoalescer:
+    async def __aenter__(self) -> Coalescer:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         return self
@@ -63,122 +177,153 @@ class EmbedCoalescer:
         self._tg = None
         return result
 
-    async def embed(
-        self, adapter: Adapter, req: EmbedRequest, call: Callable[[EmbedRequest], Awaitable[EmbedResult]]
-    ) -> EmbedResult:
-        """Embed through the coalescer; `call` performs the upstream request for a (merged) batch."""
-        if self._tg is None or not self.config.coalesce or len(req.texts) >= self.config.max_batch_texts:
+    @property
+    def lanes(self) -> int:
+        return len(self._lanes)
+
+    async def submit(
+        self, adapter: str, req: Req, batching: Batching[Req, Res], call: Callable[[Req], Awaitable[Res]]
+    ) -> Res:
+        """Send `req` through `call`, merged with whatever is queued for the same lane."""
+        items = batching.items(req)
+        if self._tg is None or not self.config.coalesce or items >= self.config.max_batch_texts:
             return await call(req)
-        key: Key = (adapter.info.name, req.model, req.dimensions)
-        if key not in self._busy and self.config.max_wait_ms == 0:
-            # idle key: go at once, in the caller's own task; whoever arrives meanwhile queues
-            self._busy.add(key)
+        key = (adapter, id(batching), batching.key(req))
+        lane = self._lanes.get(key)
+        if lane is None and self.config.max_wait_ms == 0:
+            # idle lane: go at once, in the caller's own task; whoever arrives meanwhile queues
+            lane = self._lanes[key] = _Lane(key, adapter, batching, call)
             try:
                 result = await call(req)
             finally:
-                self._release(key, call)
-            self._observe(key[0], 1, len(req.texts))
+                self._release(lane)
+            self._observe(lane, 1, items)
             return result
-        return await self._queued(key, req, call)
+        if lane is None:
+            lane = self._lanes[key] = _Lane(key, adapter, batching, call)
+            self._start(lane)
+        return await self._queued(lane, req)
 
-    async def _queued(
-        self, key: Key, req: EmbedRequest, call: Callable[[EmbedRequest], Awaitable[EmbedResult]]
-    ) -> EmbedResult:
-        pending = _Pending(req.texts)
-        self._queues.setdefault(key, deque()).append(pending)
-        if key not in self._busy:
-            self._busy.add(key)
-            self._start_drain(key, call)
+    async def _queued(self, lane: _Lane[Req, Res], req: Req) -> Res:
+        pending: _Pending[Req, Res] = _Pending(req, anyio.current_effective_deadline())
+        lane.queue.append(pending)
         try:
             await pending.done.wait()
         except BaseException:
             pending.abandoned = True
+            if lane.scope is not None and pending in lane.running and all(p.abandoned for p in lane.running):
+                lane.scope.cancel()  # nobody is left to answer: free the lane now
             raise
         if pending.error is not None:
             raise pending.error
         assert pending.result is not None
         return pending.result
 
-    def _release(self, key: Key, call: Callable[[EmbedRequest], Awaitable[EmbedResult]]) -> None:
-        """A lone call finished: hand the calls that queued behind it to a drain task, or free the key."""
-        if self._queues.get(key):
-            self._start_drain(key, call)
+    def _release(self, lane: _Lane[Any, Any]) -> None:
+        """A lone call finished: hand what queued behind it to a batch task, or free the lane."""
+        if lane.queue:
+            self._start(lane)
         else:
-            self._busy.discard(key)
+            self._lanes.pop(lane.key, None)
 
-    def _start_drain(self, key: Key, call: Callable[[EmbedRequest], Awaitable[EmbedResult]]) -> None:
+    def _start(self, lane: _Lane[Any, Any]) -> None:
         assert self._tg is not None
-        self._tg.start_soon(self._drain, key, self._queues[key], call)
+        self._tg.start_soon(self._drain, lane)
 
-    def _observe(self, adapter: str, calls: int, texts: int) -> None:
+    def _observe(self, lane: _Lane[Any, Any], calls: int, items: int) -> None:
         self.batches += 1
-        if self._on_batch is not None:
-            self._on_batch(adapter, calls, texts)
+        if self._on_batch is not None and lane.batching is EMBED:
+            self._on_batch(lane.adapter, calls, items)
 
-    def _take(self, queue: deque[_Pending]) -> list[_Pending]:
-        batch: list[_Pending] = []
-        texts = tokens = 0
-        while queue:
-            p = queue[0]
+    def _take(self, lane: _Lane[Req, Res]) -> list[_Pending[Req, Res]]:
+        batch: list[_Pending[Req, Res]] = []
+        items = tokens = 0
+        while lane.queue:
+            p = lane.queue[0]
             if p.abandoned:
-                queue.popleft()
+                lane.queue.popleft()
                 continue
-            cost = sum(estimate_tokens(t) for t in p.texts)
-            too_big = texts + len(p.texts) > self.config.max_batch_texts or tokens + cost > self.config.token_budget
+            n, cost = lane.batching.weight(p.req)
+            too_big = items + n > self.config.max_batch_texts or tokens + cost > self.config.token_budget
             if batch and too_big:
                 break
-            batch.append(queue.popleft())
-            texts += len(p.texts)
-            tokens += cost
+            batch.append(lane.queue.popleft())
+            items, tokens = items + n, tokens + cost
         return batch
 
-    async def _drain(
-        self, key: Key, queue: deque[_Pending], call: Callable[[EmbedRequest], Awaitable[EmbedResult]]
-    ) -> None:
+    async def _drain(self, lane: _Lane[Any, Any]) -> None:
         try:
             if self.config.max_wait_ms > 0:
                 await anyio.sleep(self.config.max_wait_ms / 1000)
-            while queue:
-                batch = self._take(queue)
+            while lane.queue:
+                batch = self._take(lane)
                 if batch:
-                    await self._run_batch(key, batch, call)
+                    await self._run(lane, batch)
         finally:
-            self._busy.discard(key)
-            if self._queues.get(key) is queue:
-                del self._queues[key]
-            for p in queue:  # only reached on shutdown
+            if self._lanes.get(lane.key) is lane:
+                del self._lanes[lane.key]
+            for p in lane.queue:  # only reached on shutdown
                 p.error = p.error or anyio.get_cancelled_exc_class()()
                 p.done.set()
 
-    async def _run_batch(
-        self, key: Key, batch: list[_Pending], call: Callable[[EmbedRequest], Awaitable[EmbedResult]]
-    ) -> None:
-        texts = tuple(t for p in batch for t in p.texts)
-        merged = EmbedRequest(model=key[1], texts=texts, dimensions=key[2])
-        self._observe(key[0], len(batch), len(texts))
+    async def _run(self, lane: _Lane[Req, Res], batch: list[_Pending[Req, Res]]) -> None:
+        reqs = [p.req for p in batch]
+        merged = reqs[0] if len(reqs) == 1 else lane.batching.merge(reqs)
+        self._observe(lane, len(batch), sum(lane.batching.items(r) for r in reqs))
+        parts: list[Res] | None = None
+        error: Exception | None = None
+        lane.running = batch
         try:
-            with anyio.fail_after(self.deadline_s):
-                result = await call(merged)
+            with anyio.CancelScope(deadline=max(p.deadline for p in batch)) as lane.scope:
+                result = await lane.call(merged)
+                parts = [result] if len(reqs) == 1 else lane.batching.split(result, reqs)
         except Exception as exc:
-            for p in batch:
-                p.error = exc
-                p.done.set()
-            return
-        _split(result, batch, len(texts))
+            error = exc
+        finally:
+            lane.running, lane.scope = [], None
+            _answer(batch, parts, error)
 
 
-def _split(result: EmbedResult, batch: list[_Pending], total: int) -> None:
-    offset = 0
-    for p in batch:
-        n = len(p.texts)
-        share = round(result.usage.input_tokens * n / total) if total else 0
-        p.result = EmbedResult(
-            model=result.model,
-            vectors=result.vectors[offset : offset + n],
-            usage=Usage(input_tokens=share),
-            # per-text truncation is not reported by adapters, so only a lone caller gets the count
-            truncated=result.truncated if len(batch) == 1 else 0,
-            max_input_tokens=result.max_input_tokens,
-        )
-        offset += n
+def _answer(
+    batch: Sequence[_Pending[Any, Any]], parts: list[Any] | None = None, error: BaseException | None = None
+) -> None:
+    if parts is None and error is None:
+        # cancelled: every caller left, or the latest of their deadlines passed
+        error = AdapterTimeoutError("the coalesced batch was cancelled: every caller had left")
+    for i, p in enumerate(batch):
+        if parts is not None:
+            p.result = parts[i]
+        else:
+            p.error = error
         p.done.set()
+
+
+class CoalescingAdapter:
+    """An adapter whose embed and rerank go through the coalescer; chat and probes go straight through."""
+
+    def __init__(self, inner: Adapter, coalescer: Coalescer) -> None:
+        self.inner = inner
+        self._coalescer = coalescer
+
+    @property
+    def info(self) -> AdapterInfo:
+        return self.inner.info  # read through: adapters may widen their info once they have seen a server
+
+    @info.setter
+    def info(self, value: AdapterInfo) -> None:
+        self.inner.info = value
+
+    async def probe(self) -> ProbeResult:
+        return await self.inner.probe()
+
+    async def chat(self, req: ChatRequest) -> ChatResult:
+        return await self.inner.chat(req)
+
+    async def embed(self, req: EmbedRequest) -> EmbedResult:
+        return await self._coalescer.submit(self.inner.info.name, req, EMBED, self.inner.embed)
+
+    async def rerank(self, req: RerankRequest) -> RerankResult:
+        return await self._coalescer.submit(self.inner.info.name, req, RERANK, self.inner.rerank)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -1,4 +1,4 @@
-"""model-gateway: serve | discover | models pull/list | manifests schema | audit verify.
+"""model-gateway: serve | discover | models pull/list | manifests schema | policy explain | audit verify.
 
 Heavy imports stay inside the command that needs them, so `serve` reaches the
 first `tools/list` without importing MLX or probing anything.
@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,8 @@ from server.errors import ConfigError, GatewayError
 
 if TYPE_CHECKING:  # heavy modules: `serve` over stdio imports them in a worker thread
     from server.config import Settings
-    from server.stdio_front import Prepared
+    from server.stdio.front import Serve
+    from server.tracing import Tracing
 
 
 def _out(text: str) -> None:
@@ -50,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stdio only: do not answer the handshake from the previous run's answers while starting",
     )
+    serve.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="stdio only: on SIGTERM/SIGINT or end of input, how long calls in flight may run to finish (s)",
+    )
 
     disc = sub.add_parser("discover", help="probe every adapter now and print what it serves")
     disc.add_argument("--json", action="store_true")
@@ -69,32 +78,97 @@ def _parser() -> argparse.ArgumentParser:
     schema = mansub.add_parser("schema", help="print or write the manifests' JSON Schemas")
     schema.add_argument("--write", type=Path, help="directory to write *.schema.json into")
 
+    _policy_parser(sub)
+
     audit = sub.add_parser("audit", help="audit trail tools")
     asub = audit.add_subparsers(dest="audit_command", required=True)
-    ver = asub.add_parser("verify", help="check the chain and checkpoints; exit 1 on damage")
-    ver.add_argument("path", type=Path, help="the audit log (audit.jsonl) or its folder")
+    ver = asub.add_parser("verify", help="check every trail's chain and checkpoints; exit 1 on damage")
+    ver.add_argument("path", type=Path, help="an audit log (audit.jsonl), its folder, or a folder of several trails")
     ver.add_argument("--repair", action="store_true", help="cut a torn last line (a crash mid-write), then verify")
     ver.add_argument("--key-file", type=Path, help="hex key file (default: MODEL_GATEWAY_AUDIT_KEY, then audit.key)")
     ver.add_argument("--json", action="store_true")
     return p
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 10**9:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1000000000")
+    return value
+
+
+def _policy_parser(sub: Any) -> None:
+    pol = sub.add_parser("policy", help="policy tools")
+    psub = pol.add_subparsers(dest="policy_command", required=True)
+    exp = psub.add_parser(
+        "explain", help="the decision for a call and the rule that made it, with what each policy layer checked"
+    )
+    exp.add_argument("--tool", required=True, choices=["chat", "embed", "rerank", "privacy"])
+    exp.add_argument("--model", help="as a call names it: adapter/model, a model name or alias (default: the route)")
+    exp.add_argument("--principal", help="who calls (default: the local user, as on stdio)")
+    exp.add_argument("--adapter", help="explain only this adapter's candidate")
+    for size in ("texts", "chars", "documents", "max-tokens"):
+        exp.add_argument(f"--{size}", type=_count, default=0, help=f"the call's {size.replace('-', '_')} (default 0)")
+    exp.add_argument("--manifests", type=Path)
+    exp.add_argument("--json", action="store_true")
+
+
 def _serve(args: argparse.Namespace) -> int:
-    if args.transport == "stdio":
-        from server.paths import default_cache_dir
-        from server.stdio_front import enabled, options, run
+    tracing: list[Tracing] = []  # started with the server; flushed when it stops
+    if _tracing_requested():
+        import signal
 
-        fingerprinted = options(args.manifests, args.privacy_mode, args.metrics_port)
-        fast = enabled(args.no_fast_start, os.environ)
-        return run(fingerprinted, os.environ, default_cache_dir(os.environ), lambda: _prepare_stdio(args), fast=fast)
-    settings = _settings(args)
-    _configure_logging(settings.log_level)
-    import anyio
+        # uvicorn re-raises SIGTERM after its own shutdown and stdio has no handler: either way the process would
+        # die before the `finally` below flushed the last spans, so SIGTERM becomes an ordinary exit
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        if args.transport == "stdio":
+            from server.paths import default_cache_dir
+            from server.stdio.front import enabled, run
+            from server.stdio.handshake import options
 
-    from server.app import serve_http
+            fingerprinted = options(args.manifests, args.privacy_mode, args.metrics_port)
+            fast = enabled(args.no_fast_start, os.environ)
+            prepare = partial(_prepare_stdio, args, tracing)
+            return run(fingerprinted, os.environ, default_cache_dir(os.environ), prepare, fast=fast)
+        settings = _settings(args)
+        _configure_logging(settings.log_level)
+        _start_tracing(tracing)
+        import anyio
 
-    anyio.run(serve_http, settings)
-    return 0
+        from server.http_edge import serve_http
+        from server.loopwatch import wanted
+
+        anyio.run(serve_http, settings, wanted(os.environ))
+        return 0
+    finally:
+        for t in tracing:
+            t.shutdown()
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _tracing_requested() -> bool:
+    """Whether the OTEL_* variables ask for span export; with none set, nothing is imported."""
+    if not any(name.startswith("OTEL_") for name in os.environ):
+        return False
+    from server.tracing import exporter_names
+
+    return bool(exporter_names(os.environ))
+
+
+def _start_tracing(into: list[Tracing]) -> None:
+    """Span export as the OTEL_* variables ask."""
+    if not _tracing_requested():
+        return
+    from server import __version__
+    from server.tracing import start_tracing
+
+    found = start_tracing(os.environ, __version__)
+    if found is not None:
+        into.append(found)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -112,21 +186,22 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _prepare_stdio(args: argparse.Namespace) -> Prepared:
-    """Settings, logging, imports and the built server (the fast start runs this in a worker thread)."""
+def _prepare_stdio(args: argparse.Namespace, tracing: list[Tracing]) -> Serve:
+    """Settings, logging, tracing, imports and the built server (the fast start runs this in a worker thread)."""
     settings = _settings(args)
     _configure_logging(settings.log_level)
-    from server.stdio import prepare_stdio
+    _start_tracing(tracing)
+    from server.stdio.serve import prepare_stdio
 
-    return prepare_stdio(settings)
+    return prepare_stdio(settings, os.environ, max(0.0, args.shutdown_grace))
 
 
 def _discover(args: argparse.Namespace) -> int:
     import anyio
 
-    from server.app import build_adapters
     from server.config import load_settings
     from server.discovery import Discovery
+    from server.state import build_adapters
 
     settings = load_settings(manifests_dir=args.manifests)
     _configure_logging("WARNING")
@@ -191,15 +266,45 @@ def _manifests(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy(args: argparse.Namespace) -> int:
+    """Exit 0 when the call would be allowed, 1 when denied or when nothing serves it."""
+    from server.config import load_settings
+    from server.policy import PolicyEngine
+    from server.policy_explain import CallQuery, explain_call, to_json, to_text
+
+    settings = load_settings(manifests_dir=args.manifests)
+    engine = PolicyEngine(settings.manifests.policy)
+    query = CallQuery(
+        tool=args.tool,
+        model=args.model,
+        principal=args.principal or settings.principal,
+        adapter=args.adapter,
+        texts=args.texts,
+        chars=args.chars,
+        documents=args.documents,
+        max_tokens=args.max_tokens,
+    )
+    ex = explain_call(settings.manifests, engine, query)
+    _out(json.dumps(to_json(ex, engine), indent=2) if args.json else to_text(ex, engine))
+    return 0 if ex.decision is not None and ex.decision.allowed else 1
+
+
 def _audit(args: argparse.Namespace) -> int:
-    from server.audit_verify import verify_command
+    from server.audit_trails import verify_command, verify_text
 
-    report, text = verify_command(args.path, args.key_file, args.repair, os.environ)
-    _out(json.dumps(text) if args.json else str(text["summary"]))
-    return 0 if report.ok else 1
+    ok, result = verify_command(args.path, args.key_file, args.repair, os.environ)
+    _out(json.dumps(result) if args.json else verify_text(result, args.path))
+    return 0 if ok else 1
 
 
-COMMANDS = {"serve": _serve, "discover": _discover, "models": _models, "manifests": _manifests, "audit": _audit}
+COMMANDS = {
+    "serve": _serve,
+    "discover": _discover,
+    "models": _models,
+    "manifests": _manifests,
+    "policy": _policy,
+    "audit": _audit,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,19 +1,24 @@
 """Log notifications for MCP clients: each session receives `notifications/message` at the level it set.
 
-- A session's level is its own. `logging/setLevel` changes what that session receives and
-  nothing else (stderr keeps the operator's MODEL_GATEWAY_LOG_LEVEL). Until it sets one, a
-  session receives warnings and worse.
-- Scope. A record emitted while a request is served goes to that request's session only; a
-  record emitted outside any request (an adapter found down, the audit sink failing) goes to
-  every session at that level. Only the gateway's own loggers (`model_gateway.*`, `adapters.*`)
-  are forwarded: library records can quote traffic of other sessions.
+- A session's level is its own (`SessionState.log_level`, server/session.py). `logging/setLevel`
+  changes what that session receives and nothing else (stderr keeps the operator's
+  MODEL_GATEWAY_LOG_LEVEL). Until it sets one, a session receives warnings and worse.
+- Where they go. A session is reached over its SDK connection's own channel, remembered when
+  the client says `notifications/initialized` or sets a level (both handlers are registered by
+  `register_log_handlers`). A record emitted while a tool call is served goes to that call's
+  session only (the call path enters `ClientLogs.scoped()`: server/toolkit.py); a record emitted
+  outside any call (an adapter found down, the audit sink failing) goes to every session at that
+  level. Only the gateway's own loggers (`model_gateway.*`, `adapters.*`) are forwarded: library
+  records can quote traffic of other sessions. A request without a session (stateless HTTP, the
+  2026-07-28 envelope, whose log messages ride only the stream of a request that asked) gets none.
 - Bounds. The text passes the same redactor as stderr and is then cut to MAX_CHARS; a session
   receives at most RATE_PER_S messages a second (bursts of BURST); what is held back is counted
   and reported in one message once there is room again. The queue to all sessions holds QUEUE
-  entries; a client slow to read loses messages, never stalls the server.
+  entries; a client slow to read loses messages, never stalls the server. Sessions that ended
+  are let go of at the next delivery; at most `max_sessions` are remembered (oldest first out).
 
 Records may come from any thread (the MLX owner thread logs too): they are queued under a lock,
-and the sender, a task of the lifespan's task group, drains the queue at least once a second.
+and the sender, a task of the state's task group, drains the queue at least once a second.
 """
 
 from __future__ import annotations
@@ -22,18 +27,21 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
-from mcp_types import LoggingMessageNotification, LoggingMessageNotificationParams
+from mcp.server.context import ServerRequestContext
+from mcp.server.mcpserver import MCPServer
+from mcp_types import EmptyResult, NotificationParams, SetLevelRequestParams
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from server import sdk
 from server.redact import Redactor
-from server.sessions import session_of
+from server.session import SessionState, session_of
 
 MAX_CHARS = 1000
 MAX_FIELD_CHARS = 200
@@ -41,7 +49,6 @@ RATE_PER_S = 10.0
 BURST = 20.0
 QUEUE = 1024
 SEND_DEADLINE_S = 2.0
-DEFAULT_LEVEL = logging.WARNING
 FORWARDED = ("model_gateway", "adapters")
 _SELF = "model_gateway.client_logs"
 
@@ -66,20 +73,25 @@ def mcp_level(levelno: int) -> str:
     return "debug"
 
 
+class Channel(Protocol):
+    """Where a session's notifications go: the SDK's `Connection` (best effort: it never raises)."""
+
+    async def notify(self, method: str, params: Mapping[str, Any] | None) -> None: ...
+
+
 class _Unbound:
-    """The owner of a request that belongs to no session (stateless HTTP, an `initialize` not yet answered)."""
+    """The owner of a call that belongs to no session: what it logs goes to nobody."""
 
 
-UNBOUND = _Unbound()
-_current_owner: ContextVar[object | None] = ContextVar("model_gateway_log_owner", default=None)
+_UNBOUND = _Unbound()
+_current: ContextVar[SessionState | _Unbound | None] = ContextVar("model_gateway_log_session", default=None)
 
 
 @dataclass(eq=False)
 class _Sink:
-    owner: object
-    session: Any  # the SDK's ServerSession of a recent request: its connection-wide channel carries the messages
+    session: SessionState
+    channel: Channel
     stamp: float
-    level: int = DEFAULT_LEVEL
     tokens: float = BURST
     dropped: int = 0
 
@@ -91,10 +103,6 @@ class _Sink:
         self.tokens -= 1.0
         return True
 
-    @property
-    def closed(self) -> bool:
-        return bool(getattr(self.owner, "closed", False))
-
 
 @dataclass
 class _Entry:
@@ -105,7 +113,7 @@ class _Entry:
 
 
 class ClientLogs:
-    """Per-session log levels and the delivery of log records to sessions."""
+    """The sessions that receive log notifications, and the delivery of log records to them."""
 
     def __init__(
         self, redactor: Redactor, max_sessions: int = 4096, clock: Callable[[], float] = time.monotonic
@@ -113,68 +121,50 @@ class ClientLogs:
         self._redactor = redactor
         self._max_sessions = max_sessions
         self._clock = clock
-        self._sinks: OrderedDict[object, _Sink] = OrderedDict()
+        self._sinks: OrderedDict[SessionState, _Sink] = OrderedDict()
         self._queue: deque[_Entry] = deque()
         self._lock = threading.Lock()
         self._wake: anyio.Event | None = None
         self._loop_thread: int | None = None
-        self.local = _Local()  # the one session of a stdio (or in-memory) connection
         self.handler = _Forwarder(self)
-        self.handler.setLevel(DEFAULT_LEVEL)
+        self.handler.setLevel(logging.WARNING)
         self._operator_level: int | None = None
         self._pinned: list[logging.Handler] = []
 
     # --- sessions -------------------------------------------------------------------------------
 
-    def owner_of(self, request: Any) -> object:
-        """Whose request this is: the HTTP session the guard bound it to, the local session, or UNBOUND."""
-        if request is None:
-            return self.local
-        handle = session_of(request)
-        return handle if handle is not None else UNBOUND
-
-    def bind(self, owner: object, session: Any, refresh: bool) -> None:
-        """Remember the session's channel (a new owner always; a known one when `refresh`)."""
-        if owner is UNBOUND or getattr(session, "protocol_version", None) in MODERN_PROTOCOL_VERSIONS:
-            return  # the 2026 protocol carries log messages only on the stream of a request that asked
+    def attach(self, session: SessionState, channel: Channel) -> None:
+        """Deliver to `session` over `channel` from now on (a newer channel replaces the one known)."""
         with self._lock:
-            sink = self._sinks.get(owner)
+            sink = self._sinks.get(session)
             if sink is None:
-                self._sinks[owner] = _Sink(owner, session, self._clock())
+                self._sinks[session] = _Sink(session, channel, self._clock())
                 while len(self._sinks) > self._max_sessions:
                     self._sinks.popitem(last=False)
-                self._levels_changed()
-            elif refresh:
-                sink.session = session
-                self._sinks.move_to_end(owner)
+            else:
+                sink.channel = channel
+                self._sinks.move_to_end(session)
+            self._levels_changed()
 
-    def set_level(self, owner: object, session: Any, level: str) -> None:
-        self.bind(owner, session, refresh=True)
-        with self._lock:
-            sink = self._sinks.get(owner)
-            if sink is not None:
-                sink.level = MCP_LEVELS.get(level, logging.INFO)
-                self._levels_changed()
-
-    def level_of(self, owner: object) -> int | None:
-        sink = self._sinks.get(owner)
-        return sink.level if sink is not None else None
+    def set_level(self, session: SessionState, channel: Channel, level: str) -> None:
+        session.log_level = MCP_LEVELS.get(level, logging.INFO)
+        self.attach(session, channel)
 
     def __len__(self) -> int:
         return len(self._sinks)
 
     @contextmanager
-    def scoped(self, owner: object) -> Iterator[None]:
-        """Records emitted inside go to `owner` only (UNBOUND: to nobody)."""
-        token = _current_owner.set(owner)
+    def scoped(self, session: SessionState | None) -> Iterator[None]:
+        """Records emitted inside go to `session` only (None: to nobody)."""
+        token = _current.set(_UNBOUND if session is None else session)
         try:
             yield
         finally:
-            _current_owner.reset(token)
+            _current.reset(token)
 
     def _levels_changed(self) -> None:
         """The forwarder and the root logger let through what the most talkative session asked for."""
-        lowest = min((s.level for s in self._sinks.values()), default=DEFAULT_LEVEL)
+        lowest = min((s.session.log_level for s in self._sinks.values()), default=logging.WARNING)
         self.handler.setLevel(lowest)
         if self._operator_level is not None:
             logging.getLogger().setLevel(min(lowest, self._operator_level))
@@ -184,13 +174,15 @@ class ClientLogs:
     def offer(self, record: logging.LogRecord) -> None:
         if not record.name.startswith(FORWARDED) or record.name == _SELF:
             return
-        owner = _current_owner.get()
+        owner = _current.get()
         with self._lock:
             if owner is None:
-                targets = [s for s in self._sinks.values() if record.levelno >= s.level]
-            else:
+                targets = [s for s in self._sinks.values() if record.levelno >= s.session.log_level]
+            elif isinstance(owner, SessionState) and record.levelno >= owner.log_level:
                 sink = self._sinks.get(owner)
-                targets = [sink] if sink is not None and record.levelno >= sink.level else []
+                targets = [sink] if sink is not None else []
+            else:
+                targets = []
             if not targets:
                 return
             entry_data = self._data(record)
@@ -218,7 +210,7 @@ class ClientLogs:
     # --- messages out ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Forward records until cancelled (a task of the lifespan's task group)."""
+        """Forward records until cancelled (a task of the state's task group)."""
         self._loop_thread = threading.get_ident()
         root = logging.getLogger()
         self._operator_level = root.level
@@ -246,8 +238,11 @@ class ClientLogs:
         with self._lock:
             batch = list(self._queue)
             self._queue.clear()
-            for owner in [o for o, s in self._sinks.items() if s.closed]:
-                del self._sinks[owner]
+            ended = [s for s in self._sinks if s.closed]
+            for session in ended:
+                del self._sinks[session]
+            if ended:
+                self._levels_changed()
         for entry in batch:
             await self._deliver(entry.sink, entry.level, entry.logger, entry.data)
         now = self._clock()
@@ -258,24 +253,13 @@ class ClientLogs:
                 await self._deliver(sink, "warning", _SELF, {"message": text})
 
     async def _deliver(self, sink: _Sink, level: str, logger: str, data: dict[str, Any]) -> None:
-        if sink.closed:
+        if sink.session.closed:
             return
-        params = LoggingMessageNotificationParams(level=level, data=data, logger=logger)  # type: ignore[arg-type]
-        note = LoggingMessageNotification(params=params)
         try:
             with anyio.fail_after(SEND_DEADLINE_S):
-                await sink.session.send_notification(note)
+                await sink.channel.notify("notifications/message", {"level": level, "logger": logger, "data": data})
         except TimeoutError:
             sink.dropped += 1
-        except Exception:  # the session is gone (closed stream) or broken: stop sending to it
-            with self._lock:
-                if self._sinks.get(sink.owner) is sink:
-                    del self._sinks[sink.owner]
-                    self._levels_changed()
-
-
-class _Local:
-    closed = False
 
 
 class _Forwarder(logging.Handler):
@@ -294,19 +278,35 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-_BIND_ON = frozenset({"notifications/initialized", "logging/setLevel", "ping", "tools/list"})
+def register_log_handlers(server: MCPServer[Any]) -> None:
+    """`logging/setLevel` sets the calling session's level; `notifications/initialized` opens its channel.
 
-
-async def client_log_scope(ctx: Any, call_next: Any) -> Any:
-    """MCP middleware: records a request emits go to its session; the session's channel is remembered.
-
-    The channel is refreshed only from small requests: the SDK's per-request session object keeps
-    its request (and that request's body) alive for as long as it is held.
+    The SDK leaves `logging/setLevel` to the application; the low-level server is where it
+    documents re-providing it. Neither changes anything for a request without a session.
     """
-    logs = getattr(getattr(ctx, "lifespan_context", None), "client_logs", None)
-    if not isinstance(logs, ClientLogs):
-        return await call_next(ctx)
-    owner = logs.owner_of(getattr(ctx, "request", None))
-    logs.bind(owner, ctx.session, refresh=ctx.method in _BIND_ON)
-    with logs.scoped(owner):
-        return await call_next(ctx)
+
+    async def set_level(ctx: ServerRequestContext[Any, Any], params: SetLevelRequestParams) -> EmptyResult:
+        found = _session(ctx)
+        if found is not None:
+            logs, session = found
+            logs.set_level(session, sdk.connection_of(ctx), str(params.level))
+        return EmptyResult()
+
+    async def initialized(ctx: ServerRequestContext[Any, Any], params: NotificationParams) -> None:
+        found = _session(ctx)
+        if found is not None:
+            logs, session = found
+            logs.attach(session, sdk.connection_of(ctx))
+
+    sdk.add_request_handler(server, "logging/setLevel", SetLevelRequestParams, set_level)
+    sdk.add_notification_handler(server, "notifications/initialized", NotificationParams, initialized)
+
+
+def _session(ctx: ServerRequestContext[Any, Any]) -> tuple[ClientLogs, SessionState] | None:
+    """The state's client logs and the request's session, when it has one that log notifications can reach."""
+    state = ctx.lifespan_context
+    logs = getattr(state, "client_logs", None)
+    if not isinstance(logs, ClientLogs) or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        return None
+    session = session_of(state, ctx)
+    return (logs, session) if session is not None else None

@@ -1,7 +1,9 @@
 """The reader of the environment and of config files.
 
-(Before it is imported, the stdio fast start reads MODEL_GATEWAY_FAST_START and
-the directories of `server.paths`, and fingerprints the MODEL_GATEWAY_* values.)
+(Before it is imported, the stdio fast start reads MODEL_GATEWAY_FAST_START,
+MODEL_GATEWAY_MAX_LINE_BYTES and the directories of `server.paths`, and fingerprints
+the MODEL_GATEWAY_* values; `serve` passes the environment to the stdio session for
+MODEL_GATEWAY_MAX_LINE_BYTES and MODEL_GATEWAY_LOOP_WATCH, and MODEL_GATEWAY_LOOP_WATCH to the HTTP app.)
 
 `load_settings()` turns CLI options, environment variables and manifests into
 one frozen `Settings`, passed explicitly to everything else. Secrets named by
@@ -20,6 +22,8 @@ Environment variables (all optional):
   MODEL_GATEWAY_PRIVACY_MODE "1" routes to local adapters only
   MODEL_GATEWAY_LOG_LEVEL    DEBUG | INFO | WARNING | ERROR
   MODEL_GATEWAY_FAST_START   "0": stdio answers the handshake only once the server is ready
+  MODEL_GATEWAY_MAX_LINE_BYTES  stdio line cap (overrides limits.max_line_bytes)
+  MODEL_GATEWAY_LOOP_WATCH   "1": measure event-loop blocks, report the longest on stderr at exit
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from server.errors import ConfigError
 from server.manifests import Manifests, load_manifests
 from server.paths import default_cache_dir, default_models_dir, default_state_dir, user_manifests_dir
 from server.principal import load_tokens_file, token_digest
+from server.statefile import CacheFolder
 
 Transport = Literal["stdio", "sse", "streamable-http"]
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -89,7 +94,13 @@ class Settings:
             probe_deadline_s=perf.discovery.probe_deadline_s,
             batch_limit=perf.batching.batch_limit,
         )
-        return AdapterContext(limits=limits, cache_dir=self.cache_dir, models_dir=self.models_dir, secrets=self.secrets)
+        return AdapterContext(
+            limits=limits,
+            cache_dir=self.cache_dir,
+            models_dir=self.models_dir,
+            secrets=self.secrets,
+            cache=CacheFolder(self.cache_dir, "model_gateway.adapters"),
+        )
 
 
 def _secret_names(manifests: Manifests) -> set[str]:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -20,16 +19,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.base import Adapter, ModelInfo, ProbeResult
 from adapters.errors import safe_detail
 from adapters.types import Capability, Privacy
 from server.manifests import DiscoveryConfig
+from server.statefile import load_json, warn_once, write_atomic
 
 log = logging.getLogger("model_gateway.discovery")
 
 Status = Literal["up", "down", "unknown"]
 SNAPSHOT_VERSION = 1
+SNAPSHOT_MAX_BYTES = 8 << 20  # the file's size bounds every field; the schema bounds the counts
+_MAX_ADAPTERS = 1_000
+_MAX_MODELS = 10_000
 MIN_REFRESH_INTERVAL_S = 1.0
 ProbeObserver = Callable[[str, float, bool], None]
 
@@ -135,55 +139,88 @@ def snapshot_to_json(snap: Snapshot) -> dict[str, Any]:
     return {"version": SNAPSHOT_VERSION, "created_at": snap.created_at, "adapters": adapters}
 
 
-def _status_from_json(name: str, raw: dict[str, Any]) -> AdapterStatus:
+class _ModelJSON(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1)
+    capabilities: list[Capability] = Field(max_length=8)
+    family: str | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+    max_input_tokens: int | None = Field(default=None, ge=1)
+
+
+class _StatusJSON(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: str
+    privacy: Privacy
+    status: Status
+    models: list[_ModelJSON] = Field(max_length=_MAX_MODELS)
+    fingerprint: str = Field(pattern=r"^[0-9a-f]{16}$")
+    latency_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    error: str | None = None
+    probed_at: float | None = Field(default=None, allow_inf_nan=False)
+    version: str | None = None
+    details: dict[str, str] = Field(default_factory=dict)
+
+
+class _SnapshotJSON(BaseModel):
+    """The cache file's schema; a file of another version or shape is no snapshot."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    version: Literal[1]
+    created_at: float = Field(ge=0, allow_inf_nan=False)
+    adapters: dict[str, _StatusJSON] = Field(max_length=_MAX_ADAPTERS)
+
+
+def _status_from_json(name: str, raw: _StatusJSON) -> AdapterStatus:
     models = tuple(
         ModelInfo(
-            name=m["name"],
-            capabilities=frozenset(m["capabilities"]),
-            family=m.get("family"),
-            dimensions=m.get("dimensions"),
-            max_input_tokens=m.get("max_input_tokens"),
+            name=m.name,
+            capabilities=frozenset(m.capabilities),
+            family=m.family,
+            dimensions=m.dimensions,
+            max_input_tokens=m.max_input_tokens,
         )
-        for m in raw["models"]
+        for m in raw.models
     )
     return AdapterStatus(
         name=name,
-        kind=raw["kind"],
-        privacy=raw["privacy"],
-        status=raw["status"],
+        kind=raw.kind,
+        privacy=raw.privacy,
+        status=raw.status,
         models=models,
-        fingerprint=raw["fingerprint"],
-        latency_ms=raw.get("latency_ms"),
-        error=raw.get("error"),
-        probed_at=raw.get("probed_at"),
-        version=raw.get("version"),
-        details=raw.get("details") or {},
+        fingerprint=raw.fingerprint,
+        latency_ms=raw.latency_ms,
+        error=raw.error,
+        probed_at=raw.probed_at,
+        version=raw.version,
+        details=dict(raw.details),
     )
 
 
 def read_cached_snapshot(path: Path, adapters: Mapping[str, Adapter]) -> Snapshot | None:
-    """The cached snapshot, keeping only adapters whose manifest is unchanged."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        if raw.get("version") != SNAPSHOT_VERSION:
-            return None
-        statuses = {}
-        for name, adapter in adapters.items():
-            entry = raw["adapters"].get(name)
-            cached = _status_from_json(name, entry) if entry else None
-            ok = cached is not None and cached.fingerprint == fingerprint(adapter)
-            statuses[name] = cached if ok and cached else initial_status(adapter)
-        return Snapshot(statuses, float(raw["created_at"]), "cache")
-    except (OSError, ValueError, KeyError, TypeError):
+    """The cached snapshot, keeping only adapters whose manifest is unchanged.
+
+    A file that is untrusted (owner, mode), unreadable, of another version or shape, or dated in the
+    future is ignored and reported once; the first refresh rewrites it.
+    """
+    raw = load_json(path, _SnapshotJSON.model_validate_json, SNAPSHOT_MAX_BYTES, log.name)
+    if raw is None:
         return None
+    if raw.created_at > time.time() + 60:
+        warn_once(log.name, path, "dated in the future")
+        return None
+    statuses = {}
+    for name, adapter in adapters.items():
+        entry = raw.adapters.get(name)
+        cached = _status_from_json(name, entry) if entry is not None else None
+        ok = cached is not None and cached.fingerprint == fingerprint(adapter)
+        statuses[name] = cached if ok and cached else initial_status(adapter)
+    return Snapshot(statuses, raw.created_at, "cache")
 
 
 def write_cached_snapshot(path: Path, snap: Snapshot) -> None:
-    """Atomic write: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(snapshot_to_json(snap), separators=(",", ":")), encoding="utf-8")
-    os.replace(tmp, path)
+    """Atomic and private: a reader never sees half a file, nobody else can write it."""
+    write_atomic(path, json.dumps(snapshot_to_json(snap), separators=(",", ":")).encode())
 
 
 # --- the discovery service ------------------------------------------------------
@@ -255,9 +292,10 @@ class Discovery:
         self._refreshed = anyio.Event()
         if self.cache_path is not None:
             try:
-                write_cached_snapshot(self.cache_path, snap)
+                # fsyncs (file and folder) stay off the event loop
+                await anyio.to_thread.run_sync(write_cached_snapshot, self.cache_path, snap)
             except OSError as exc:
-                log.warning("discovery cache not written: %s", exc.strerror)
+                warn_once(log.name, self.cache_path, f"not written ({exc.strerror or type(exc).__name__})", "retried")
         return snap
 
     async def next_refresh(self) -> Snapshot:

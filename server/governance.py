@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from server.audit import AuditLog, load_or_create_key
+from functools import partial
+
+from server.audit import AuditLog
+from server.audit_key import load_or_create_key
 from server.config import Settings
 from server.ratelimit import RateLimiter
 from server.redact import Redactor
@@ -17,11 +20,14 @@ def redactor_for(settings: Settings) -> Redactor:
 
 
 def open_audit(settings: Settings, redactor: Redactor) -> AuditLog:
-    """The audit sink; a sink that cannot open starts refusing calls rather than stopping the server."""
+    """The audit sink; a sink that cannot open (no disk space, an unusable key) refuses calls, naming why.
+
+    The key is loaded by the sink with the trail's lock held, so concurrent first starts agree on one key,
+    and again whenever the sink retries (a restored key file serves without a restart).
+    """
     cfg = settings.manifests.performance.audit
-    key = load_or_create_key(
-        settings.audit_key.get_secret_value() if settings.audit_key else None, settings.audit_key_path
-    )
+    key_hex = settings.audit_key.get_secret_value() if settings.audit_key else None
+    key = partial(load_or_create_key, key_hex, settings.audit_key_path, settings.audit_path)
     return AuditLog(
         settings.audit_path,
         key,

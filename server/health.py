@@ -1,35 +1,28 @@
-"""What the `models` tool, `gateway://health` and `GET /health` report, from the live AppState."""
+"""What the `models` tool, `gateway://health` and `GET /health` report, from the live AppState.
+
+Health speaks for the whole gateway, so it shows the operator's privacy mode; `models` answers a caller
+and shows what that caller can route to under its own.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from mcp.server.mcpserver.exceptions import ToolError
-
+from adapters.types import CAPABILITIES, Capability
 from server.errors import GatewayError
 from server.router import Candidate
 from server.schemas import ModelEntry, ModelsOutput
 from server.state import AppState
 
 
-class StateRef:
-    """Where static resources (which get no Context) find the lifespan's AppState."""
-
-    state: AppState | None = None
-
-    def get(self) -> AppState:
-        if self.state is None:
-            raise ToolError("gateway is starting")
-        return self.state
-
-
-def models_listing(state: AppState) -> ModelsOutput:
+def models_listing(state: AppState, privacy: bool) -> ModelsOutput:
+    """Every model in the snapshot, routable or not under `privacy` (the caller's privacy mode)."""
     entries = []
     for name, s in state.discovery.snapshot.adapters.items():
         for m in s.models:
             reason = None
             for cap in sorted(m.capabilities):
-                reason = state.router.skip_reason(cap, Candidate(name, m.name, s.privacy))
+                reason = state.router.skip_reason(cap, Candidate(name, m.name, s.privacy), privacy)
                 if reason is None:
                     break
             entries.append(
@@ -43,7 +36,7 @@ def models_listing(state: AppState) -> ModelsOutput:
                     routable=reason is None,
                 )
             )
-    return ModelsOutput(models=entries, aliases=dict(state.router.routes.aliases), privacy_mode=state.privacy_mode)
+    return ModelsOutput(models=entries, aliases=dict(state.router.routes.aliases), privacy_mode=privacy)
 
 
 def health_report(state: AppState) -> dict[str, Any]:
@@ -64,22 +57,23 @@ def health_report(state: AppState) -> dict[str, Any]:
             "capabilities": sorted(s.capabilities),
             "models": [m.name for m in s.models],
         }
-    serving = {cap: _can_serve(state, cap) for cap in ("chat", "embed", "rerank")}
+    serving = {cap: _can_serve(state, cap) for cap in CAPABILITIES}
     return {
         "status": "ok" if all(serving.values()) and state.audit.healthy else "degraded",
         "capabilities": serving,
         "snapshot": {"source": snap.source, "age_s": round(snap.age_s(), 3) if snap.created_at else None},
         "privacy_mode": state.privacy_mode,
+        "policy": state.policy.summary(),
         "audit": {"ok": state.audit.healthy, "error": state.audit.error, "records": state.audit.records},
         "in_flight": state.in_flight,
         "adapters": adapters,
     }
 
 
-def _can_serve(state: AppState, capability: Any) -> bool:
+def _can_serve(state: AppState, capability: Capability) -> bool:
     try:
         candidates = state.router.resolve(capability, None)
     except GatewayError:
         return False
-    usable, _ = state.router.usable(capability, candidates)
+    usable, _ = state.router.usable(capability, candidates, state.privacy_mode)
     return bool(usable)

@@ -1,14 +1,20 @@
-"""ASGI layers at the HTTP front door: Host/Origin checks, request-body bounds, and dropped clients.
+"""ASGI layers at the HTTP front door: Host/Origin checks, bounded and checked request bodies, dropped clients.
 
 - `HostCheck` / `HostOriginGuard`: every path (the MCP endpoints, /health, /metrics, anything else)
   answers only to the Host and Origin values the MCP transports accept, so a web page that rebinds
   its DNS name to 127.0.0.1 reads nothing. Refusals never echo the header back or log it whole.
 - `RequestGuard`: a body larger than the cap is refused (413) from its Content-Length before any of
   it is read, or as soon as a streamed body passes the cap; a body not received in full within the
-  deadline is refused (408). The body is handed on whole. When the client goes away before its
-  answer is complete (the HTTP server's protocol reports it: `RequestState.client_left`), the call
-  it was waiting for is cancelled (`cancel_when_client_leaves`, an MCP middleware, registers how),
-  and the request itself is cut after a short grace.
+  deadline is refused (408). A message POSTed to an MCP endpoint is parsed once, by the bounded
+  parser every transport uses (`server.jsonparse`, large bodies in a worker thread), and held to
+  the same JSON-RPC envelope rules as a stdio line (`server.envelope`: ids, method and tool name
+  lengths, params, batches); a message that breaks one is answered here (400, a JSON-RPC error
+  naming the rule and the limit, never an echo) and never reaches the SDK. The body is handed on
+  whole, and the parsed message stays in the request's `RequestState` for the layers below.
+- When the client goes away before its answer is complete (the HTTP server's protocol reports
+  it: `RequestState.client_left`), the tool call it was waiting for is cancelled (the call path
+  enters `RequestState.hangup()` around it: server/toolkit.py), and the request itself is cut
+  after a short grace.
 
 The connection-level bound (request headers within a deadline) lives in `server/http_server.py`,
 below ASGI, where the headers are parsed.
@@ -16,26 +22,28 @@ below ASGI, where the headers are parsed.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
+import anyio.to_thread
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.shared.exceptions import MCPError
-from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server import envelope
+from server.envelope import Notification, Rejected, Reply, Request
+from server.jsonparse import INLINE_MAX, JSONParseError, parse_large, parse_small
 from server.manifests import HTTPServerConfig
 
 log = logging.getLogger("model_gateway.http")
 
 REQUEST_KEY = "model_gateway.request"
 CLIENT_GONE = -32800  # JSON-RPC code the MCP transports use for a request cancelled before its answer
+CLIENT_GONE_MESSAGE = "the client disconnected; the request was cancelled"
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -97,24 +105,12 @@ class HostOriginGuard:
         await self.app(scope, receive, send)
 
 
-def guarded(endpoint: Callable[[Request], Any], check: HostCheck) -> Callable[[Request], Any]:
-    """A Starlette endpoint that answers only requests passing `check` (for routes served on their own)."""
-
-    async def guarded_endpoint(request: Request) -> Response:
-        refusal = check.refusal(request.scope)
-        if refusal is not None:
-            return refusal
-        response: Response = await endpoint(request)
-        return response
-
-    return guarded_endpoint
-
-
 @dataclass(eq=False)
 class RequestState:
-    """What the guard knows about one HTTP request, left in its scope for the layers and middleware below."""
+    """What the guard knows about one HTTP request, left in its scope for the layers and the call below."""
 
     body: bytes
+    message: Request | Notification | Reply | None = None  # the parsed JSON-RPC message of a POST to an endpoint
     grace_s: float = 5.0
     disconnected: bool = False
     responded: bool = False  # the answer was sent in full
@@ -125,6 +121,23 @@ class RequestState:
     @property
     def client_gone(self) -> bool:
         return self.disconnected and not self.responded
+
+    @property
+    def method(self) -> str | None:
+        """The JSON-RPC method of the message POSTed (None for anything else)."""
+        return self.message.method if isinstance(self.message, Request | Notification) else None
+
+    @contextmanager
+    def hangup(self) -> Iterator[anyio.CancelScope]:
+        """A scope cancelled when this request's client leaves before its answer (at once if it already has)."""
+        with anyio.CancelScope() as scope:
+            if self.client_gone:
+                scope.cancel()
+            self.on_disconnect.append(scope.cancel)
+            try:
+                yield scope
+            finally:
+                self.on_disconnect.remove(scope.cancel)
 
     def client_left(self) -> None:
         """The client closed its connection before the answer was complete: cancel what it waits for.
@@ -150,6 +163,13 @@ class RequestState:
         self.cut.deadline = min(self.cut.deadline, loop_then + time.monotonic() - mono_then + self.grace_s)
 
 
+def request_state(request: object | None) -> RequestState | None:
+    """The guard's state of the HTTP request an MCP message arrived in (`ServerRequestContext.request`)."""
+    scope = getattr(request, "scope", None)
+    found = scope.get(REQUEST_KEY) if isinstance(scope, dict) else None
+    return found if isinstance(found, RequestState) else None
+
+
 @dataclass(frozen=True)
 class BodyLimits:
     max_bytes: int
@@ -159,21 +179,23 @@ class BodyLimits:
 
 def jsonrpc_error(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """A JSON-RPC error body (no id), as the MCP transports answer requests they refuse."""
-    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}})
+    body = envelope.encode(envelope.error_response(None, code, message))
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 def _error(status: int, message: str) -> Response:
     """A refusal before the body was read: the connection cannot carry another request."""
-    return jsonrpc_error(status, -32600, message, {"connection": "close"})
+    return jsonrpc_error(status, envelope.INVALID_REQUEST, message, {"connection": "close"})
 
 
 class RequestGuard:
-    """ASGI layer: bounded request bodies, and a dropped client's request cancelled instead of run to its end."""
+    """ASGI layer: bounded, checked request bodies, and a dropped client's request cancelled, not run to its end."""
 
-    def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
+    def __init__(self, app: ASGIApp, limits: BodyLimits, endpoints: tuple[str, ...] = ("/mcp", "/messages/")) -> None:
         self.app = app
         self._limits = limits
+        self._endpoints = endpoints  # where POSTed bodies are JSON-RPC messages (a trailing "/": a prefix)
+        self._parse_limiter = anyio.CapacityLimiter(1)  # one large body parsed at a time
 
     @classmethod
     def for_config(cls, app: ASGIApp, config: HTTPServerConfig) -> RequestGuard:
@@ -186,15 +208,26 @@ class RequestGuard:
         body = await self._read_body(scope, receive, send)
         if body is None:
             return
-        state = RequestState(body, self._limits.cancel_grace_s)
+        state = RequestState(body, grace_s=self._limits.cancel_grace_s)
+        if scope["method"] == "POST" and self._is_endpoint(scope["path"]):
+            refusal = await self._check_message(state)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
         scope[REQUEST_KEY] = state
+        try:
+            await self._serve(scope, receive, send, state)
+        finally:
+            state.cut, state.body, state.message = None, b"", None  # the scope may outlive the request
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, state: RequestState) -> None:
         delivered = False
 
         async def replay() -> Message:
             nonlocal delivered
             if not delivered:
                 delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
+                return {"type": "http.request", "body": state.body, "more_body": False}
             message = await receive()
             if message["type"] == "http.disconnect":
                 state.client_left()
@@ -205,12 +238,34 @@ class RequestGuard:
                 state.responded = True
             await send(message)
 
+        with anyio.CancelScope() as cut:
+            state.cut, state._clock = cut, (anyio.current_time(), time.monotonic())
+            await self.app(scope, replay, tracking_send)
+
+    def _is_endpoint(self, path: str) -> bool:
+        return any(path == e or (e.endswith("/") and path.startswith(e)) for e in self._endpoints)
+
+    async def _check_message(self, state: RequestState) -> Response | None:
+        """Parse the message once and hold it to the envelope rules; the answer owed when it breaks one."""
+        body = state.body
         try:
-            with anyio.CancelScope() as cut:
-                state.cut, state._clock = cut, (anyio.current_time(), time.monotonic())
-                await self.app(scope, replay, tracking_send)
-        finally:
-            state.cut, state.body = None, b""  # the scope may outlive the request; its body need not
+            if len(body) <= INLINE_MAX:
+                value = parse_small(body)
+            else:  # off the loop: the iterative parser gives the GIL up between tokens
+                value = await anyio.to_thread.run_sync(parse_large, body, limiter=self._parse_limiter)
+        except JSONParseError as exc:
+            return _refused(envelope.parse_failed(exc.reason, limit=exc.limit, head=body[:256]))
+        outcome = envelope.classify(value)
+        if isinstance(outcome, list):
+            answers = envelope.batch_errors(outcome)
+            reason = "batches are not supported; send each message in its own request"
+            error = envelope.error_response(None, envelope.INVALID_REQUEST, f"Invalid request: {reason}")
+            log.debug("refused a batch of %d messages", len(outcome))
+            return Response(envelope.encode(answers or error), status_code=400, media_type="application/json")
+        if isinstance(outcome, Rejected):
+            return _refused(outcome)
+        state.message = outcome
+        return None
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The whole body, or None once the request has been answered (too large, too slow, client gone)."""
@@ -253,23 +308,10 @@ class RequestGuard:
         await _error(413, text)(scope, receive, send)
 
 
-async def cancel_when_client_leaves(ctx: Any, call_next: Any) -> Any:
-    """MCP middleware: a request whose HTTP client went away is cancelled where it runs.
-
-    The call sees an ordinary cancellation (upstream requests are closed, the audit records
-    `cancelled`); the answer, which nobody will read, is a JSON-RPC error.
-    """
-    request = getattr(ctx, "request", None)
-    scope = getattr(request, "scope", None)
-    state = scope.get(REQUEST_KEY) if isinstance(scope, dict) else None
-    if not isinstance(state, RequestState) or ctx.request_id is None:
-        return await call_next(ctx)
-    with anyio.CancelScope() as cancel_scope:
-        if state.client_gone:
-            cancel_scope.cancel()
-        state.on_disconnect.append(cancel_scope.cancel)
-        try:
-            return await call_next(ctx)
-        finally:
-            state.on_disconnect.remove(cancel_scope.cancel)
-    raise MCPError(code=CLIENT_GONE, message="the client disconnected; the request was cancelled")
+def _refused(rejected: Rejected) -> Response:
+    """A message that breaks the envelope rules: the JSON-RPC error owed (one naming the rule when none is)."""
+    log.debug("refused a message: %s", rejected.reason)
+    error = rejected.error or envelope.error_response(
+        None, envelope.INVALID_REQUEST, f"Invalid request: {rejected.reason}"
+    )
+    return Response(envelope.encode(error), status_code=400, media_type="application/json")

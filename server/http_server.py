@@ -89,14 +89,17 @@ def protocol_with(header_timeout_s: float) -> type[HeaderDeadlineProtocol]:
     return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout_s": header_timeout_s})
 
 
-def uvicorn_config(settings: Settings, app: ASGIApp) -> uvicorn.Config:
+def uvicorn_config(
+    settings: Settings, app: ASGIApp, *, port: int | None = None, lifespan: bool = True
+) -> uvicorn.Config:
+    """uvicorn for `app` with the front door's bounds; `port` (on 127.0.0.1) for a listener of its own."""
     front = settings.manifests.performance.http_server
     return uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
+        host=settings.host if port is None else "127.0.0.1",
+        port=settings.port if port is None else port,
         log_level="warning",
-        lifespan="on",
+        lifespan="on" if lifespan else "off",
         http=protocol_with(front.header_timeout_s),
         ws="none",  # the gateway serves no WebSocket: an upgrade is not taken
         timeout_graceful_shutdown=math.ceil(front.shutdown_grace_s),

@@ -15,11 +15,6 @@ import re
 import sys
 from typing import Any
 
-from mcp.server.mcpserver import MCPServer
-from mcp_types import EmptyResult, SetLevelRequestParams
-
-from server.client_logs import ClientLogs
-
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 # the MCP SDK's session ids: uuid4().hex on Streamable HTTP, a UUID (any spelling) on SSE
 _SESSION_ID = re.compile(r"(?i)\b[0-9a-f]{32}\b|\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
@@ -71,16 +66,3 @@ def configure(level: str) -> None:
     quiet = logging.DEBUG if logging.getLevelName(level) == logging.DEBUG else logging.WARNING
     for name in ("httpx2", "httpcore2", "httpcore", "mcp.client"):
         logging.getLogger(name).setLevel(quiet)
-
-
-def register_set_level(server: MCPServer[Any]) -> None:
-    """MCP `logging/setLevel` sets the level of the calling session's log notifications, nothing else."""
-
-    async def set_level(ctx: Any, params: SetLevelRequestParams) -> EmptyResult:
-        logs = getattr(ctx.lifespan_context, "client_logs", None)
-        if isinstance(logs, ClientLogs):
-            logs.set_level(logs.owner_of(getattr(ctx, "request", None)), ctx.session, str(params.level))
-        return EmptyResult()
-
-    # The lowlevel server is where the SDK documents re-providing logging/setLevel.
-    server._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, set_level)

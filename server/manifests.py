@@ -1,10 +1,21 @@
 """Declarative input: loading, layering and JSON Schemas of the manifests.
 
-A user's manifests directory overrides the shipped one file by file:
-`routes.json`, `policy.json`, `performance-config.json` and `models.json`
-replace the shipped file of the same name; `adapters/<name>.json` replaces the
-shipped adapter file of that name and adds new ones. Every error names the file
-and the field.
+A user's manifests directory layers over the shipped one; what a user file
+does not mention keeps its shipped value:
+
+- `performance-config.json` and `routes.json` merge into the shipped file key
+  by key, at every depth: objects merge, any other value (a number, a list)
+  replaces. A route or alias set to `[]` clears it (an alias set to `[]` is
+  removed).
+- `models.json` merges packs by name: a pack of the same name replaces the
+  shipped one, new names are added.
+- `policy.json` is a layer over the shipped policy (see server/policy.py):
+  shipped guards stay in force unless the user file lifts one by name.
+- `adapters/<name>.json` replaces the shipped adapter file of that name and
+  adds new ones.
+
+Every file is validated alone first, so an error names the file that holds
+the bad value, and its field.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from adapters.manifest import ADAPTER_MANIFEST, AdapterManifest
 from adapters.types import Capability
 from server.errors import ConfigError
-from server.policy import PolicyManifest
+from server.policy import LayeredPolicy, PolicyLayer, PolicyManifest, layer_policies
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -79,6 +90,12 @@ class DeadlinesConfig(_Strict):
     embed_s: float = Field(30.0, gt=0)
     rerank_s: float = Field(30.0, gt=0)
     model_load_s: float = Field(60.0, gt=0, description="How long a call waits for a local model to finish loading.")
+    unprobed_s: float = Field(
+        1.0,
+        gt=0,
+        description="Longest attempt on an adapter whose first probe has not answered while a later candidate "
+        "is known up (then the call moves on to it).",
+    )
 
 
 class ConcurrencyConfig(_Strict):
@@ -98,6 +115,13 @@ class RequestLimits(_Strict):
     max_messages: int = Field(256, ge=1)
     max_message_chars: int = Field(200_000, ge=1)
     max_tokens: int = Field(8192, ge=1)
+    max_line_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Largest stdio message in bytes (without its newline). A longer line is answered with a "
+        "JSON-RPC error and skipped as it arrives, never held whole. MODEL_GATEWAY_MAX_LINE_BYTES overrides it.",
+    )
 
 
 class AuditConfig(_Strict):
@@ -221,7 +245,7 @@ class ModelsManifest(_Strict):
 class Manifests:
     adapters: tuple[AdapterManifest, ...]
     routes: RoutesManifest
-    policy: PolicyManifest
+    policy: LayeredPolicy
     performance: PerformanceConfig
     models: ModelsManifest
     sources: tuple[Path, ...]
@@ -268,15 +292,6 @@ def _validate(path: Path, model: type[_M]) -> _M:
         raise ConfigError(describe_validation(path, exc)) from exc
 
 
-def _layered(dirs: Iterable[Path], relative: str) -> Path | None:
-    found = None
-    for d in dirs:
-        p = d / relative
-        if p.is_file():
-            found = p
-    return found
-
-
 def _adapter_files(dirs: Iterable[Path]) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for d in dirs:
@@ -285,20 +300,80 @@ def _adapter_files(dirs: Iterable[Path]) -> dict[str, Path]:
     return files
 
 
-def load_manifests(user_dir: Path | None = None) -> Manifests:
-    """Shipped manifests, overridden file by file by the user's directory."""
-    dirs = [shipped_manifests_dir()]
+def merge_json(base: Any, over: Any) -> Any:
+    """`over` layered on `base`: objects merge key by key at every depth; anything else in `over` replaces."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        merged = dict(base)
+        for key, value in over.items():
+            merged[key] = merge_json(base[key], value) if key in base else value
+        return merged
+    return over
+
+
+def _merge_routes(base: Any, over: Any) -> Any:
+    merged = merge_json(base, over)
+    if isinstance(merged, dict) and isinstance(merged.get("aliases"), dict):
+        merged["aliases"] = {k: v for k, v in merged["aliases"].items() if v != []}
+    return merged
+
+
+def _merge_packs(base: Any, over: Any) -> Any:
+    if not (isinstance(base, dict) and isinstance(over, dict)):
+        return over
+    by_name = {p["name"]: p for p in base.get("packs", []) if isinstance(p, dict) and "name" in p}
+    by_name.update({p["name"]: p for p in over.get("packs", []) if isinstance(p, dict) and "name" in p})
+    return {**base, **over, "packs": list(by_name.values())}
+
+
+MERGES: dict[str, Any] = {
+    "routes.json": _merge_routes,
+    "performance-config.json": merge_json,
+    "models.json": _merge_packs,
+}
+
+
+def _single(name: str, model: type[_M], shipped: Path, user: Path | None) -> _M:
+    """The shipped file with the user's merged over it; each validated alone first so errors name their file."""
+    base_raw = _read_json(shipped) if shipped.is_file() else {}
+    base = _validate_raw(shipped, base_raw, model)
+    if user is None:
+        return base
+    over_raw = _read_json(user)
+    _validate_raw(user, over_raw, model)
+    return _validate_raw(user, MERGES[name](base_raw, over_raw), model, merged=True)
+
+
+def _validate_raw(path: Path, raw: Any, model: type[_M], merged: bool = False) -> _M:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        message = describe_validation(path, exc)
+        raise ConfigError(message + (" (merged over the shipped file)" if merged else "")) from exc
+
+
+def _policy(shipped: Path, user: Path | None) -> LayeredPolicy:
+    layers = []
+    for name, path in (("shipped", shipped), ("user", user)):
+        if path is not None and path.is_file():
+            layers.append(PolicyLayer(name, str(path), _validate(path, PolicyManifest)))
+    return layer_policies(layers)
+
+
+def load_manifests(user_dir: Path | None = None, *, shipped_dir: Path | None = None) -> Manifests:
+    """The shipped manifests with the user's directory layered over them (see the module docstring)."""
+    base = shipped_dir or shipped_manifests_dir()
+    dirs = [base]
     if user_dir is not None:
         if not user_dir.is_dir():
             raise ConfigError(f"{user_dir}: manifests directory does not exist")
         dirs.append(user_dir)
-    singles: dict[str, BaseModel] = {}
-    sources: list[Path] = []
-    for name, model in SINGLE_FILES.items():
-        path = _layered(dirs, name)
-        singles[name] = model() if path is None else _validate(path, model)
-        if path is not None:
-            sources.append(path)
+    user_files = {n: user_dir / n for n in SINGLE_FILES if user_dir is not None and (user_dir / n).is_file()}
+    singles: dict[str, BaseModel] = {
+        name: _single(name, model, base / name, user_files.get(name))
+        for name, model in SINGLE_FILES.items()
+        if name != "policy.json"
+    }
+    sources = [p for n in SINGLE_FILES for p in (base / n, user_files.get(n)) if p is not None and p.is_file()]
     adapters = []
     for path in _adapter_files(dirs).values():
         try:
@@ -312,7 +387,7 @@ def load_manifests(user_dir: Path | None = None) -> Manifests:
     return Manifests(
         adapters=tuple(adapters),
         routes=singles["routes.json"],  # type: ignore[arg-type]
-        policy=singles["policy.json"],  # type: ignore[arg-type]
+        policy=_policy(base / "policy.json", user_files.get("policy.json")),
         performance=singles["performance-config.json"],  # type: ignore[arg-type]
         models=singles["models.json"],  # type: ignore[arg-type]
         sources=tuple(sources),

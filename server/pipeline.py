@@ -1,124 +1,177 @@
-"""run_call(): the one path every model tool takes.
+"""run_call(state, call): the one path every model tool call takes.
 
-    1 limits        sizes and concurrency; over -> clear tool error, nothing else runs
-    2 route+policy  candidates from the router, each checked by policy; none allowed -> denial (audited)
-    3 audit start   durable before any backend is touched; fail-closed if it cannot write
+    1 limits        sizes (and the rate limiter); over -> clear tool error, nothing else runs
+    2 route+policy  candidates from the router, each checked by policy; none allowed -> denial
+    3 audit start   written before any backend is touched; fail-closed if it cannot write
     4 router        ordered attempts under deadlines, fallback on retryable errors
     5 finish        shielded from cancellation: audit finish, metrics, span end
 
-Tools build a `Call` and hand over an `invoke` function; nothing in here knows
-which tool or backend it is running.
+A call refused at 1-2 (too big, rate limited, denied, unroutable) leaves one
+compact `deny` record and is counted with its outcome; so are calls whose
+arguments did not validate (`refuse_arguments`). The `busy` answer costs less
+(server/shedding.py). Nothing in here knows which tool or backend it runs: the
+call's type says (server/calls.py).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import anyio
 from opentelemetry.trace import Span
 
-from adapters.base import Adapter
-from adapters.types import Capability, Usage
-from server.audit import evidence as evidence_of
+from server.audit import evidence
+from server.calls import Out, ToolCall, new_call_id
 from server.errors import GatewayError, InternalError, LimitError, NoRouteError, PolicyDeniedError
+from server.limits import Size, check
 from server.policy import POLICY_ERROR, Decision, PolicyRequest
-from server.principal import principal_for
 from server.router import Attempt, Candidate
+from server.schemas import _Result
 from server.state import AppState
 from server.telemetry import call_span, end_span_with
 
 log = logging.getLogger("model_gateway.pipeline")
-T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Call:
-    tool: str
-    capability: Capability
-    model: str | None
-    principal: str
-    request: dict[str, Any]  # canonical request, hashed into audit evidence
-    texts: int = 0
-    chars: int = 0
-    documents: int = 0
-    max_tokens: int = 0
-    call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+@dataclass(eq=False, slots=True)
+class _Run:
+    """One call's bookkeeping: what it is, when it started, what it touched."""
+
+    state: AppState
+    call: ToolCall[Any]
+    size: Size
+    span: Span
+    started: float = field(default_factory=time.perf_counter)
+    attempts: list[Attempt] = field(default_factory=list)
+
+    def base(self) -> dict[str, Any]:
+        c = self.call
+        return {
+            "call_id": c.caller.call_id,
+            "principal": c.caller.principal,
+            "tool": c.tool,
+            "capability": c.capability,
+        }
+
+    async def refuse(self, exc: GatewayError, outcome: str, rule: str) -> None:
+        """Audit and count a call refused before admission (no input text: its hash only)."""
+        record: dict[str, Any] = {"decision": "deny", "rule": rule, "model": self.call.model, "outcome": outcome}
+        record["request_sha256"] = evidence(self.call.canonical())
+        await audit(self.state, "deny", {**self.base(), **record})
+        self.observe("none", "denied" if outcome in ("denied", "policy_error") else outcome, exc.code)
+
+    def observe(self, adapter: str, outcome: str, error: str, usage: dict[str, int] | None = None) -> None:
+        """Metrics, span attributes and the one debug log line every call gets."""
+        elapsed = time.perf_counter() - self.started
+        m, tool = self.state.metrics, self.call.tool
+        m.child(m.tool_duration, tool, adapter, outcome).observe(elapsed)
+        m.child(m.calls, tool, outcome).inc()
+        if error:
+            m.child(m.errors, tool, error).inc()
+        if usage is not None:
+            self.span.set_attribute("gen_ai.usage.input_tokens", usage["input_tokens"])
+            self.span.set_attribute("gen_ai.usage.output_tokens", usage["output_tokens"])
+        self.span.set_attribute("model_gateway.adapter", adapter)
+        end_span_with(self.span, outcome, error or None)
+        if log.isEnabledFor(logging.DEBUG):
+            extra: dict[str, Any] = {"call_id": self.call.caller.call_id, "tool": tool, "adapter": adapter}
+            extra["outcome"] = outcome
+            extra |= {"error": error or None, "latency_ms": round(elapsed * 1000, 3)}
+            log.debug("call", extra=extra)
 
 
-@dataclass(frozen=True)
-class Outcome(Generic[T]):
-    value: T
-    candidate: Candidate
-    attempts: list[Attempt]
-    decision: Decision
+async def audit(state: AppState, event: str, body: dict[str, Any]) -> None:
+    # a start record is made durable with its call's finish record, before the result is returned
+    await state.audit.write({"event": event, **body}, durable=event != "start", alone=state.in_flight <= 1)
+    state.metrics.child(state.metrics.audit_records, event).inc()
 
 
-def check_limits(state: AppState, call: Call) -> None:
-    lim = state.settings.manifests.performance.limits
-    if call.texts > lim.max_texts:
-        raise LimitError(f"too many texts: {call.texts} > limit {lim.max_texts}; split the request")
-    if call.documents > lim.max_documents:
-        raise LimitError(f"too many documents: {call.documents} > limit {lim.max_documents}")
-    if call.chars > lim.max_total_chars:
-        raise LimitError(f"request too large: {call.chars} characters > limit {lim.max_total_chars}")
-    if call.max_tokens > lim.max_tokens:
-        raise LimitError(f"max_tokens {call.max_tokens} > limit {lim.max_tokens}")
-    if state.in_flight >= state.settings.manifests.performance.concurrency.max_in_flight:
-        raise LimitError("gateway busy: too many calls in flight; retry shortly")
-    units = {"texts": call.texts + call.documents, "chars": call.chars, "max_tokens": call.max_tokens}
-    state.limiter.acquire(principal_for(call.principal), call.tool, units)
+async def run_call(state: AppState, call: ToolCall[Out]) -> Out:
+    with call_span(call.tool, call.capability, call.model) as span:
+        run = _Run(state, call, call.size(), span)
+        candidates = await _admit(run)
+        return await _execute(run, candidates)
 
 
-def _policy_request(call: Call, c: Candidate) -> PolicyRequest:
+async def _admit(run: _Run) -> list[Candidate]:
+    """Limits, rate limits, routing and policy; refusals are audited; admission is audited before any backend."""
+    state, call = run.state, run.call
+    try:
+        check(state.settings.manifests.performance.limits, run.size)
+        state.limiter.acquire(call.caller.principal, call.tool, run.size.units())
+        candidates, decision = plan(state, call, run.size, run.attempts)
+    except LimitError as exc:
+        await run.refuse(exc, "limited", exc.code)
+        raise
+    except PolicyDeniedError as exc:
+        state.metrics.policy_denials.labels(exc.rule).inc()
+        await run.refuse(exc, "policy_error" if exc.rule == POLICY_ERROR else "denied", exc.rule)
+        raise
+    except NoRouteError as exc:
+        await run.refuse(exc, "unroutable", exc.code)
+        raise
+    start: dict[str, Any] = {"decision": "allow", "rule": decision.rule, "model": call.model}
+    start["request_sha256"] = evidence(call.canonical())
+    start["candidates"] = [c.label for c in candidates]
+    if state.settings.manifests.performance.audit.capture_content:
+        start["request"] = call.canonical()  # opted in by the manifest; still passes the redactor
+    await audit(state, "start", {**run.base(), **start})
+    return candidates
+
+
+def _policy_request(call: ToolCall[Any], size: Size, c: Candidate) -> PolicyRequest:
     return PolicyRequest(
         tool=call.tool,
         capability=call.capability,
         model=c.model,
         adapter=c.adapter,
         privacy=c.privacy,
-        principal=principal_for(call.principal),
-        texts=call.texts,
-        chars=call.chars,
-        documents=call.documents,
-        max_tokens=call.max_tokens,
+        principal=call.caller.principal,
+        texts=size.texts,
+        chars=size.chars,
+        documents=size.documents,
+        max_tokens=size.max_tokens,
     )
 
 
-def plan(state: AppState, call: Call) -> tuple[list[Candidate], list[Attempt], Decision]:
-    """Usable, policy-allowed candidates in order, the skipped ones, and the deciding decision."""
-    candidates = state.router.resolve(call.capability, call.model)
-    usable, skipped = state.router.usable(call.capability, candidates)
+def plan(state: AppState, call: ToolCall[Any], size: Size, skipped: list[Attempt]) -> tuple[list[Candidate], Decision]:
+    """Usable, policy-allowed candidates in order and the deciding decision; `skipped` gets the others."""
+    resolved = state.router.resolve(call.capability, call.model)
+    usable, passed_over = state.router.usable(call.capability, resolved, call.caller.privacy)
+    skipped += passed_over
     allowed: list[Candidate] = []
     first_allow: Decision | None = None
     first_deny: tuple[Candidate, Decision] | None = None
     for c in usable:
-        decision = state.policy.evaluate(_policy_request(call, c))
+        decision = state.policy.evaluate(_policy_request(call, size, c))
         if decision.allowed:
             allowed.append(c)
             first_allow = first_allow or decision
         else:
             first_deny = first_deny or (c, decision)
             skipped.append(Attempt(c.adapter, c.model, "skipped", 0.0, f"denied by policy {decision.rule}"))
-    if allowed:
-        assert first_allow is not None
-        return allowed, skipped, first_allow
+    if allowed and first_allow is not None:
+        return allowed, first_allow
     if first_deny is not None:
-        c, decision = first_deny
-        why = f" ({decision.reason})" if decision.reason else ""
-        instead = [decision.hint] if decision.hint else []
-        instead += [f"model {label}" for label in _allowed_elsewhere(state, call, c)]
-        tail = f"; allowed instead: {'; '.join(instead)}" if instead else ""
-        raise PolicyDeniedError(f"policy {decision.rule} denies {call.tool} on {c.label}{why}{tail}", decision.rule)
+        raise _denial(state, call, size, *first_deny)
     reasons = "; ".join(f"{a.adapter}/{a.model}: {a.error}" for a in skipped)
     raise NoRouteError(f"no usable adapter for {call.capability}: {reasons}")
 
 
-def _allowed_elsewhere(state: AppState, call: Call, denied: Candidate, limit: int = 3) -> list[str]:
+def _denial(state: AppState, call: ToolCall[Any], size: Size, c: Candidate, decision: Decision) -> PolicyDeniedError:
+    why = f" ({decision.reason})" if decision.reason else ""
+    instead = [decision.hint] if decision.hint else []
+    instead += [f"model {label}" for label in _allowed_elsewhere(state, call, size, c)]
+    tail = f"; allowed instead: {'; '.join(instead)}" if instead else ""
+    return PolicyDeniedError(f"policy {decision.rule} denies {call.tool} on {c.label}{why}{tail}", decision.rule)
+
+
+def _allowed_elsewhere(
+    state: AppState, call: ToolCall[Any], size: Size, denied: Candidate, limit: int = 3
+) -> list[str]:
     """Models the `models` tool already shows as routable that policy would let this same call use."""
     found: list[str] = []
     for name, s in state.discovery.snapshot.adapters.items():
@@ -127,8 +180,8 @@ def _allowed_elsewhere(state: AppState, call: Call, denied: Candidate, limit: in
             if call.capability not in m.capabilities or (name, m.name) == (denied.adapter, denied.model):
                 continue
             if (
-                state.router.skip_reason(call.capability, c) is None
-                and state.policy.evaluate(_policy_request(call, c)).allowed
+                state.router.skip_reason(call.capability, c, call.caller.privacy) is None
+                and state.policy.evaluate(_policy_request(call, size, c)).allowed
             ):
                 found.append(c.label)
             if len(found) >= limit:
@@ -136,86 +189,15 @@ def _allowed_elsewhere(state: AppState, call: Call, denied: Candidate, limit: in
     return found
 
 
-def _audit_base(call: Call) -> dict[str, Any]:
-    principal = principal_for(call.principal)
-    return {"call_id": call.call_id, "principal": principal, "tool": call.tool, "capability": call.capability}
-
-
-async def _audit(state: AppState, event: str, body: dict[str, Any]) -> None:
-    # a start record is made durable with its call's finish record, before the result is returned
-    await state.audit.write({"event": event, **body}, durable=event != "start", alone=state.in_flight == 0)
-    state.metrics.child(state.metrics.audit_records, event).inc()
-
-
-async def run_call(
-    state: AppState,
-    call: Call,
-    invoke: Callable[[Adapter, Candidate], Awaitable[T]],
-    deadline_s: float,
-    evidence: Callable[[T], Any],
-) -> Outcome[T]:
-    started = time.perf_counter()
-    with call_span(call.tool, call.capability, call.model) as span:
-        try:
-            check_limits(state, call)
-        except LimitError as exc:
-            # refused before routing: audited as a denial by the limit that refused it
-            limit = {"decision": "deny", "rule": exc.code, "model": call.model, "outcome": "limited"}
-            await _audit(state, "deny", {**_audit_base(call), **limit, "request_sha256": _ev(call.request)})
-            _finish(state, call, span, "none", "limited", started, exc.code)
-            raise
-        candidates, skipped, decision = await _admit(state, call, started, span)
-        return await _execute(state, call, (candidates, skipped, decision), invoke, deadline_s, evidence, started, span)
-
-
-async def _admit(
-    state: AppState, call: Call, started: float, span: Span
-) -> tuple[list[Candidate], list[Attempt], Decision]:
-    """Route and policy; a denial is audited; admission is audited before any backend is touched."""
+async def _execute(run: _Run, candidates: list[Candidate]) -> Out:
+    state, call = run.state, run.call
+    outcome, error, result, chosen = "error", "internal", None, None
     try:
-        candidates, skipped, decision = plan(state, call)
-    except PolicyDeniedError as exc:
-        state.metrics.policy_denials.labels(exc.rule).inc()
-        deny = {"decision": "deny", "rule": exc.rule, "model": call.model, "request_sha256": _ev(call.request)}
-        deny["outcome"] = "policy_error" if exc.rule == POLICY_ERROR else "denied"
-        await _audit(state, "deny", {**_audit_base(call), **deny})
-        _finish(state, call, span, "none", "denied", started, exc.code)
-        raise
-    except GatewayError as exc:
-        _finish(state, call, span, "none", "error", started, exc.code)
-        raise
-    start: dict[str, Any] = {
-        "decision": "allow",
-        "rule": decision.rule,
-        "model": call.model,
-        "request_sha256": _ev(call.request),
-    }
-    start["candidates"] = [c.label for c in candidates]
-    if state.settings.manifests.performance.audit.capture_content:
-        start["request"] = call.request  # opted in by the manifest; still passes the redactor
-    await _audit(state, "start", {**_audit_base(call), **start})
-    return candidates, skipped, decision
-
-
-async def _execute(
-    state: AppState,
-    call: Call,
-    admitted: tuple[list[Candidate], list[Attempt], Decision],
-    invoke: Callable[[Adapter, Candidate], Awaitable[T]],
-    deadline_s: float,
-    evidence: Callable[[T], Any],
-    started: float,
-    span: Span,
-) -> Outcome[T]:
-    candidates, skipped, decision = admitted
-    attempts: list[Attempt] = list(skipped)
-    state.in_flight += 1
-    state.metrics.in_flight.inc()
-    outcome, error, value, chosen = "error", "internal", None, None
-    try:
-        value, chosen = await state.router.execute(call.capability, candidates, invoke, deadline_s, attempts)
+        deadline_s = call.deadline_s(state.settings.manifests.performance.deadlines)
+        value, chosen = await state.router.execute(call, candidates, deadline_s, run.attempts)
+        result = call.output(value, chosen.adapter, run.attempts)
         outcome, error = "ok", ""
-        return Outcome(value, chosen, attempts, decision)
+        return result  # type: ignore[no-any-return]
     except GatewayError as exc:
         error = exc.code
         raise
@@ -226,78 +208,45 @@ async def _execute(
         log.exception("unexpected failure in %s", call.tool)
         raise InternalError(f"internal error in {call.tool}; the gateway is still serving") from exc
     finally:
-        state.in_flight -= 1
-        state.metrics.in_flight.dec()
         with anyio.CancelScope(shield=True):
-            adapter = chosen.adapter if chosen else (attempts[-1].adapter if attempts else "none")
-            _attempt_metrics(state, call, attempts)
-            usage = _usage(value)
-            _finish(state, call, span, adapter, outcome, started, error, usage)
-            finish = {
-                "adapter": adapter,
-                "model": chosen.model if chosen else call.model,
-                "outcome": outcome,
-                "error": error or None,
-                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-                "attempts": [[a.adapter, a.outcome] for a in attempts],
-                "usage": usage,
-                "response_sha256": _ev(evidence(value)) if value is not None else None,
-            }
-            await _audit(state, "finish", {**_audit_base(call), **finish})
+            await _finish(run, chosen, outcome, error, result)
 
 
-def _usage(value: Any) -> dict[str, int] | None:
-    usage = getattr(value, "usage", None)
-    if not isinstance(usage, Usage):
-        return None
-    return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+async def _finish(run: _Run, chosen: Candidate | None, outcome: str, error: str, result: _Result | None) -> None:
+    attempts = run.attempts
+    adapter = chosen.adapter if chosen else (attempts[-1].adapter if attempts else "none")
+    _attempt_metrics(run)
+    usage: dict[str, int] | None = getattr(result, "usage", None)
+    run.observe(adapter, outcome, error, usage)
+    finish = {
+        "adapter": adapter,
+        "model": chosen.model if chosen else run.call.model,
+        "outcome": outcome,
+        "error": error or None,
+        "latency_ms": round((time.perf_counter() - run.started) * 1000, 3),
+        "attempts": [[a.adapter, a.outcome] for a in attempts],
+        "usage": usage,
+        "response_sha256": evidence(result.evidence()) if result is not None else None,
+    }
+    await audit(run.state, "finish", {**run.base(), **finish})
 
 
-def _ev(value: Any) -> str:
-    return evidence_of(value)
-
-
-def _attempt_metrics(state: AppState, call: Call, attempts: list[Attempt]) -> None:
+def _attempt_metrics(run: _Run) -> None:
+    m, capability = run.state.metrics, run.call.capability
     prev: Attempt | None = None
-    for a in attempts:
+    for a in run.attempts:
         if a.outcome != "skipped":
-            m = state.metrics
-            m.child(m.attempt_duration, a.adapter, call.capability, a.outcome).observe(a.latency_ms / 1000)
+            m.child(m.attempt_duration, a.adapter, capability, a.outcome).observe(a.latency_ms / 1000)
         if prev is not None and prev.outcome in ("failed", "skipped"):
-            state.metrics.fallbacks.labels(prev.adapter, a.adapter, prev.outcome).inc()
+            m.fallbacks.labels(prev.adapter, a.adapter, prev.outcome).inc()
         prev = a
 
 
-def _finish(
-    state: AppState,
-    call: Call,
-    span: Span,
-    adapter: str,
-    outcome: str,
-    started: float,
-    error: str,
-    usage: dict[str, int] | None = None,
-) -> None:
-    """Metrics, span attributes and the one debug log line every call gets."""
-    elapsed = time.perf_counter() - started
+async def refuse_arguments(state: AppState, tool: str, principal: str, fields: list[str]) -> None:
+    """A call whose arguments did not validate: counted and audited (field names only, never values)."""
     m = state.metrics
-    m.child(m.tool_duration, call.tool, adapter, outcome).observe(elapsed)
-    m.child(m.calls, call.tool, outcome).inc()
-    if error:
-        state.metrics.errors.labels(call.tool, error).inc()
-    if usage is not None:
-        span.set_attribute("gen_ai.usage.input_tokens", usage["input_tokens"])
-        span.set_attribute("gen_ai.usage.output_tokens", usage["output_tokens"])
-    span.set_attribute("model_gateway.adapter", adapter)
-    end_span_with(span, outcome, error or None)
-    log.debug(
-        "call",
-        extra={
-            "call_id": call.call_id,
-            "tool": call.tool,
-            "adapter": adapter,
-            "outcome": outcome,
-            "error": error or None,
-            "latency_ms": round(elapsed * 1000, 3),
-        },
-    )
+    m.child(m.calls, tool, "rejected").inc()
+    m.child(m.errors, tool, "invalid_arguments").inc()
+    record: dict[str, Any] = {"call_id": new_call_id(), "principal": principal, "tool": tool, "decision": "deny"}
+    record |= {"rule": "invalid_arguments", "outcome": "rejected", "fields": fields}
+    await audit(state, "deny", record)

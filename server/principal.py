@@ -1,9 +1,9 @@
 """Who is calling: the local user on stdio, the authenticated token's subject on HTTP.
 
-The HTTP auth layer (`BearerAuth` in server/app.py) maps the bearer token to a
-subject and leaves it in the ASGI scope; the MCP middleware here lifts it into
-a context variable for the duration of one request, and the pipeline reads it
-through `principal_for()`. Tokens are kept only as sha256 digests.
+The HTTP auth layer (`BearerAuth` in server/http_edge.py) maps the bearer token to a
+subject and leaves it in the ASGI scope; a tool call reads it from the request
+it arrived on (`principal_of()`) and carries it as part of the call. Tokens are
+kept only as sha256 digests.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from server.errors import ConfigError
 
 SCOPE_KEY = "model_gateway.principal"
-current_principal: ContextVar[str | None] = ContextVar("model_gateway_principal", default=None)
 
 
 def token_digest(token: str) -> str:
@@ -53,26 +51,14 @@ def load_tokens_file(path: Path) -> dict[str, str]:
     return {t.sha256: t.subject for t in parsed.tokens}
 
 
-def scope_principal(scope: Mapping[str, Any]) -> str | None:
-    """The subject the HTTP auth layer left in an ASGI scope (None when the server requires no token)."""
-    subject = scope.get(SCOPE_KEY)
-    return subject if isinstance(subject, str) else None
-
-
-def principal_for(default: str) -> str:
-    """The authenticated subject of the request being served, else `default` (the local user)."""
-    return current_principal.get() or default
-
-
-async def principal_middleware(ctx: Any, call_next: Any) -> Any:
-    """MCP middleware: expose the subject the HTTP auth layer found to everything this request runs."""
-    request = getattr(ctx, "request", None)
+def principal_of(request: object | None, default: str) -> str:
+    """The authenticated subject of an HTTP request (as BearerAuth left it), else `default` (the local user)."""
     scope: Mapping[str, Any] | None = getattr(request, "scope", None)
     subject = scope_principal(scope) if scope is not None else None
-    if subject is None:
-        return await call_next(ctx)
-    token = current_principal.set(subject)
-    try:
-        return await call_next(ctx)
-    finally:
-        current_principal.reset(token)
+    return default if subject is None else subject
+
+
+def scope_principal(scope: Mapping[str, Any]) -> str | None:
+    """The subject BearerAuth left in an ASGI scope (None when the server requires no token)."""
+    subject = scope.get(SCOPE_KEY)
+    return subject if isinstance(subject, str) else None

@@ -1,88 +1,87 @@
-"""Privacy mode as a tool and a resource: read it always, switch it when policy allows.
+"""Privacy mode: the operator's, for the whole gateway, and a client's, for its own session.
 
-Switching it on only narrows routing (local adapters only), so it is always
-allowed. Switching it off widens what a call may reach, so it is a policy
-decision: tool `privacy`, capability `admin`, model `off`. The shipped policy
-denies it; the operator lifts privacy mode by restarting without
-`--privacy-mode` or by allowing it in policy.json. Either switch takes effect
-for the next routing decision, filtering the cached snapshot; discovery is not
-re-run. Every switch is audited.
+The operator's mode (`--privacy-mode`, MODEL_GATEWAY_PRIVACY_MODE) holds for
+every call of the process; no client can lift it, and remote adapters are not
+even probed under it. A client may switch privacy mode for its own session
+with the `privacy` tool (server/session.py says what a session is on each
+transport): switching it on only narrows that session's routing, so it is
+always allowed; switching it off widens what the session may reach, so it is a
+policy decision (tool `privacy`, capability `admin`, model `off`), which the
+shipped policy guard `privacy-off-needs-operator` denies; a user rule alone
+cannot lift it, only naming the guard in `override` in the user policy.json.
+Every switch is audited before it takes effect; it applies from the session's
+next call, filtering the cached snapshot.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
-from server.errors import GatewayError
+from server.pipeline import audit
 from server.policy import PolicyRequest
-from server.principal import principal_for
+from server.session import SessionState, session_of
 from server.state import AppState
+from server.toolkit import inbound
 
 
 class PrivacyOutput(BaseModel):
-    privacy_mode: bool = Field(description="True: calls are routed to local adapters only.")
+    privacy_mode: bool = Field(description="True: this session's calls are routed to local adapters only.")
     changed: bool = Field(description="Whether this call switched the mode.")
+    operator: bool = Field(
+        description="True: the operator set privacy mode for the whole gateway; it cannot be lifted."
+    )
     local_adapters: list[str] = Field(description="Adapters calls may reach while privacy mode is on.")
 
 
-def privacy_view(state: AppState, changed: bool = False) -> PrivacyOutput:
+def privacy_view(state: AppState, on: bool, changed: bool = False) -> PrivacyOutput:
     local = sorted(n for n, s in state.discovery.snapshot.adapters.items() if s.privacy == "local")
-    return PrivacyOutput(privacy_mode=state.privacy_mode, changed=changed, local_adapters=local)
+    return PrivacyOutput(privacy_mode=on, changed=changed, operator=state.privacy_mode, local_adapters=local)
 
 
-async def set_privacy(state: AppState, on: bool) -> PrivacyOutput:
-    """Switch privacy mode for `principal`; lifting it needs a policy allow. Raises GatewayError when refused."""
-    principal = principal_for(state.settings.principal)
-    if on == state.privacy_mode:
-        return privacy_view(state)
-    base = {"principal": principal, "tool": "privacy", "capability": "admin", "model": "on" if on else "off"}
-    if not on:
-        req = PolicyRequest("privacy", "admin", "off", "gateway", "local", principal)
-        decision = state.policy.evaluate(req)
-        if not decision.allowed:
-            await state.audit.write({"event": "deny", **base, "decision": "deny", "rule": decision.rule})
-            why = f" ({decision.reason})" if decision.reason else ""
-            raise ToolError(f"policy {decision.rule} denies turning privacy mode off{why}")
-        rule = decision.rule
-    else:
-        rule = "always-allowed"
+async def privacy(
+    ctx: Context[AppState],
+    enable: Annotated[
+        bool | None,
+        Field(None, description="true: route to local adapters only; false: lift it (if policy allows); omit: read."),
+    ] = None,
+) -> PrivacyOutput:
+    """Read or switch privacy mode for this session. While it is on, calls reach local adapters only.
+
+    Switching it on always works and applies to this session's next call.
+    Switching it off is a policy decision and is refused unless the gateway's
+    policy allows it; privacy mode set by the gateway's operator cannot be lifted.
+    """
+    io = inbound(ctx)
+    state, caller = io.state, io.caller
+    if enable is None or enable == caller.privacy:
+        return privacy_view(state, caller.privacy)
+    session = session_of(state, io.request)
+    if session is None:
+        raise ToolError("privacy mode cannot be switched here: this request has no session (stateless HTTP)")
+    base = {"principal": caller.principal, "tool": "privacy", "capability": "admin", "model": "on" if enable else "off"}
+    rule = "always-allowed" if enable else await _may_lift(state, caller.principal, base)
     # audited before it takes effect: a switch that cannot be recorded does not happen
-    await state.audit.write({"event": "privacy", **base, "decision": "allow", "rule": rule})
-    state.set_privacy_mode(on)
-    return privacy_view(state, changed=True)
+    await audit(state, "privacy", {**base, "decision": "allow", "rule": rule})
+    _switch(session, enable)
+    return privacy_view(state, enable, changed=True)
 
 
-def register_privacy(server: MCPServer[AppState], ref: Any) -> None:
-    @server.tool(structured_output=True)
-    async def privacy(
-        ctx: Context,
-        enable: Annotated[
-            bool | None,
-            Field(
-                None, description="true: route to local adapters only; false: lift it (if policy allows); omit: read."
-            ),
-        ] = None,
-    ) -> PrivacyOutput:
-        """Read or switch privacy mode. While it is on, calls reach local adapters only.
+async def _may_lift(state: AppState, principal: str, base: dict[str, Any]) -> str:
+    """The rule that lets this principal lift its session's privacy mode; refused (and audited) otherwise."""
+    if state.privacy_mode:
+        await audit(state, "deny", {**base, "decision": "deny", "rule": "operator"})
+        raise ToolError("privacy mode was set by the gateway's operator; a client cannot lift it")
+    decision = state.policy.evaluate(PolicyRequest("privacy", "admin", "off", "gateway", "local", principal))
+    if not decision.allowed:
+        await audit(state, "deny", {**base, "decision": "deny", "rule": decision.rule})
+        why = f" ({decision.reason})" if decision.reason else ""
+        raise ToolError(f"policy {decision.rule} denies turning privacy mode off{why}")
+    return decision.rule
 
-        Switching it on always works and applies to the next call. Switching it
-        off is a policy decision and is refused unless the gateway's policy allows it.
-        """
-        state = ctx.request_context.lifespan_context
-        assert isinstance(state, AppState)
-        if enable is None:
-            return privacy_view(state)
-        try:
-            return await set_privacy(state, enable)
-        except GatewayError as exc:
-            raise ToolError(exc.message) from exc
 
-    @server.resource("gateway://privacy", mime_type="application/json")
-    async def privacy_resource() -> str:
-        """Whether privacy mode is on, and which adapters calls may reach while it is."""
-        return json.dumps(privacy_view(ref.get()).model_dump(), separators=(",", ":"))
+def _switch(session: SessionState, on: bool) -> None:
+    session.privacy = on

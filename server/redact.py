@@ -119,20 +119,3 @@ def redacted_logs(redactor: Redactor) -> Iterator[None]:
     finally:
         for h in handlers:
             h.removeFilter(filt)
-
-
-async def redact_tool_errors(ctx: Any, call_next: Any) -> Any:
-    """MCP middleware: the text of an error result passes the lifespan's redactor before it leaves."""
-    result = await call_next(ctx)
-    redactor = getattr(getattr(ctx, "lifespan_context", None), "redactor", None)
-    if ctx.method != "tools/call" or not isinstance(redactor, Redactor):
-        return result
-    if isinstance(result, dict) and result.get("isError"):
-        return redactor.value(result)
-    is_error = getattr(result, "is_error", False)
-    content = getattr(result, "content", None)
-    if is_error and content:
-        for block in content:
-            if isinstance(getattr(block, "text", None), str):
-                block.text = redactor.text(block.text)
-    return result

@@ -1,34 +1,38 @@
-"""Model or alias -> ordered candidates; fallback across them; circuit breakers.
+"""Model or alias -> ordered candidates; fallback across them under deadlines.
 
 Candidates = route order ∩ routable in the snapshot ∩ declares the capability
-∩ allowed by privacy mode ∩ breaker not open. Each attempt runs under a
-deadline; a retryable failure moves on to the next candidate, a non-retryable
-one stops and is returned. When every candidate fails, the error lists each
-one and why (the tensorzero habit).
+∩ allowed by the call's privacy mode ∩ breaker not open. Each attempt runs under
+a deadline and goes through the capability's entry in server/dispatch.py; a
+retryable failure moves on to the next candidate, a non-retryable one stops
+and is returned. When every candidate fails, the error lists each one and why
+(the tensorzero habit). Provider text is redacted whole before it is cut
+short for `route[]` and error messages, so a secret never straddles the cut.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Any, Literal, Protocol
 
 import anyio
 
 from adapters.base import Adapter
 from adapters.errors import AdapterError, AdapterTimeoutError, safe_detail
 from adapters.types import Capability, Privacy
+from server.breaker import Breaker
 from server.discovery import AdapterStatus, Discovery
+from server.dispatch import DISPATCH, AdapterRequest
 from server.errors import AllCandidatesFailedError, NoRouteError, UpstreamRejectedError
-from server.manifests import BreakerConfig, RoutesManifest
+from server.manifests import RoutesManifest
 from server.telemetry import attempt_span, end_span_with
 
 log = logging.getLogger("model_gateway.router")
-T = TypeVar("T")
-BreakerState = Literal["closed", "open", "half_open"]
 MAX_LISTED = 12
+ATTEMPT_DETAIL_CHARS = 300
+SUMMARY_DETAIL_CHARS = 160
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,49 +54,37 @@ class Attempt:
     latency_ms: float
     error: str | None = None
 
+    def public(self) -> dict[str, Any]:
+        """The `route[]` entry a result publishes."""
+        return {
+            "adapter": self.adapter,
+            "model": self.model,
+            "outcome": self.outcome,
+            "latency_ms": self.latency_ms,
+            "error": self.error,
+        }
 
-class Breaker:
-    """closed -> open after N consecutive retryable failures -> half-open after a cool-down."""
 
-    def __init__(self, config: BreakerConfig, on_change: Callable[[BreakerState], None] | None = None) -> None:
-        self.config = config
-        self.state: BreakerState = "closed"
-        self.failures = 0
-        self.opened_at = 0.0
-        self._on_change = on_change
-        self._trial_in_flight = False
-
-    def _set(self, state: BreakerState) -> None:
-        if state != self.state:
-            self.state = state
-            if self._on_change is not None:
-                self._on_change(state)
+class Routable(Protocol):
+    """What the router needs from a call: its capability and the adapter request for one candidate's model."""
 
     @property
-    def blocking(self) -> bool:
-        """Open and still cooling down: calls skip this adapter without trying it."""
-        return self.state == "open" and time.monotonic() - self.opened_at < self.config.cooldown_s
+    def capability(self) -> Capability: ...
 
-    def allow(self) -> bool:
-        if self.state == "open" and time.monotonic() - self.opened_at >= self.config.cooldown_s:
-            self._set("half_open")
-            self._trial_in_flight = False
-        if self.state == "half_open":
-            if self._trial_in_flight:
-                return False
-            self._trial_in_flight = True
-        return self.state != "open"
+    def adapter_request(self, model: str) -> AdapterRequest: ...
 
-    def record(self, ok: bool) -> None:
-        self._trial_in_flight = False
-        if ok:
-            self.failures = 0
-            self._set("closed")
-            return
-        self.failures += 1
-        if self.state == "half_open" or self.failures >= self.config.failure_threshold:
-            self.opened_at = time.monotonic()
-            self._set("open")
+
+@dataclass(frozen=True, slots=True)
+class AttemptRules:
+    """How attempts run.
+
+    `redact` masks secrets in provider text (whole, before it is cut short); `unprobed_s` is the most an
+    attempt may spend on an adapter whose first probe has not answered while a later candidate is known
+    to be up (None: the full deadline).
+    """
+
+    redact: Callable[[str], str] = str
+    unprobed_s: float | None = None
 
 
 class Router:
@@ -103,6 +95,7 @@ class Router:
         discovery: Discovery,
         breakers: Mapping[str, Breaker],
         model_aliases: Mapping[str, Mapping[str, str]] | None = None,
+        rules: AttemptRules = AttemptRules(),
     ) -> None:
         """`model_aliases`: adapter -> {alias: model}, the `aliases` its manifest declares per model."""
         self.adapters = dict(adapters)
@@ -110,7 +103,7 @@ class Router:
         self.routes = routes
         self.discovery = discovery
         self.breakers = dict(breakers)
-        self.privacy_mode = False
+        self.rules = rules
 
     # --- resolution -------------------------------------------------------------
 
@@ -174,10 +167,11 @@ class Router:
             prefix = model.partition("/")[0]
             if not any(m.name == model for s in self.discovery.snapshot.adapters.values() for m in s.models):
                 names = ", ".join(sorted(self.adapters)) or "none configured"
-                return f"unknown adapter {prefix!r} in model {model!r}; adapters: {names}"
+                shown = f"{safe_detail(prefix, 80)!r} in model {safe_detail(model, 200)!r}"
+                return f"unknown adapter {shown}; adapters: {names}"
         known = self.available_models(capability)
         listed = ", ".join(known[:MAX_LISTED]) + (" …" if len(known) > MAX_LISTED else "")
-        what = f"model {model!r}" if model else "a default model"
+        what = f"model {safe_detail(model, 200)!r}" if model else "a default model"
         return f"no adapter serves {what} for {capability}; available: {listed or 'none'}"
 
     def available_models(self, capability: Capability) -> list[str]:
@@ -188,11 +182,12 @@ class Router:
 
     # --- filtering --------------------------------------------------------------
 
-    def skip_reason(self, capability: Capability, c: Candidate) -> str | None:
+    def skip_reason(self, capability: Capability, c: Candidate, privacy: bool = False) -> str | None:
+        """Why this candidate cannot serve the call now, or None. `privacy`: the call's privacy mode."""
         status = self._status(c.adapter)
         if status is None:
             return "not configured"
-        if self.privacy_mode and c.privacy == "remote":
+        if privacy and c.privacy == "remote":
             return "excluded by privacy mode"
         if not status.routable:
             return f"down: {status.error or 'probe failed'}"
@@ -206,10 +201,12 @@ class Router:
             return "circuit breaker open"
         return None
 
-    def usable(self, capability: Capability, candidates: list[Candidate]) -> tuple[list[Candidate], list[Attempt]]:
+    def usable(
+        self, capability: Capability, candidates: list[Candidate], privacy: bool = False
+    ) -> tuple[list[Candidate], list[Attempt]]:
         ok, skipped = [], []
         for c in candidates:
-            reason = self.skip_reason(capability, c)
+            reason = self.skip_reason(capability, c, privacy)
             if reason is None:
                 ok.append(c)
             else:
@@ -219,52 +216,66 @@ class Router:
     # --- execution --------------------------------------------------------------
 
     async def execute(
-        self,
-        capability: Capability,
-        candidates: list[Candidate],
-        fn: Callable[[Adapter, Candidate], Awaitable[T]],
-        deadline_s: float,
-        attempts: list[Attempt],
-    ) -> tuple[T, Candidate]:
+        self, call: Routable, candidates: list[Candidate], deadline_s: float, attempts: list[Attempt]
+    ) -> tuple[Any, Candidate]:
         """Try candidates in order; `attempts` receives one entry per candidate touched."""
-        for c in candidates:
+        for i, c in enumerate(candidates):
             breaker = self.breakers.get(c.adapter)
             if breaker is not None and not breaker.allow():
                 attempts.append(Attempt(c.adapter, c.model, "skipped", 0.0, "circuit breaker open"))
                 continue
             started = time.perf_counter()
-            error = await self._attempt(c, fn, deadline_s, capability)
+            try:
+                outcome = await self._attempt(call, c, self._budget(c, candidates[i + 1 :], deadline_s))
+            except BaseException:
+                if breaker is not None:
+                    breaker.abandon()  # cancelled: neither a success nor a failure of the backend
+                raise
             latency = round((time.perf_counter() - started) * 1000, 3)
-            if isinstance(error, _Success):
+            if isinstance(outcome, _Success):
                 attempts.append(Attempt(c.adapter, c.model, "ok", latency))
                 self._record(c.adapter, ok=True)
-                return error.value, c
-            if not error.retryable:
-                attempts.append(Attempt(c.adapter, c.model, "rejected", latency, error.message))
+                return outcome.value, c
+            detail = self._detail(outcome.message, ATTEMPT_DETAIL_CHARS)
+            if not outcome.retryable:
+                attempts.append(Attempt(c.adapter, c.model, "rejected", latency, detail))
                 self._record(c.adapter, ok=True)  # the backend answered: it is alive
-                raise UpstreamRejectedError(f"{c.label} rejected the request: {error.message}")
-            attempts.append(Attempt(c.adapter, c.model, "failed", latency, error.message))
+                raise UpstreamRejectedError(f"{c.label} rejected the request: {detail}")
+            attempts.append(Attempt(c.adapter, c.model, "failed", latency, detail))
             self._record(c.adapter, ok=False)
-        raise AllCandidatesFailedError(_all_failed_message(capability, attempts))
+        raise AllCandidatesFailedError(_all_failed_message(call.capability, attempts))
 
-    async def _attempt(
-        self, c: Candidate, fn: Callable[[Adapter, Candidate], Awaitable[T]], deadline_s: float, capability: Capability
-    ) -> _Success[T] | AdapterError:
+    def _detail(self, text: str, limit: int) -> str:
+        """Redact the whole text, then cut it: a secret never straddles the cut."""
+        return safe_detail(self.rules.redact(text), limit)
+
+    def _budget(self, c: Candidate, later: list[Candidate], deadline_s: float) -> float:
+        """The full deadline, unless this adapter's probe has not answered yet and a later one is known up."""
+        budget = self.rules.unprobed_s
+        if budget is None or deadline_s <= budget:
+            return deadline_s
+        status = self._status(c.adapter)
+        if status is None or status.status != "unknown":
+            return deadline_s
+        if any((s := self._status(n.adapter)) is not None and s.status == "up" for n in later):
+            return budget
+        return deadline_s
+
+    async def _attempt(self, call: Routable, c: Candidate, deadline_s: float) -> _Success | AdapterError:
         adapter = self.adapters[c.adapter]
-        with attempt_span(c.adapter, adapter.info.kind, capability, c.model) as span:
-            result = await self._call(adapter, c, fn, deadline_s)
+        with attempt_span(c.adapter, adapter.info.kind, call.capability, c.model) as span:
+            result = await self._call(adapter, call, c, deadline_s)
             if isinstance(result, AdapterError):
                 end_span_with(span, "failed" if result.retryable else "rejected", type(result).__name__)
             else:
                 end_span_with(span, "ok")
             return result
 
-    async def _call(
-        self, adapter: Adapter, c: Candidate, fn: Callable[[Adapter, Candidate], Awaitable[T]], deadline_s: float
-    ) -> _Success[T] | AdapterError:
+    async def _call(self, adapter: Adapter, call: Routable, c: Candidate, deadline_s: float) -> _Success | AdapterError:
+        dispatch = DISPATCH[call.capability]
         try:
             with anyio.fail_after(deadline_s):
-                return _Success(await fn(adapter, c))
+                return _Success(await dispatch(adapter, call.adapter_request(c.model)))
         except TimeoutError:
             return AdapterTimeoutError(f"timed out after {deadline_s:g}s")
         except AdapterError as exc:
@@ -281,8 +292,8 @@ class Router:
 
 
 @dataclass(frozen=True, slots=True)
-class _Success(Generic[T]):
-    value: T
+class _Success:
+    value: Any
 
 
 def _dedupe(candidates: list[Candidate]) -> list[Candidate]:
@@ -296,5 +307,8 @@ def _dedupe(candidates: list[Candidate]) -> list[Candidate]:
 
 
 def _all_failed_message(capability: Capability, attempts: list[Attempt]) -> str:
-    parts = [f"{a.adapter}/{a.model}: {a.outcome}: {safe_detail(a.error or '', 160)}" for a in attempts]
+    # attempt errors were redacted whole when they were recorded; this only shortens them
+    parts = [
+        f"{a.adapter}/{a.model}: {a.outcome}: {safe_detail(a.error or '', SUMMARY_DETAIL_CHARS)}" for a in attempts
+    ]
     return f"every candidate for {capability} failed — " + "; ".join(parts)

@@ -5,8 +5,10 @@ query parameter of `POST /messages/`. For every request that names one, the sess
 the table and belong to the caller's principal; otherwise the answer is the transport's own
 "session not found" (404), the same for an unknown id and for someone else's, on every verb.
 New sessions pass `SessionTable.reserve()` first: at the principal's cap its oldest idle session
-is closed to make room. Sessions idle past the timeout are closed by a sweeper that lives as
-long as the app's lifespan.
+is closed to make room. Sessions idle past the timeout are closed by `sweep()`, a task of the
+app's lifespan (server/http_edge.py). Each session is a `server.session.SessionState`, bound to
+the principal whose request opened it and left in the ASGI scope of every request that names
+it: the call path finds the session's switches (privacy, log level) there.
 
 Closing uses only what a client could do: a Streamable HTTP session is ended by a DELETE sent
 through the transport (which frees everything it holds); an SSE session by cancelling the
@@ -23,7 +25,6 @@ from urllib.parse import parse_qsl
 from uuid import UUID
 
 import anyio
-import pydantic_core
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,14 +32,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server.http_guard import REQUEST_KEY, RequestState, header, jsonrpc_error
 from server.manifests import HTTPServerConfig
 from server.principal import scope_principal
-from server.sessions import SESSION_KEY, SessionHandle, SessionLimits, SessionTable, SessionTransport
+from server.session import SESSION_KEY, SessionLimits, SessionState, SessionTable, SessionTransport
 
 log = logging.getLogger("model_gateway.http")
 
 MCP_SESSION = b"mcp-session-id"
 _SSE_SESSION = re.compile(rb"session_id=([0-9a-f]{32})")
 _CLOSE_DEADLINE_S = 5.0
-_MAX_INITIALIZE_BYTES = 64 * 1024
 
 
 def _not_found() -> Response:
@@ -69,20 +69,14 @@ def _handshake_era(scope: Scope) -> bool:
 
 
 def _is_initialize(scope: Scope) -> bool:
-    """Whether the body is an `initialize`, the request that opens a session (anything else is refused there).
+    """Whether the message is an `initialize`, the request that opens a session (anything else is refused there).
 
-    Room is made ahead only for these, so no other request costs anyone a session; whatever else
-    the transport accepts as an opening is trimmed back to the caps once it is open.
+    The request guard has parsed the message already (once, bounded). Room is made ahead only for
+    these, so no other request costs anyone a session; whatever else the transport accepts as an
+    opening is trimmed back to the caps once it is open.
     """
     state = scope.get(REQUEST_KEY)
-    body = state.body if isinstance(state, RequestState) else b""
-    if len(body) > _MAX_INITIALIZE_BYTES or b'"initialize"' not in body:
-        return False
-    try:  # the transport's own parser: iterative, depth-limited, the same verdict on the same bytes
-        message = pydantic_core.from_json(body)
-    except ValueError:
-        return False
-    return isinstance(message, dict) and message.get("method") == "initialize"
+    return isinstance(state, RequestState) and state.method == "initialize"
 
 
 def sse_session_id(scope: Scope) -> str | None:
@@ -120,9 +114,6 @@ class SessionGuard:
         return cls(app, SessionTable(limits), stateless=stateless)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan(scope, receive, send)
-            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -140,12 +131,12 @@ class SessionGuard:
             await self.app(scope, receive, send)
 
     async def _in_session(self, scope: Scope, receive: Receive, send: Send, sid: str) -> None:
-        handle = self.table.owned(sid, scope_principal(scope) or "")
-        if handle is None:
+        session = self.table.owned(sid, scope_principal(scope) or "")
+        if session is None:
             await _not_found()(scope, receive, send)
             return
         stream = scope["method"] == "GET"
-        status = await self._serve(scope, receive, send, handle, stream)
+        status = await self._serve(scope, receive, send, session, stream)
         if status == 404 or (scope["method"] == "DELETE" and status is not None and status < 300):
             self.table.remove(sid)  # ended by its client, or already gone in the transport
 
@@ -154,16 +145,16 @@ class SessionGuard:
         if sid is None:
             await self.app(scope, receive, send)  # the transport answers "session_id is required"
             return
-        handle = self.table.owned(sid, scope_principal(scope) or "") if sid else None
-        if handle is None:
+        session = self.table.owned(sid, scope_principal(scope) or "") if sid else None
+        if session is None:
             await Response("Could not find session", status_code=404)(scope, receive, send)
             return
-        await self._serve(scope, receive, send, handle, stream=False)
+        await self._serve(scope, receive, send, session, stream=False)
 
     async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, handle: SessionHandle, stream: bool
+        self, scope: Scope, receive: Receive, send: Send, session: SessionState, stream: bool
     ) -> int | None:
-        scope[SESSION_KEY] = handle
+        scope[SESSION_KEY] = session
         status: int | None = None
 
         async def watch(message: Message) -> None:
@@ -172,11 +163,11 @@ class SessionGuard:
                 status = message["status"]
             await send(message)
 
-        self.table.begin(handle, stream=stream)
+        self.table.begin(session, stream=stream)
         try:
             await self.app(scope, receive, watch)
         finally:
-            self.table.end(handle, stream=stream)
+            self.table.end(session, stream=stream)
         return status
 
     async def _open(
@@ -201,88 +192,83 @@ class SessionGuard:
         for victim in self.table.trim(opening.principal):
             await self._close(victim)
 
-    def _register(self, opening: _Opening, sid: str, transport: SessionTransport, **extra: Any) -> SessionHandle:
+    def _register(self, opening: _Opening, sid: str, transport: SessionTransport, **extra: Any) -> SessionState:
         """Into the table before the client can learn the id; the reservation made for it is used up."""
-        handle = self.table.add(sid, opening.principal, transport, opening.host, **extra)
+        session = self.table.add(SessionState(opening.principal, transport, sid, host=opening.host, **extra))
         if opening.reserved:
             opening.reserved = False
             self.table.release(opening.principal)
-        return handle
+        return session
 
     async def _open_streamable(self, scope: Scope, receive: Receive, send: Send, opening: _Opening) -> None:
-        handle: SessionHandle | None = None
+        session: SessionState | None = None
 
         async def register(message: Message) -> None:
-            nonlocal handle
+            nonlocal session
             if message["type"] == "http.response.start" and message["status"] < 400:
                 sid = next((v for k, v in message.get("headers", ()) if k.lower() == MCP_SESSION), None)
                 if sid is not None:
-                    handle = self._register(opening, bytes(sid).decode("latin-1"), "streamable-http")
-                    self.table.begin(handle)
+                    session = self._register(opening, bytes(sid).decode("latin-1"), "streamable-http")
+                    self.table.begin(session)
             await send(message)
 
         try:
             await self.app(scope, receive, register)
         finally:
-            if handle is not None:
-                self.table.end(handle)
+            if session is not None:
+                self.table.end(session)
 
     async def _open_sse(self, scope: Scope, receive: Receive, send: Send, opening: _Opening) -> None:
-        handle: SessionHandle | None = None
+        session: SessionState | None = None
         started = completed = False
         with anyio.CancelScope() as stream_scope:
 
             async def register(message: Message) -> None:
-                nonlocal handle, started, completed
+                nonlocal session, started, completed
                 if message["type"] == "http.response.start":
                     started = True
                 elif message["type"] == "http.response.body":
                     completed = not message.get("more_body", False)
-                    found = _SSE_SESSION.search(message.get("body", b"")) if handle is None else None
+                    found = _SSE_SESSION.search(message.get("body", b"")) if session is None else None
                     if found is not None:
                         sid = found.group(1).decode()
-                        handle = self._register(opening, sid, "sse", streams=1, cancel=stream_scope.cancel)
+                        session = self._register(opening, sid, "sse", streams=1, cancel=stream_scope.cancel)
                 await send(message)
 
             try:
                 await self.app(scope, receive, register)
             finally:
-                if handle is not None:
-                    handle.streams = 0
-                    if self.table.get(handle.sid) is handle:
-                        self.table.remove(handle.sid)
+                if session is not None:
+                    session.streams = 0
+                    if self.table.get(session.sid) is session:
+                        self.table.remove(session.sid)
         if stream_scope.cancelled_caught and started and not completed:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _close(self, handle: SessionHandle) -> None:
+    async def _close(self, session: SessionState) -> None:
         """End a session the table let go of, freeing what the transport holds for it."""
-        if handle.cancel is not None:
-            handle.cancel()
+        if session.cancel is not None:
+            session.cancel()
             return
         try:
             with anyio.fail_after(_CLOSE_DEADLINE_S):
-                await _delete_session(self.app, self._mcp_path, handle)
+                await _delete_session(self.app, self._mcp_path, session)
         except Exception as exc:  # one session that will not close must not stop the others
             log.warning("closing an idle session failed: %s", type(exc).__name__)
 
-    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._sweep)
-            await self.app(scope, receive, send)
-            tg.cancel_scope.cancel()
-
-    async def _sweep(self) -> None:
+    async def sweep(self) -> None:
+        """Close sessions idle past the timeout, until cancelled (a task of the app's lifespan)."""
         period = max(0.5, min(self.table.limits.idle_timeout_s / 4, 30.0))
         while True:
             await anyio.sleep(period)
             stale = self.table.expired()
             if stale:
                 log.info("closing %d idle session(s)", len(stale))
-            for handle in stale:
-                await self._close(handle)
+            for session in stale:
+                await self._close(session)
 
 
-async def _delete_session(app: ASGIApp, path: str, handle: SessionHandle) -> None:
+async def _delete_session(app: ASGIApp, path: str, session: SessionState) -> None:
     """`DELETE <path>` for the session, sent to the transport as its own client would."""
     scope: dict[str, Any] = {
         "type": "http",
@@ -294,7 +280,7 @@ async def _delete_session(app: ASGIApp, path: str, handle: SessionHandle) -> Non
         "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"host", handle.host), (MCP_SESSION, handle.sid.encode())],
+        "headers": [(b"host", session.host), (MCP_SESSION, session.sid.encode())],
         "client": None,
         "server": None,
         "state": {},

@@ -1,21 +1,40 @@
-"""AppState: what the lifespan builds and every tool call reads. Nothing here is global."""
+"""AppState: everything long-lived that tool calls read, and `open_state()`, the one place it is built.
+
+Nothing here is global: each `open_state()` builds its own adapters, registry,
+caches and background work, and closes them on exit. Which transport holds it
+open is decided by `server.app.Gateway.running()`.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import anyio
 
 from adapters.base import Adapter
+from adapters.registry import create_adapter
 from server.audit import AuditLog
-from server.batching import EmbedCoalescer
+from server.batching import Coalescer, CoalescingAdapter
+from server.breaker import Breaker
 from server.client_logs import ClientLogs
 from server.config import Settings
 from server.discovery import Discovery
+from server.governance import limiter_for, open_audit, redactor_for
 from server.policy import PolicyEngine
 from server.ratelimit import RateLimiter
-from server.redact import Redactor
-from server.router import Router
+from server.redact import Redactor, redacted_logs
+from server.router import AttemptRules, Router
+from server.session import SessionState
+from server.shedding import Shedder
 from server.telemetry import Metrics
+
+log = logging.getLogger("model_gateway")
 
 
 @dataclass(eq=False)
@@ -24,21 +43,105 @@ class AppState:
     adapters: dict[str, Adapter]
     discovery: Discovery
     router: Router
-    coalescer: EmbedCoalescer
+    coalescer: Coalescer
     policy: PolicyEngine
     audit: AuditLog
     metrics: Metrics
     limiter: RateLimiter
     redactor: Redactor
-    client_logs: ClientLogs
+    shedder: Shedder
+    client_logs: ClientLogs  # log notifications to each session at its own level
+    # stdio serves one client: its session lives here rather than in the HTTP session table
+    local_session: SessionState = field(default_factory=SessionState)
     started_at: float = field(default_factory=time.time)
-    in_flight: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.shedder.in_flight
 
     @property
     def privacy_mode(self) -> bool:
-        return self.router.privacy_mode
+        """The operator's privacy mode: process-wide, set at start, never lifted by a client."""
+        return self.settings.privacy_mode
 
-    def set_privacy_mode(self, on: bool) -> None:
-        """Filters the cached snapshot at once; discovery is not re-run."""
-        self.router.privacy_mode = on
-        self.discovery.privacy_mode = on
+    async def write_audit(self, record: dict[str, Any]) -> None:
+        """A non-durable record, synced with the next durable one (the shedder's summaries)."""
+        await self.audit.write(record, durable=False)
+        self.metrics.child(self.metrics.audit_records, str(record["event"])).inc()
+
+
+def build_adapters(settings: Settings) -> dict[str, Adapter]:
+    context = settings.adapter_context()
+    return {m.name: create_adapter(m, context) for m in settings.manifests.adapters}
+
+
+def _router(
+    settings: Settings, discovery: Discovery, adapters: Mapping[str, Adapter], metrics: Metrics, redactor: Redactor
+) -> Router:
+    perf = settings.manifests.performance
+    breakers = {n: Breaker(perf.breaker, partial(metrics.breaker_changed, n)) for n in adapters}
+    aliases = {m.name: {a: spec.name for spec in m.models for a in spec.aliases} for m in settings.manifests.adapters}
+    return Router(
+        adapters,
+        settings.manifests.routes,
+        discovery,
+        breakers,
+        aliases,
+        AttemptRules(redact=redactor.text, unprobed_s=perf.deadlines.unprobed_s),
+    )
+
+
+@asynccontextmanager
+async def open_state(settings: Settings, adapters: Mapping[str, Adapter] | None = None) -> AsyncIterator[AppState]:
+    """Build every long-lived piece, run background work in one task group, close all on exit.
+
+    `adapters` replaces the ones the manifests describe (tests inject fakes through this seam).
+    """
+    perf = settings.manifests.performance
+    metrics = Metrics()
+    adapters = dict(adapters) if adapters is not None else build_adapters(settings)
+    discovery = Discovery(adapters, perf.discovery, settings.snapshot_path, metrics.observe_probe)
+    discovery.privacy_mode = settings.privacy_mode  # the operator's mode: remote adapters are not even probed
+    if settings.use_discovery_cache:
+        discovery.load_cache()
+    redactor = redactor_for(settings)
+    audit = open_audit(settings, redactor)
+    async with AsyncExitStack() as stack:
+        stack.enter_context(redacted_logs(redactor))
+        stack.push_async_callback(_close_adapters, adapters)
+        stack.push_async_callback(audit.aclose)
+        coalescer = await stack.enter_async_context(Coalescer(perf.batching, metrics.observe_batch))
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        coalescing = {n: CoalescingAdapter(a, coalescer) for n, a in adapters.items()}
+        state = AppState(
+            settings=settings,
+            adapters=adapters,
+            discovery=discovery,
+            router=_router(settings, discovery, coalescing, metrics, redactor),
+            coalescer=coalescer,
+            policy=PolicyEngine(settings.manifests.policy),
+            audit=audit,
+            metrics=metrics,
+            limiter=limiter_for(settings),
+            redactor=redactor,
+            shedder=Shedder(perf.concurrency.max_in_flight),
+            client_logs=ClientLogs(redactor, max_sessions=perf.http_server.max_sessions),
+            local_session=SessionState(principal=settings.principal),
+        )
+        stack.push_async_callback(state.shedder.flush, state.write_audit)
+        tg.start_soon(discovery.run)
+        tg.start_soon(state.client_logs.run)
+        try:
+            yield state
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def _close_adapters(adapters: dict[str, Adapter]) -> None:
+    with anyio.CancelScope(shield=True):
+        for name, adapter in adapters.items():
+            try:
+                with anyio.fail_after(10):
+                    await adapter.aclose()
+            except Exception as exc:  # closing one adapter must not leak the others
+                log.warning("adapter %s did not close cleanly: %s", name, type(exc).__name__)

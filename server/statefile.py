@@ -13,20 +13,30 @@ a badly set up machine, as someone else) can leave bytes in these folders. So:
   `UntrustedFileError` with the reason: callers ignore the file (logging once)
   and rewrite it; they never crash on it and never serve it.
 
+Files that several processes append to (the audit trail) are guarded by an
+advisory lock file beside them (`flock`: released by the kernel when a holder
+dies, so a killed process never leaves it held).
+
 Standard library only: the stdio fast start uses this before anything heavy is imported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import stat
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 _warned: set[tuple[str, str]] = set()
 _WARNED_MAX = 256  # one line per (file, reason) per process, bounded
+T = TypeVar("T")
 
 
 class UntrustedFileError(Exception):
@@ -143,3 +153,113 @@ def warn_once(logger_name: str, path: Path, reason: str, action: str = "ignored 
     import logging  # only when there is something to say: the fast start imports nothing it can avoid
 
     logging.getLogger(logger_name).warning("%s: %s; %s", path, reason, action)
+
+
+def write_new(path: Path, data: bytes, *, mode: int = FILE_MODE) -> bool:
+    """Publish `data` at `path` only if nothing is there: temp file, fsync, hard link. False when it already exists.
+
+    Concurrent creators agree: exactly one link succeeds and every other caller reads that file, which is
+    complete from the moment it has a name. A failure (a full disk) leaves nothing behind.
+    """
+    private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    fsync_dir(path.parent)
+    return True
+
+
+def load_json(path: Path, parse: Callable[[bytes], T], max_bytes: int, logger_name: str) -> T | None:
+    """A cache file through its schema: None when absent, or when untrusted or ill-shaped (reported once)."""
+    try:
+        data = read_owned(path, max_bytes)
+        return None if data is None else parse(data)
+    except UntrustedFileError as exc:
+        warn_once(logger_name, path, exc.reason)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        warn_once(logger_name, path, f"unreadable or of another shape or version ({type(exc).__name__})")
+    return None
+
+
+class CacheFolder:
+    """Small cache files by name inside one private folder (what adapters get as their `CacheStore`)."""
+
+    MAX_BYTES = 4 << 20
+
+    def __init__(self, folder: Path, logger_name: str = "model_gateway.cache") -> None:
+        self.folder = folder
+        self._logger = logger_name
+
+    def _path(self, name: str) -> Path:
+        if not name or name != os.path.basename(name) or name.startswith("."):
+            raise ValueError(f"not a plain file name: {name!r}")
+        return self.folder / name
+
+    def load(self, name: str, parse: Callable[[bytes], T]) -> T | None:
+        return load_json(self._path(name), parse, self.MAX_BYTES, self._logger)
+
+    def save(self, name: str, data: bytes) -> None:
+        """Write the file whole; a disk that refuses (full, read-only) costs only the cache, reported once."""
+        path = self._path(name)
+        try:
+            write_atomic(path, data)
+        except OSError as exc:
+            warn_once(self._logger, path, f"not written ({exc.strerror or type(exc).__name__})", "kept in memory only")
+
+
+# --- advisory locks --------------------------------------------------------------
+
+
+def open_lock(path: Path) -> int:
+    """The descriptor of a lock file (created 0600, never written): lock it with `try_lock`."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, FILE_MODE)
+    return fd
+
+
+def try_lock(fd: int) -> bool:
+    """Take the exclusive lock without waiting; False when another open file description holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def unlock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def held(fd: int, timeout_s: float, what: Path) -> Iterator[None]:
+    """Hold the lock on `fd`, waiting at most `timeout_s` (blocking: for start-up and commands, not the event loop)."""
+    deadline = time.monotonic() + timeout_s
+    pause = 0.0005
+    while not try_lock(fd):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} stayed locked by another process for {timeout_s:g}s")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
+    try:
+        yield
+    finally:
+        unlock(fd)

@@ -129,8 +129,8 @@ class Metrics:
         self.adapter_up.labels(adapter).set(1 if ok else 0)
 
     def observe_batch(self, adapter: str, calls: int, texts: int) -> None:
-        self.batch_calls.labels(adapter).observe(calls)
-        self.batch_size.labels(adapter).observe(texts)
+        self.child(self.batch_calls, adapter).observe(calls)  # per embed call: memoised like the call metrics
+        self.child(self.batch_size, adapter).observe(texts)
 
     def breaker_changed(self, adapter: str, state: str) -> None:
         self.breaker_transitions.labels(adapter, state).inc()

@@ -16,6 +16,7 @@ from adapters.errors import AdapterError, AdapterUnavailableError, CapabilityErr
 from adapters.manifest import MCPManifest
 from adapters.mcp_remote import MCPRemoteAdapter
 from adapters.types import ChatMessage, ChatRequest, EmbedRequest, RerankRequest
+from server.statefile import CacheFolder
 from tests.support.contract import check_contract
 from tests.support.downstream_mcp import toy_vector
 
@@ -40,7 +41,8 @@ def manifest(tmp_path: Path, *, tools: dict[str, Any] | None = None, **env: str)
 
 
 def make(tmp_path: Path, *, tools: dict[str, Any] | None = None, **env: str) -> MCPRemoteAdapter:
-    return MCPRemoteAdapter(manifest(tmp_path, tools=tools, **env), AdapterContext(cache_dir=tmp_path / "cache"))
+    context = AdapterContext(cache_dir=tmp_path / "cache", cache=CacheFolder(tmp_path / "cache"))
+    return MCPRemoteAdapter(manifest(tmp_path, tools=tools, **env), context)
 
 
 def spawned(tmp_path: Path) -> list[int]:

@@ -302,9 +302,11 @@ async def test_server_overload_is_a_retryable_status_error(
     header = None if retry_after is None else f"{retry_after:g}"
     fake.inject(Fault("status", status=status, message="server busy", retry_after=header, times=1))
     async with ollama(fake.url) as adapter:
-        with pytest.raises(UpstreamStatusError) as caught:
+        # A Retry-After longer than the caller's deadline is not waited for: the router gets the error.
+        with anyio.fail_after(3), pytest.raises(UpstreamStatusError) as caught:
             await adapter.chat(ask("hi"))
         assert (await adapter.chat(ask("hi"))).content == "Echo: hi"
+    assert fake.count("/api/chat") == 2
     assert caught.value.retryable and caught.value.status == status
     assert caught.value.retry_after_s == retry_after
     assert "server busy" in str(caught.value)
@@ -403,3 +405,59 @@ async def test_the_fake_runs_as_a_process_and_is_steered_over_http() -> None:
                 await adapter.embed(EmbedRequest(model=EMBEDDER, texts=texts(5)))
             assert len((await adapter.embed(EmbedRequest(model=EMBEDDER, texts=texts(5)))).vectors) == 5
         assert await anyio.to_thread.run_sync(remote_counts, url) == {"/api/embed": 2}
+
+
+# --- identity and upstream bounds ---------------------------------------------------
+
+
+async def test_manifest_models_match_the_server_s_list_under_any_spelling_ollama_accepts(fake: FakeOllama) -> None:
+    models = [
+        ModelSpec(name="ALL-MINILM", capabilities=["embed"]),
+        ModelSpec(name="registry.ollama.ai/library/llama3.2:1b", capabilities=["chat"]),
+    ]
+    async with ollama(fake.url, models=models) as adapter:
+        result = await adapter.probe()
+        assert adapter.canonical_model("Library/LLAMA3.2:1b") == "llama3.2:1b"
+    assert "missing_models" not in result.details
+    assert [(m.name, m.family) for m in result.models] == [
+        ("ALL-MINILM", "bert"),
+        ("registry.ollama.ai/library/llama3.2:1b", "llama"),
+    ]
+
+
+async def test_a_pinned_width_turns_an_answer_of_another_width_into_a_retryable_error(fake: FakeOllama) -> None:
+    models = [ModelSpec(name=EMBEDDER, capabilities=["embed"], dimensions=768)]
+    async with ollama(fake.url, models=models) as adapter:
+        with pytest.raises(UpstreamProtocolError, match="384 dimensions, expected 768") as caught:
+            await adapter.embed(EmbedRequest(model=EMBEDDER, texts=("a",)))
+    assert caught.value.retryable
+
+
+async def test_a_model_that_changes_width_between_answers_is_caught(fake: FakeOllama) -> None:
+    async with ollama(fake.url) as adapter:
+        await adapter.embed(EmbedRequest(model=EMBEDDER, texts=("a",)))
+        fake.inject(Fault("body", path="/api/embed", body='{"embeddings": [[0.6, 0.8]]}', times=1))
+        with pytest.raises(UpstreamProtocolError, match="2 dimensions, expected 384"):
+            await adapter.embed(EmbedRequest(model="all-minilm:latest", texts=("a",)))
+
+
+@pytest.mark.parametrize("dimensions", [6_000_000, 70_000])
+async def test_a_vector_past_the_dimension_limit_is_a_retryable_error_naming_the_limit(
+    fake: FakeOllama, dimensions: int
+) -> None:
+    fake.inject(Fault("wide", path="/api/embed", dimensions=dimensions, times=1))
+    async with ollama(fake.url) as adapter:
+        with anyio.fail_after(30), pytest.raises(UpstreamProtocolError, match="the limit is 65536") as caught:
+            await adapter.embed(EmbedRequest(model=EMBEDDER, texts=("a",)))
+        assert len((await adapter.embed(EmbedRequest(model=EMBEDDER, texts=("a",)))).vectors[0]) == 384
+    assert caught.value.retryable and str(dimensions) in str(caught.value)
+
+
+async def test_the_manifest_sets_the_response_cap(fake: FakeOllama) -> None:
+    fake.inject(Fault("oversized", path="/api/embed", size_bytes=3 << 20, times=1))
+    manifest = OllamaManifest(kind="ollama", name="capped", endpoint=fake.url, max_response_bytes=1 << 20)
+    adapter = OllamaAdapter(manifest, AdapterContext())
+    with anyio.fail_after(30), pytest.raises(UpstreamProtocolError, match="response limit of 1048576 bytes") as caught:
+        await adapter.embed(EmbedRequest(model=EMBEDDER, texts=("a",)))
+    await adapter.aclose()
+    assert caught.value.retryable

@@ -289,51 +289,40 @@ async def test_the_fake_server_runs_as_a_module() -> None:
             proc.terminate()
 
 
-async def wait_for_port(port: int, proc: anyio.abc.Process) -> None:
-    with anyio.fail_after(120):
-        while True:
-            assert proc.returncode is None, "mlx_lm.server exited before it listened"
-            try:
-                stream = await anyio.connect_tcp("127.0.0.1", port)
-            except OSError:
-                await anyio.sleep(0.2)
-                continue
-            await stream.aclose()
-            return
+# --- upstream bounds ------------------------------------------------------------------
 
 
-async def test_chat_against_a_real_mlx_lm_server(tmp_path: Path) -> None:
-    if not (ROOT / "tests" / "support" / "tiny_lm.py").exists():
-        pytest.skip("needs tests/support/tiny_lm.py (the tiny MLX LM builder), which is not in the tree yet")
-    from tests.support.tiny_lm import build_tiny_lm
+async def test_an_answer_over_the_response_cap_is_a_retryable_error_naming_the_limit(fake: FakeOpenAI) -> None:
+    fake.huge_next("/v1/embeddings", size_bytes=80 << 20)
+    adapter = make(fake.url)
+    with anyio.fail_after(30), pytest.raises(UpstreamProtocolError, match="response limit of 33554432 bytes") as caught:
+        await adapter.embed(EmbedRequest(model="toy-embed", texts=("hello",)))
+    assert caught.value.retryable
+    assert len((await adapter.embed(EmbedRequest(model="toy-embed", texts=("hello",)))).vectors) == 1
+    await adapter.aclose()
 
-    model_dir = await anyio.to_thread.run_sync(build_tiny_lm, tmp_path / "lm")
-    (tmp_path / "hf").mkdir()
-    port = free_port()
-    cmd = [sys.executable, "-m", "mlx_lm.server", "--model", str(model_dir), "--port", str(port)]
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    async with await anyio.open_process(cmd, env=env, stdout=None, stderr=None) as proc:
-        try:
-            await wait_for_port(port, proc)
-            adapter = make(f"http://127.0.0.1:{port}", key=None)
-            probe = await adapter.probe()
-            assert probe.ok and probe.models
-            steps: list[float] = []
 
-            async def progress(done: float, total: float | None, message: str | None) -> None:
-                steps.append(done)
+@pytest.mark.parametrize("dimensions", [6_000_000, 70_000])
+async def test_vectors_past_the_dimension_limit_never_reach_the_caller(fake: FakeOpenAI, dimensions: int) -> None:
+    fake.huge_next("/v1/embeddings", dimensions=dimensions)
+    adapter = make(fake.url)
+    with anyio.fail_after(30), pytest.raises(UpstreamProtocolError, match="the limit is 65536"):
+        await adapter.embed(EmbedRequest(model="toy-embed", texts=("a", "b")))
+    await adapter.aclose()
 
-            messages = (ChatMessage("user", "Say hello."),)
-            with anyio.fail_after(120):
-                plain = await adapter.chat(ChatRequest(model="default_model", messages=messages, max_tokens=8))
-                streamed = await adapter.chat(
-                    ChatRequest(model="default_model", messages=messages, max_tokens=8, progress=progress)
-                )
-            for result in (plain, streamed):
-                assert isinstance(result.content, str)
-                assert result.finish_reason in ("stop", "length")
-                assert 0 < result.usage.output_tokens <= 8
-            assert steps == sorted(steps) and len(steps) <= 8
-            await adapter.aclose()
-        finally:
-            proc.terminate()
+
+async def test_a_pinned_width_is_checked_on_every_answer(fake: FakeOpenAI) -> None:
+    pinned = make(fake.url, models=[{"name": "toy-embed", "capabilities": ["embed"], "dimensions": 16}])
+    with pytest.raises(UpstreamProtocolError, match=r"8 dimensions, expected 16 \(pinned"):
+        await pinned.embed(EmbedRequest(model="toy-embed", texts=("a",)))
+    # Asking for a width the model offers (Matryoshka-style) is checked against what was asked.
+    assert len((await pinned.embed(EmbedRequest(model="toy-embed", texts=("a",), dimensions=16))).vectors[0]) == 16
+    await pinned.aclose()
+
+
+async def test_a_dripping_answer_is_cut_by_the_caller_s_deadline(fake: FakeOpenAI) -> None:
+    fake.drip_next("/v1/embeddings", 0.05)
+    adapter = make(fake.url)
+    with pytest.raises(TimeoutError), anyio.fail_after(1):
+        await adapter.embed(EmbedRequest(model="toy-embed", texts=("hello",)))
+    await adapter.aclose()

@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from benchmarks import b_calls, b_discovery, b_mlx, b_peers, b_remote, b_startup, b_upstream
+from benchmarks import b_calls, b_discovery, b_mlx, b_peers, b_remote, b_shedding, b_startup, b_upstream
 from benchmarks.__main__ import main
 from benchmarks.core import Plan, Row
 
@@ -61,6 +61,14 @@ async def test_http_coalescing_memory_and_streamable_http_benchmarks_run() -> No
         rows += await b_calls.bench_http(TINY)
     _well_formed(rows, {"6", "10", "11"})
     assert {"6-http", "10", "10-growth", "11", "11-front"} == {r.bench for r in rows}
+
+
+async def test_shedding_benchmark_measures_busy_answers_and_goodput() -> None:
+    with anyio.fail_after(120):
+        rows = await b_shedding.bench_shedding(TINY)
+    _well_formed(rows, {"15"})
+    assert {"15", "15-100", "15-200"} == {r.bench for r in rows}
+    assert all(r.extra.get("errors_per_s") == 0 for r in rows if r.bench != "15")
 
 
 async def test_discovery_benchmark_probes_concurrently_not_in_sequence() -> None:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from mcp import Client
 
 from server.audit import AuditLog, checkpoints_path, segment_files
+from server.audit_chain import lock_path
 from server.audit_verify import verify
 from server.errors import AuditUnavailableError
+from server.statefile import open_lock, try_lock, unlock
 from tests.support.fakes import FakeAdapter
 from tests.support.gateway import fake_server
 
@@ -48,7 +52,7 @@ async def test_group_commit_shares_one_fsync_among_concurrent_writers(tmp_path: 
         await original(fd, inline)
 
     log._fsync_fd = counting  # type: ignore[method-assign]
-    log_fd = log._fd
+    log_fd = log._w.fd
     async with anyio.create_task_group() as tg:
         for i in range(40):
             tg.start_soon(log.write, {"event": "start", "call_id": str(i)})
@@ -98,10 +102,12 @@ async def test_the_chain_continues_across_restarts_and_rotations(tmp_path: Path)
         for i in range(30):
             await log.write({"event": "start", "call_id": f"{run}-{i}"})
         await log.aclose()
-    assert len(segment_files(path)) > 3
+    rotations = len(segment_files(path)) - 1
+    assert rotations > 2
     report = verify(path, KEY)
     assert report.ok, report.damage
-    assert report.records == 90
+    assert report.records == 90 + rotations  # each rotated file ends with its seal
+    assert [r["event"] for r in records(path)].count("rotate") == rotations
 
 
 async def test_a_torn_tail_left_by_a_crash_is_cut_and_recorded_at_start(tmp_path: Path) -> None:
@@ -182,3 +188,184 @@ async def test_finish_records_carry_adapter_model_outcome_latency_and_evidence(t
     assert finish["adapter"] == "a" and finish["model"] == "m" and finish["outcome"] == "ok"
     assert isinstance(finish["latency_ms"], float) and len(str(finish["response_sha256"])) == 64
     assert finish["principal"] == start["principal"] and checkpoints_path(path).exists()
+
+
+async def test_two_sinks_on_one_trail_extend_one_chain_across_each_others_rotations(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    a = AuditLog(path, KEY, "never", max_file_bytes=4096, checkpoint_every=5)
+    b = AuditLog(path, KEY, "never", max_file_bytes=4096, checkpoint_every=5)
+    for i in range(60):
+        await (a if i % 3 else b).write({"event": "start", "call_id": f"c{i}"})
+    await a.aclose()
+    await b.aclose()
+    recs = records(path)
+    assert [r["seq"] for r in recs] == list(range(1, len(recs) + 1))
+    assert [r["call_id"] for r in recs if r["event"] == "start"] == [f"c{i}" for i in range(60)]
+    report = verify(path, KEY)
+    assert report.ok, report.damage
+    assert report.segments > 3 and report.checkpoints >= 60 // 5
+
+
+def _worker(path: str, worker: int, n: int, barrier: Any) -> None:
+    async def run() -> None:
+        log = AuditLog(Path(path), KEY, "group", max_file_bytes=8192, checkpoint_every=9)
+        barrier.wait()
+        for i in range(n):
+            await log.write({"event": "start", "call_id": f"w{worker}-{i}"}, durable=False)
+            await log.write({"event": "finish", "call_id": f"w{worker}-{i}"}, alone=True)
+        await log.aclose()
+
+    anyio.run(run)
+
+
+def test_writers_in_separate_processes_append_one_chain_that_verifies(tmp_path: Path) -> None:
+    path = tmp_path / "audit" / "audit.jsonl"
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_worker, args=(str(path), w, 60, barrier)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    recs = records(path)
+    assert [r["seq"] for r in recs] == list(range(1, len(recs) + 1))
+    assert len([r for r in recs if r["event"] != "rotate"]) == 4 * 60 * 2
+    ids = [r["call_id"] for r in recs if r["event"] == "finish"]
+    assert sorted(ids) == sorted(f"w{w}-{i}" for w in range(4) for i in range(60))
+    report = verify(path, KEY)
+    assert report.ok, report.damage
+    assert report.segments > 3
+
+
+async def test_a_torn_tail_left_by_another_writer_is_cut_before_the_next_append(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    a = AuditLog(path, KEY, "never")
+    b = AuditLog(path, KEY, "never")
+    await a.write({"event": "start", "call_id": "1"})
+    with path.open("ab") as fh:
+        fh.write(b'{"seq":2,"event":"fin')  # a writer killed mid-record
+    await b.write({"event": "start", "call_id": "2"})
+    await a.write({"event": "start", "call_id": "3"})
+    await a.aclose()
+    await b.aclose()
+    assert [(r["event"], r.get("call_id")) for r in records(path)] == [
+        ("start", "1"),
+        ("recover", None),
+        ("start", "2"),
+        ("start", "3"),
+    ]
+    assert verify(path, KEY).ok
+
+
+async def test_a_damaged_last_line_stays_and_the_chain_restarts_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, KEY, "never")
+    for i in range(5):
+        await log.write({"event": "start", "call_id": str(i)})
+    await log.aclose()
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[-1] = lines[-1].replace(b'"call_id":"4"', b'"call_id":"X"')  # an edit nobody can re-sign
+    path.write_bytes(b"".join(lines))
+    damaged = lines[-1]
+    log = AuditLog(path, KEY, "never")
+    await log.write({"event": "start", "call_id": "after"})
+    await log.aclose()
+    after = path.read_bytes().splitlines(keepends=True)
+    assert after[4] == damaged  # never rewritten
+    restart = json.loads(after[5])
+    assert restart["event"] == "restart" and restart["prev"] == "0" * 64 and restart["after_seq"] == 4
+    report = verify(path, KEY)
+    assert [d.kind for d in report.damages] == ["edited"] and report.damage is not None
+    assert report.damage.seq == 5 and report.resumes_at == restart["seq"]
+
+
+async def test_a_log_cut_behind_its_checkpoints_restarts_after_the_checkpointed_seq(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, KEY, "never", checkpoint_every=4)
+    for i in range(12):
+        await log.write({"event": "start", "call_id": str(i)})
+    await log.aclose()
+    signed = max(json.loads(x)["seq"] for x in checkpoints_path(path).read_text().splitlines())
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:6]))  # a restored backup, or a cut after a crash
+    log = AuditLog(path, KEY, "never")
+    await log.write({"event": "start", "call_id": "new"})
+    await log.aclose()
+    restart = records(path)[6]
+    assert restart["event"] == "restart" and restart["seq"] == signed + 1 and restart["after_seq"] == 6
+    report = verify(path, KEY)
+    assert not report.ok and {d.kind for d in report.damages} <= {"deleted", "truncated"}
+    assert report.resumes_at == 1  # every record there links; what is missing is what the checkpoints signed
+
+
+async def test_a_writer_waits_for_the_lock_off_the_event_loop_and_gives_up_at_its_deadline(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    now = [0.0]
+    log = AuditLog(path, KEY, "never", lock_timeout_s=1.0, clock=lambda: now[0])
+    other = open_lock(lock_path(path))
+    assert try_lock(other)  # another process holding the lock (stopped, say)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            now[0] += 0.05
+            await anyio.sleep(0.001)
+
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ticker)
+                with pytest.raises(AuditUnavailableError, match="stayed locked by another process"):
+                    await log.write({"event": "start"})
+                tg.cancel_scope.cancel()
+        assert ticks > 3  # the loop ran while the writer waited
+        assert log.healthy  # a busy lock refuses one call; it does not fail the sink
+        unlock(other)
+        await log.write({"event": "start"})
+    finally:
+        os.close(other)
+        await log.aclose()
+    assert verify(path, KEY).ok
+
+
+async def test_a_rotation_cut_short_between_seal_and_rename_is_finished_by_the_next_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    a = AuditLog(path, KEY, "never", max_file_bytes=2048)
+    b = AuditLog(path, KEY, "never", max_file_bytes=2048)
+    real_rename = os.rename
+
+    def crash(src: object, dst: object) -> None:
+        raise OSError(5, "Input/output error")  # the rotating process stops right after sealing
+
+    monkeypatch.setattr(os, "rename", crash)
+    with pytest.raises(AuditUnavailableError):
+        for i in range(100):
+            await a.write({"event": "start", "call_id": f"a{i}"})
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert records(path)[-1]["event"] == "rotate" and len(segment_files(path)) == 1
+    await b.write({"event": "start", "call_id": "b"})
+    await b.aclose()
+    await a.aclose()
+    assert len(segment_files(path)) == 2 and records(path)[-1]["call_id"] == "b"
+    assert verify(path, KEY).ok
+
+
+async def test_an_active_file_moved_away_by_something_else_is_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server.audit_writer as writer_module
+
+    monkeypatch.setattr(writer_module, "NAME_CHECK_S", 0.0)  # check the name before every append
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, KEY, "never")
+    await log.write({"event": "start", "call_id": "1"})
+    os.rename(path, path.with_name("audit.jsonl.000001"))  # archived by hand, say
+    await log.write({"event": "start", "call_id": "2"})
+    await log.aclose()
+    assert [r["call_id"] for r in records(path)] == ["1", "2"]
+    assert path.exists() and verify(path, KEY).ok

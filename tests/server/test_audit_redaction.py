@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from server.app import build_server
+from server.app import Gateway
 from server.config import load_settings
-from server.health import StateRef
 from server.redact import Redactor
 from tests.support.fake_ollama import FakeOllama, Fault
 from tests.support.gateway import write_manifests
@@ -60,9 +59,9 @@ async def test_planted_secrets_appear_in_no_record_log_or_tool_error(
         )
         env = {"HOME": str(tmp_path), "PLANTED_API_KEY": ENV_KEY, "MODEL_GATEWAY_AUTH_TOKEN": AUTH}
         settings = load_settings(manifests_dir=root, env=env)
-        ref = StateRef()
+        ref = Gateway(settings)
         caplog.set_level(logging.DEBUG)
-        async with Client(build_server(settings, ref)) as c:
+        async with Client(ref.server) as c:
             failed = await c.call_tool("embed", {"input": [f"my key is {ARG_KEY}"]})
             named = await c.call_tool("embed", {"input": ["x"], "model": f"api_key={ARG_KEY}"})
             audit_text = "".join(p.read_text() for p in ref.get().audit.path.parent.glob("audit*.jsonl*"))

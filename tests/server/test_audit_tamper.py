@@ -167,7 +167,8 @@ DAMAGE = {
 def test_the_untouched_log_verifies_across_rotated_files(pristine: Path) -> None:
     report = verify(pristine / "audit.jsonl", KEY)
     assert report.ok, report.damage
-    assert report.records == 120 and report.segments >= 4 and report.checkpoints >= 120 // 7
+    assert report.records == 120 + report.segments - 1  # each rotated file ends with its seal
+    assert report.segments >= 4 and report.checkpoints >= 120 // 7
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE), ids=lambda f: f.__name__)
@@ -207,3 +208,63 @@ def test_repair_does_not_hide_other_damage(pristine: Path, tmp_path: Path) -> No
     delete(log, random.Random(3))
     report = verify(log, KEY, repair=True)
     assert not report.ok and report.repaired_bytes == 0
+
+
+def test_every_damaged_place_is_reported_and_the_check_goes_on_after_each(pristine: Path, tmp_path: Path) -> None:
+    log = _copy(pristine, tmp_path, 0)
+    files = [p for _, p in segment_files(log)]
+    first, later = files[0], files[-2]
+
+    def edit_line(path: Path, i: int) -> None:
+        lines = path.read_bytes().splitlines()
+        rec = json.loads(lines[i])
+        rec["principal"] = "mallory"
+        lines[i] = canonical(rec)
+        path.write_bytes(b"".join(x + b"\n" for x in lines))
+
+    edit_line(first, 2)
+    edit_line(later, 1)
+    report = verify(log, KEY)
+    assert [(d.kind, d.file, d.line) for d in report.damages] == [
+        ("edited", first.name, 3),
+        ("edited", later.name, 2),
+    ]
+    assert report.resumes_at is not None and report.resumes_at > (report.damages[1].seq or 0)
+
+
+@pytest.mark.anyio
+async def test_a_writer_goes_on_after_damage_and_everything_it_writes_then_verifies(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    await _fill(log, 30)
+    data = bytearray(log.read_bytes())
+    rng = random.Random(5)
+    for _ in range(4):  # random byte flips anywhere in the active file, the tail included
+        data[rng.randrange(len(data) - 1)] ^= 1 << rng.randrange(8)
+    data[-2] ^= 0x01  # and certainly in the last line
+    log.write_bytes(bytes(data))
+    before = verify(log, KEY)
+    assert not before.ok
+    writer = AuditLog(log, KEY, "never", max_file_bytes=4096, checkpoint_every=7)
+    for i in range(10):
+        await writer.write({"event": "start", "call_id": f"after-{i}"})
+    await writer.aclose()
+    after = verify(log, KEY)
+    assert not after.ok  # the damage stays reported: nothing acknowledged is rewritten
+    lines = [x for _, p in segment_files(log) for x in p.read_bytes().splitlines()]
+    new = [json.loads(x) for x in lines if b'"call_id":"after-' in x]
+    assert [r["call_id"] for r in new] == [f"after-{i}" for i in range(10)]
+    assert after.resumes_at is not None and after.resumes_at <= new[0]["seq"]
+
+
+def test_a_line_that_is_no_record_is_reported_and_the_records_after_it_verify(pristine: Path, tmp_path: Path) -> None:
+    log = _copy(pristine, tmp_path, 0)
+    lines = log.read_bytes().splitlines()
+    after = json.loads(lines[3])["seq"]
+    lines[2] = b"null"
+    log.write_bytes(b"".join(x + b"\n" for x in lines))
+    report = verify(log, KEY)
+    assert report.damage is not None and (report.damage.kind, report.damage.line) == ("corrupt", 3)
+    assert report.resumes_at == after
+    with log.open("ab") as fh:
+        fh.write(b'{"seq": 999, "ev')
+    assert verify(log, KEY).resumes_at is None  # damage at the very end: nothing after it verifies

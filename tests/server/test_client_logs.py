@@ -1,16 +1,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from mcp import Client
 from mcp_types import LoggingMessageNotificationParams
 
-from server.client_logs import BURST, MAX_CHARS
+from server.client_logs import BURST, MAX_CHARS, ClientLogs
+from server.redact import Redactor
+from server.session import SessionState
 from tests.support.fakes import FakeAdapter
 from tests.support.gateway import fake_server
 
@@ -45,6 +48,7 @@ class Inbox:
 async def client(tmp_path: Path, inbox: Inbox) -> AsyncIterator[Client]:
     server, _ = fake_server(tmp_path, {"a": FakeAdapter("a")})
     async with Client(server, mode="legacy", logging_callback=inbox) as c:  # setLevel is a handshake-era method
+        await c.list_tools()  # a round trip: the server has taken the client's `initialized` by now
         yield c
 
 
@@ -130,3 +134,60 @@ async def test_a_session_at_error_receives_errors_only(tmp_path: Path) -> None:
         PROCESS.error("at error")
         await inbox.wait_for("at error")
     assert inbox.texts() == ["at error"]
+
+
+def warning(text: str) -> logging.LogRecord:
+    return PROCESS.makeRecord(PROCESS.name, logging.WARNING, __file__, 1, text, None, None)
+
+
+class Channel:
+    """Stands in for an SDK connection: records what it is asked to send."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.changed = anyio.Event()
+
+    async def notify(self, method: str, params: Mapping[str, Any] | None) -> None:
+        assert method == "notifications/message" and params is not None
+        self.sent.append(str(params["data"]["message"]))
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
+async def test_what_a_call_logs_goes_to_its_own_session_and_a_call_without_one_reaches_nobody() -> None:
+    logs = ClientLogs(Redactor([]))
+    mine, theirs = SessionState("alice", "sse", "a"), SessionState("bob", "sse", "b")
+    to_mine, to_theirs = Channel(), Channel()
+    logs.attach(mine, to_mine)
+    logs.attach(theirs, to_theirs)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(logs.run)
+            with logs.scoped(mine):
+                logs.offer(warning("alice's call"))
+            with logs.scoped(None):
+                logs.offer(warning("a call without a session"))
+            logs.offer(warning("for everyone"))
+            while len(to_theirs.sent) < 1 or len(to_mine.sent) < 2:
+                await (to_mine.changed if len(to_mine.sent) < 2 else to_theirs.changed).wait()
+            tg.cancel_scope.cancel()
+    assert to_mine.sent == ["alice's call", "for everyone"] and to_theirs.sent == ["for everyone"]
+
+
+async def test_a_session_that_ended_is_let_go_of_and_its_level_no_longer_counts() -> None:
+    logs = ClientLogs(Redactor([]))
+    talkative, quiet = SessionState("a", "sse", "1"), SessionState("b", "sse", "2")
+    to_talkative, to_quiet = Channel(), Channel()
+    logs.set_level(talkative, to_talkative, "debug")
+    logs.attach(quiet, to_quiet)
+    assert logs.handler.level == logging.DEBUG and len(logs) == 2
+    talkative.closed = True  # the session guard ended it
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(logs.run)
+            delivered = to_quiet.changed
+            logs.offer(warning("after the end"))
+            await delivered.wait()  # one delivery round: ended sessions are let go of first
+            tg.cancel_scope.cancel()
+    assert len(logs) == 1 and to_talkative.sent == [] and to_quiet.sent == ["after the end"]
+    assert logs.handler.level == logging.WARNING and talkative.log_level == logging.DEBUG

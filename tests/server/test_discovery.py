@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import stat
 from pathlib import Path
 
 import anyio
@@ -162,3 +165,80 @@ async def test_without_a_cache_probes_start_at_once(tmp_path: Path) -> None:
             tg.start_soon(discovery.run)
             await discovery.next_refresh()
         tg.cancel_scope.cancel()
+
+
+def _valid_snapshot(path: Path) -> bytes:
+    anyio.run(Discovery({"a": FakeAdapter("a")}, DiscoveryConfig(), path).refresh)
+    return path.read_bytes()
+
+
+def _flip(data: bytes, seed: int) -> bytes:
+    rng = random.Random(seed)
+    out = bytearray(data)
+    for _ in range(3):
+        out[rng.randrange(len(out))] ^= 1 << rng.randrange(8)
+    return bytes(out)
+
+
+BAD_SNAPSHOTS = {
+    "a list": lambda good: b"[]",
+    "null": lambda good: b"null",
+    "adapters as a list": lambda good: json.dumps({"version": 1, "created_at": 1, "adapters": []}).encode(),
+    "another version": lambda good: good.replace(b'"version":1', b'"version":2'),
+    "dated in the future": lambda good: json.dumps({"version": 1, "created_at": 1e12, "adapters": {}}).encode(),
+    "zero length": lambda good: b"",
+    "truncated": lambda good: good[: len(good) // 2],
+    "byte flips": lambda good: _flip(good, 7),
+    "deeply nested": lambda good: b"[" * 100_000 + b"]" * 100_000,
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_SNAPSHOTS))
+async def test_a_snapshot_of_the_wrong_shape_is_ignored_reported_once_and_rewritten(
+    tmp_path: Path, bad: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "cache" / "snap.json"
+    good = await anyio.to_thread.run_sync(_valid_snapshot, path)
+    planted = BAD_SNAPSHOTS[bad](good)
+    path.write_bytes(planted)
+    adapters = {"a": FakeAdapter("a")}
+    with caplog.at_level("WARNING", logger="model_gateway.discovery"):
+        loaded = [Discovery(adapters, DiscoveryConfig(), path).load_cache() for _ in range(2)]
+    assert loaded == [False, False]
+    assert len([r for r in caplog.records if str(path) in r.getMessage()]) == 1
+    fresh = Discovery(adapters, DiscoveryConfig(), path)
+    await fresh.refresh()
+    assert path.read_bytes() != planted and Discovery(adapters, DiscoveryConfig(), path).load_cache() is True
+
+
+async def test_a_snapshot_others_can_write_is_not_served_and_is_rewritten_private(tmp_path: Path) -> None:
+    path = tmp_path / "cache" / "snap.json"
+    await anyio.to_thread.run_sync(_valid_snapshot, path)
+    os.chmod(path, 0o666)
+    adapters = {"a": FakeAdapter("a")}
+    assert Discovery(adapters, DiscoveryConfig(), path).load_cache() is False
+    await Discovery(adapters, DiscoveryConfig(), path).refresh()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert Discovery(adapters, DiscoveryConfig(), path).load_cache() is True
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+async def test_a_snapshot_owned_by_someone_else_is_not_served_and_is_rewritten_as_ours(tmp_path: Path) -> None:
+    path = tmp_path / "cache" / "snap.json"
+    await anyio.to_thread.run_sync(_valid_snapshot, path)
+    os.chown(path, 65534, 65534)
+    adapters = {"a": FakeAdapter("a")}
+    assert Discovery(adapters, DiscoveryConfig(), path).load_cache() is False
+    await Discovery(adapters, DiscoveryConfig(), path).refresh()
+    assert path.stat().st_uid == os.geteuid()
+
+
+async def test_the_cache_folder_and_snapshot_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "home" / ".cache" / "model-gateway" / "snap.json"
+    old = os.umask(0)
+    try:
+        await Discovery({"a": FakeAdapter("a")}, DiscoveryConfig(), path).refresh()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

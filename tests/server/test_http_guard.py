@@ -7,21 +7,15 @@ from typing import Any
 import anyio
 import pytest
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.shared.exceptions import MCPError
 
-from server.http_guard import (
-    REQUEST_KEY,
-    BodyLimits,
-    HostCheck,
-    HostOriginGuard,
-    RequestGuard,
-    RequestState,
-    cancel_when_client_leaves,
-)
+from server.envelope import MAX_NAME_CHARS, Request
+from server.http_guard import REQUEST_KEY, BodyLimits, HostCheck, HostOriginGuard, RequestGuard, RequestState
+from server.jsonparse import INLINE_MAX
 
 pytestmark = pytest.mark.anyio
 
 Message = dict[str, Any]
+PING = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
 SECURITY = TransportSecuritySettings(
     enable_dns_rebinding_protection=True,
     allowed_hosts=["127.0.0.1:*", "gw.example.org"],
@@ -165,9 +159,9 @@ async def test_a_content_length_that_is_not_a_number_is_refused() -> None:
 
 async def test_the_body_reaches_the_app_whole_in_one_message() -> None:
     inner = Inner()
-    parts = [{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.request", "body": b"cd"}]
+    parts = [{"type": "http.request", "body": PING[:7], "more_body": True}, {"type": "http.request", "body": PING[7:]}]
     sent = await drive(RequestGuard(inner, BodyLimits(1000, 5)), scope(), parts)
-    assert status(sent) == 200 and inner.bodies == [b"abcd"]
+    assert status(sent) == 200 and inner.bodies == [PING]
 
 
 async def test_when_the_client_leaves_before_its_answer_the_hooks_run_and_the_request_is_cut() -> None:
@@ -192,7 +186,7 @@ async def test_when_the_client_leaves_before_its_answer_the_hooks_run_and_the_re
     guard = RequestGuard(app, BodyLimits(1000, 5, cancel_grace_s=0.05))
     async with anyio.create_task_group() as tg:
         tg.start_soon(server_sees_the_connection_drop)
-        sent = await drive(guard, scope(), [{"type": "http.request", "body": b"{}"}])
+        sent = await drive(guard, scope(), [{"type": "http.request", "body": PING}])
     assert hooked.is_set() and inner.cancelled and sent == []
     assert states[0].body == b""  # not kept past the request
 
@@ -206,7 +200,7 @@ async def test_a_disconnect_read_by_the_app_counts_as_the_client_leaving() -> No
         await receive()  # a streaming response listens for the client leaving
 
     body = [{"type": "http.request", "body": b""}]
-    await drive(RequestGuard(app, BodyLimits(1000, 5)), scope(), body, then={"type": "http.disconnect"})
+    await drive(RequestGuard(app, BodyLimits(1000, 5)), scope("GET"), body, then={"type": "http.disconnect"})
     assert seen[0].client_gone
 
 
@@ -217,55 +211,104 @@ async def test_a_request_answered_in_full_runs_no_disconnect_hook() -> None:
         sc[REQUEST_KEY].on_disconnect.append(lambda: hooks.append("ran"))
         await Inner()(sc, receive, send)
 
-    sent = await drive(RequestGuard(app, BodyLimits(1000, 5)), scope(), [{"type": "http.request", "body": b""}])
+    sent = await drive(RequestGuard(app, BodyLimits(1000, 5)), scope(), [{"type": "http.request", "body": PING}])
     assert status(sent) == 200 and hooks == []
 
 
-class Ctx:
-    def __init__(self, state: RequestState, request_id: int | None = 1) -> None:
-        self.request = type("R", (), {"scope": {REQUEST_KEY: state}})()
-        self.request_id = request_id
-
-
-async def test_a_call_whose_client_has_gone_is_cancelled_and_answered_with_an_error() -> None:
+async def test_a_call_whose_client_leaves_is_cancelled_where_it_runs_and_unhooked() -> None:
     state = RequestState(b"")
     reached = anyio.Event()
-    cancelled = False
-
-    async def call_next(ctx: Any) -> Any:
-        nonlocal cancelled
-        reached.set()
-        try:
-            await anyio.sleep_forever()
-        except anyio.get_cancelled_exc_class():
-            cancelled = True
-            raise
 
     async def leave() -> None:
         await reached.wait()
-        state.client_left()
+        state.client_left()  # what the HTTP server's protocol calls on connection_lost
 
-    errors: list[MCPError] = []
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(leave)
-            try:
-                await cancel_when_client_leaves(Ctx(state), call_next)
-            except MCPError as exc:
-                errors.append(exc)
-    assert cancelled and "disconnected" in errors[0].message and state.on_disconnect == []
+            with state.hangup() as call:
+                reached.set()
+                await anyio.sleep_forever()
+    assert call.cancelled_caught and state.on_disconnect == []
 
 
 async def test_a_call_that_arrives_after_its_client_left_does_not_start() -> None:
     state = RequestState(b"")
     state.disconnected = True
     started = False
-
-    async def call_next(ctx: Any) -> Any:
-        nonlocal started
+    with state.hangup() as call:
         await anyio.lowlevel.checkpoint()
         started = True
+    assert call.cancelled_caught and not started
 
-    with pytest.raises(MCPError):
-        await cancel_when_client_leaves(Ctx(state), call_next)
-    assert not started
+
+async def refused(body: bytes, path: str = "/mcp") -> tuple[int, Any, Inner]:
+    inner = Inner()
+    guard = RequestGuard(inner, BodyLimits(32 * 1024 * 1024, 5))
+    sent = await drive(guard, scope(path=path), [{"type": "http.request", "body": body}])
+    text = body_text(sent)
+    return status(sent), json.loads(text) if text.startswith(("{", "[")) else text, inner
+
+
+async def test_an_unknown_method_name_of_100_kb_is_answered_with_the_limit_and_never_echoed() -> None:
+    body = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "m" * 100_000}).encode()
+    code, reply, inner = await refused(body)
+    assert code == 400 and inner.calls == 0
+    assert reply["id"] == 7 and str(MAX_NAME_CHARS) in reply["error"]["message"]
+    assert "mmmm" not in json.dumps(reply) and len(json.dumps(reply)) < 300
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"{", "Parse error"),
+        (b"[" * 5000, "Invalid request"),
+        (b'{"jsonrpc":"2.0","id":NaN,"method":"ping"}', "Parse error"),
+        (b'{"jsonrpc":"2.0","id":{"x":1},"method":"ping"}', "request id"),
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"' + b"t" * 5000 + b'"}}', "name longer"),
+        (b'{"jsonrpc":"2.0","id":1,"method":"ping","params":[1]}', "params must be an object"),
+        (b'{"id":1,"method":"ping"}', '"jsonrpc": "2.0"'),
+        (b"\xff\xfe garbage", "Parse error"),
+        (b"", "Parse error"),
+    ],
+)
+async def test_a_message_that_breaks_the_envelope_rules_is_answered_here_with_the_rule(body: bytes, words: str) -> None:
+    code, reply, inner = await refused(body)
+    assert code == 400 and inner.calls == 0 and words in reply["error"]["message"]
+    assert len(json.dumps(reply)) < 400
+
+
+async def test_a_batch_gets_an_error_for_each_request_in_it() -> None:
+    body = json.dumps([{"jsonrpc": "2.0", "id": i, "method": "ping"} for i in range(3)]).encode()
+    code, reply, inner = await refused(body)
+    assert code == 400 and inner.calls == 0 and [r["id"] for r in reply] == [0, 1, 2]
+
+
+async def test_a_message_that_passes_reaches_the_app_parsed_once_for_the_layers_below() -> None:
+    seen: list[RequestState] = []
+
+    async def app(sc: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(sc[REQUEST_KEY])
+        assert isinstance(seen[0].message, Request) and seen[0].method == "initialize"
+        await Inner()(sc, receive, send)
+
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}).encode()
+    sent = await drive(RequestGuard(app, BodyLimits(1000, 5)), scope(), [{"type": "http.request", "body": body}])
+    assert status(sent) == 200 and seen[0].message is None  # let go of with the request
+
+
+async def test_a_large_message_is_parsed_off_the_event_loop_by_the_same_rules() -> None:
+    texts = ["x" * 1000] * (INLINE_MAX // 1000 + 10)
+    good = json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "embed", "arguments": {"input": texts}}}
+    )
+    code, _, inner = await refused(good.encode())
+    assert code == 200 and inner.calls == 1
+    bad = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "m" * 300, "params": {"pad": texts}}).encode()
+    code, reply, inner = await refused(bad)
+    assert code == 400 and inner.calls == 0 and reply["id"] == 2
+
+
+async def test_bodies_on_other_paths_are_not_read_as_messages() -> None:
+    code, text, inner = await refused(b"not json at all", path="/sse")
+    assert code == 200 and inner.calls == 1 and text == "ok"

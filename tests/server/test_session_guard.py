@@ -9,10 +9,12 @@ from typing import Any
 import anyio
 import pytest
 
+from server import envelope
 from server.http_guard import REQUEST_KEY, RequestState
+from server.jsonparse import parse
 from server.principal import SCOPE_KEY
+from server.session import SESSION_KEY, SessionLimits, SessionState, SessionTable
 from server.session_guard import SessionGuard, sse_session_id
-from server.sessions import SESSION_KEY, SessionLimits, SessionTable
 
 pytestmark = pytest.mark.anyio
 Message = dict[str, Any]
@@ -28,11 +30,6 @@ class Transport:
         self.deleted = anyio.Event()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
         hdrs = dict(scope["headers"])
         sid = hdrs.get(b"mcp-session-id", b"").decode() or None
         self.seen.append((scope["method"], sid, hdrs.get(b"host", b"")))
@@ -59,7 +56,10 @@ class Transport:
 def request(method: str, principal: str | None, sid: str | None = None, body: bytes = b"") -> dict[str, Any]:
     headers = [(b"host", b"127.0.0.1:8765")] + ([(b"mcp-session-id", sid.encode())] if sid else [])
     scope: dict[str, Any] = {"type": "http", "method": method, "path": "/mcp", "headers": headers}
-    scope[REQUEST_KEY] = RequestState(body)
+    scope[REQUEST_KEY] = state = RequestState(body)
+    if body:  # as the request guard leaves it: parsed once, classified
+        message = envelope.classify(parse(body))
+        state.message = message if isinstance(message, envelope.Request | envelope.Notification) else None
     if principal is not None:
         scope[SCOPE_KEY] = principal
     return scope
@@ -86,13 +86,16 @@ def guard_over(transport: Transport, per_principal: int = 2, idle_s: float = 600
     return SessionGuard(transport, SessionTable(SessionLimits(per_principal, 100, idle_s)))
 
 
-async def test_requests_in_a_session_carry_its_handle_and_other_principals_never_reach_the_transport() -> None:
+async def test_requests_in_a_session_carry_it_and_other_principals_never_reach_the_transport() -> None:
     transport = Transport()
     guard = guard_over(transport)
     _, answer = await call(guard, request("POST", "alice", body=INIT))
     sid = answer["mcp-session-id"]
     scope = request("POST", "alice", sid, b"{}")
-    assert (await call(guard, scope))[0] == 200 and scope[SESSION_KEY].sid == sid
+    assert (await call(guard, scope))[0] == 200
+    session = scope[SESSION_KEY]
+    assert isinstance(session, SessionState) and session.sid == sid and session.principal == "alice"
+    assert session.transport == "streamable-http" and guard.table.get(sid) is session
     before = len(transport.seen)
     assert (await call(guard, request("DELETE", "bob", sid)))[0] == 404
     assert (await call(guard, request("GET", None, sid)))[0] == 404  # no token is no one's principal either
@@ -116,35 +119,24 @@ async def test_a_session_ended_by_its_client_leaves_the_table() -> None:
     assert guard.table.get(sid) is None
 
 
-async def test_a_deeply_nested_body_without_a_session_is_passed_on_not_parsed_to_death() -> None:
+async def test_only_a_parsed_initialize_reserves_room_for_a_session() -> None:
     transport = Transport()
-    guard = guard_over(transport)
-    body = b'{"method":"initialize","params":' + b"[" * 100_000
-    status, _ = await call(guard, request("POST", "alice", body=body))
-    assert status == 200 and len(guard.table) == 1  # the stand-in opened one; the guard recorded it
+    guard = guard_over(transport, per_principal=1)
+    sid = (await call(guard, request("POST", "alice", body=INIT)))[1]["mcp-session-id"]
+    tricky = b'{"jsonrpc":"2.0","id":2,"method":"ping","params":{"note":"initialize"}}'
+    assert (await call(guard, request("POST", "alice", body=tricky)))[0] == 200  # the stand-in opens one anyway
+    assert guard.table.get(sid) is None and len(guard.table) == 1  # trimmed back to the cap afterwards
 
 
-async def test_sessions_idle_past_the_timeout_are_deleted_while_the_app_runs() -> None:
+async def test_sessions_idle_past_the_timeout_are_deleted_while_the_sweeper_runs() -> None:
     transport = Transport()
     guard = guard_over(transport, idle_s=0.05)
     sid = (await call(guard, request("POST", "alice", body=INIT)))[1]["mcp-session-id"]
-    events = [{"type": "lifespan.startup"}]
-    shutdown = anyio.Event()
-
-    async def receive() -> Message:
-        if events:
-            return events.pop()
-        await shutdown.wait()
-        return {"type": "lifespan.shutdown"}
-
-    async def send(message: Message) -> None:
-        return None
-
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(guard, {"type": "lifespan"}, receive, send)
+            tg.start_soon(guard.sweep)
             await transport.deleted.wait()
-            shutdown.set()
+            tg.cancel_scope.cancel()
     assert sid not in transport.open and guard.table.get(sid) is None
 
 

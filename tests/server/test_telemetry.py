@@ -98,21 +98,3 @@ def test_logs_are_json_lines_with_their_fields() -> None:
     record.tool, record.latency_ms = "embed", 1.5
     line = json.loads(JsonFormatter().format(record))
     assert line["msg"] == "call" and line["tool"] == "embed" and line["latency_ms"] == 1.5
-
-
-async def test_http_health_is_503_when_a_capability_has_no_usable_route(tmp_path: Path) -> None:
-    from starlette.requests import Request
-
-    from server.app import ops_routes
-
-    embed_only = FakeAdapter("a", {"e": {"embed"}})
-    server, ref = fake_server(tmp_path, {"a": embed_only})
-    async with Client(server) as c:
-        await c.call_tool("embed", {"input": "x"})
-        health = next(r for r in ops_routes(ref) if r.path == "/health")
-        scope = {"type": "http", "method": "GET", "path": "/health", "headers": [(b"host", b"127.0.0.1:8765")]}
-        reply = await health.endpoint(Request(scope))
-    body = json.loads(reply.body)
-    assert reply.status_code == 503
-    assert body["capabilities"] == {"chat": False, "embed": True, "rerank": False}
-    assert body["adapters"]["a"]["status"] == "up" and body["adapters"]["a"]["breaker"] == "closed"

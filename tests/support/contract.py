@@ -17,6 +17,7 @@ import pytest
 
 from adapters.base import Adapter
 from adapters.errors import AdapterError, CapabilityError
+from adapters.naming import canonical_model
 from adapters.types import (
     CAPABILITIES,
     Capability,
@@ -70,9 +71,18 @@ async def check_aclose_idempotent(adapter: Adapter, models: Mapping[Capability, 
             await adapter.chat(ChatRequest(model=models[capability], messages=(ChatMessage("user", "hi"),)))
 
 
+def check_model_identity(adapter: Adapter, models: Mapping[Capability, str]) -> None:
+    """Canonical names are idempotent, and every model the adapter describes keeps its identity."""
+    for name in [*models.values(), *(m.name for m in adapter.info.models)]:
+        once = canonical_model(adapter, name)
+        assert isinstance(once, str) and once
+        assert canonical_model(adapter, once) == once
+
+
 async def check_contract(adapter: Adapter, models: Mapping[Capability, str]) -> None:
     """All contract checks in order; closes the adapter."""
     assert isinstance(adapter, Adapter)
+    check_model_identity(adapter, models)
     await check_declared_capabilities_work(adapter, models)
     await check_undeclared_capabilities_refused(adapter)
     await check_aclose_idempotent(adapter, models)

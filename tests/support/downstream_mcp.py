@@ -1,6 +1,7 @@
 """A small downstream MCP server that looks like another model gateway.
 
-Tools: `embed`, `rerank`, `chat` (gateway-shaped structured results), `noop`,
+Tools: `embed`, `rerank`, `chat` (gateway-shaped structured results), `models`
+(a gateway's model listing), `noop`,
 and fault tools: `hang` (never answers), `die` (the process exits mid-call),
 `fail` (an isError result). Run it over stdio (`python -m tests.support.downstream_mcp`)
 or Streamable HTTP (`--http --port N`).
@@ -9,7 +10,8 @@ Knobs, read at start so a test can restart it with a different shape:
 - DOWNSTREAM_VARIANT=v2 renames embed's `input` argument to `texts` (a schema change);
 - DOWNSTREAM_SPAWN_LOG=path appends this process's pid to `path` at start, so
   tests can count spawns and check that no child outlives the adapter;
-- DOWNSTREAM_TOOLS_TTL_MS=n sends a `ttlMs` hint with tools/list.
+- DOWNSTREAM_TOOLS_TTL_MS=n sends a `ttlMs` hint with tools/list;
+- DOWNSTREAM_MODELS=0 leaves the `models` tool out (a downstream that is not a model gateway).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types.methods import CacheableMethod
 
 DIMENSIONS = 8
+# What the `models` tool lists, as a model gateway names its routable models.
+LISTED_MODELS = (("toy/toy-embed", ("embed",)), ("toy/toy-rerank", ("rerank",)), ("toy/toy-chat", ("chat",)))
 
 
 def toy_vector(text: str) -> list[float]:
@@ -57,7 +61,23 @@ def _embed_result(model: str, texts: list[str]) -> dict[str, Any]:
     }
 
 
-def build_server(variant: str, tools_ttl_ms: int | None) -> MCPServer:
+def _models_listing() -> dict[str, Any]:
+    entries = [
+        {
+            "name": name,
+            "adapter": name.split("/")[0],
+            "model": name.split("/")[1],
+            "capabilities": list(caps),
+            "privacy": "local",
+            "status": "up",
+            "routable": True,
+        }
+        for name, caps in LISTED_MODELS
+    ]
+    return {"models": entries, "aliases": {}, "privacy_mode": False}
+
+
+def build_server(variant: str, tools_ttl_ms: int | None, with_models: bool = True) -> MCPServer:
     hints: dict[CacheableMethod, CacheHint] | None = (
         {"tools/list": CacheHint(ttl_ms=tools_ttl_ms)} if tools_ttl_ms is not None else None
     )
@@ -110,6 +130,13 @@ def build_server(variant: str, tools_ttl_ms: int | None) -> MCPServer:
             "timings": {"total_ms": 0.1},
         }
 
+    if with_models:
+
+        @server.tool()
+        def models() -> dict[str, Any]:
+            """List every routable model, as a model gateway does."""
+            return _models_listing()
+
     @server.tool()
     def noop() -> str:
         """Do nothing."""
@@ -144,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         with open(spawn_log, "a", encoding="utf-8") as fh:
             fh.write(f"{os.getpid()}\n")
     ttl = os.environ.get("DOWNSTREAM_TOOLS_TTL_MS")
-    server = build_server(os.environ.get("DOWNSTREAM_VARIANT", "v1"), int(ttl) if ttl else None)
+    with_models = os.environ.get("DOWNSTREAM_MODELS", "1") != "0"
+    server = build_server(os.environ.get("DOWNSTREAM_VARIANT", "v1"), int(ttl) if ttl else None, with_models)
     if args.http:
         server.run("streamable-http", host="127.0.0.1", port=args.port, json_response=True)
     else:

@@ -42,14 +42,27 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
-from tests.support.http1 import INVALID, LoopbackServer, Reply, Request, write_response
+from tests.support.http1 import (
+    INVALID,
+    LoopbackServer,
+    Reply,
+    Request,
+    oversized_embeddings,
+    oversized_length,
+    wide_body_length,
+    wide_embeddings,
+    write_response,
+    write_streamed,
+)
 from tests.support.proc import stop as stop_process
 
 log = logging.getLogger("fake_ollama")
 
 DIMENSIONS = 384
 CONTEXT_WORDS = 512
-FaultKind = Literal["status", "slow", "drip", "malformed", "wrong_count", "ragged", "disconnect", "body"]
+FaultKind = Literal[
+    "status", "slow", "drip", "malformed", "wrong_count", "ragged", "disconnect", "body", "oversized", "wide"
+]
 
 
 @dataclass
@@ -66,6 +79,9 @@ class Fault:
     times: int | None = None  # None: until cleared
     skip: int = 0  # let this many matching requests through untouched first
     body: str = ""  # body: sent verbatim with the real status instead of the real body
+    size_bytes: int = 200 << 20  # oversized: a valid embed answer of about this many bytes
+    dimensions: int = 6_000_000  # wide: one vector per input with this many dimensions
+    declare_length: bool = False  # oversized/wide: send Content-Length (else chunked, so only reading finds out)
 
 
 @dataclass(frozen=True)
@@ -123,6 +139,8 @@ class FakeOllama(LoopbackServer):
         self._counts: Counter[str] = Counter()
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
+        # Body bytes sent per oversized/wide answer (bounded like `requests`).
+        self.streamed: deque[int] = deque(maxlen=256)
 
     # --- control from tests -------------------------------------------------
 
@@ -159,11 +177,36 @@ class FakeOllama(LoopbackServer):
             return False
         if fault is not None and fault.kind == "slow":
             await asyncio.sleep(fault.delay_s)
+        if fault is not None and fault.kind in ("oversized", "wide"):
+            await self._stream_fault(req, writer, fault)
+            return False
         reply = self._route(req) if fault is None or fault.kind != "status" else _status_reply(fault)
         body = _corrupt(reply, fault) if fault is not None else None
         drip = fault.drip_interval_s if fault is not None and fault.kind == "drip" else 0.0
         await write_response(writer, reply, req.keep_alive, body=body, drip_s=drip)
         return req.keep_alive
+
+    async def _stream_fault(self, req: Request, writer: asyncio.StreamWriter, fault: Fault) -> None:
+        """A huge answer, generated while it is sent; records how much of it went to the socket."""
+        if fault.kind == "oversized":
+            chunks, length = oversized_embeddings(fault.size_bytes), oversized_length(fault.size_bytes)
+        else:
+            texts = req.body.get("input", []) if isinstance(req.body, dict) else []
+            count = 1 if isinstance(texts, str) else max(1, len(texts))
+            chunks, length = wide_embeddings(count, fault.dimensions), wide_body_length(count, fault.dimensions)
+        sent = 0
+
+        def counted() -> Iterator[bytes]:
+            nonlocal sent
+            for chunk in chunks:
+                sent += len(chunk)
+                yield chunk
+
+        try:
+            await write_streamed(writer, 200, counted(), length=length if fault.declare_length else None)
+        finally:
+            with self._lock:
+                self.streamed.append(sent)
 
     def _take_fault(self, req: Request) -> Fault | None:
         with self._lock:

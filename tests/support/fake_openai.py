@@ -10,7 +10,10 @@ Routes: POST /v1/embeddings (float and base64), POST /v1/chat/completions
 Fault injection: `fail_next(path, status, ...)` queues answers for a path
 (a body may contain "{auth}", replaced by the Authorization header received,
 to imitate providers that echo the key), `malformed_next(path)` answers 200
-with a body that is not JSON. Counters: `requests` (every request seen) and
+with a body that is not JSON, `huge_next(path, size_bytes=…)` an answer of that
+many bytes, `huge_next(path, dimensions=…)` embeddings that wide (both generated
+while sent, never held), and `drip_next(path, interval_s)` the real answer one
+byte per interval. Counters: `requests` (every request seen) and
 `connections` (TCP connections accepted).
 
 In-process: `with FakeOpenAI(api_key="k") as fake: fake.url`. Standalone:
@@ -30,8 +33,11 @@ import struct
 import sys
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.support.http1 import write_streamed
 
 DIMENSIONS = 8
 
@@ -68,6 +74,19 @@ class Answer:
     content_type: str = "application/json"
 
 
+@dataclass(frozen=True)
+class Huge:
+    """An answer generated while it is sent: `size_bytes` of one long vector, or vectors `dimensions` wide."""
+
+    size_bytes: int = 0
+    dimensions: int = 0
+
+
+@dataclass(frozen=True)
+class Drip:
+    interval_s: float
+
+
 class FakeOpenAI:
     def __init__(self, *, api_key: str | None = None, port: int = 0, models: tuple[str, ...] = ("toy-chat",)) -> None:
         self.api_key = api_key
@@ -75,7 +94,7 @@ class FakeOpenAI:
         self.requests: list[Recorded] = []
         self.connections = 0
         self._port = port
-        self._faults: dict[str, deque[Answer]] = {}
+        self._faults: dict[str, deque[Answer | Huge | Drip]] = {}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -99,6 +118,14 @@ class FakeOpenAI:
     def malformed_next(self, path: str) -> None:
         with self._lock:
             self._faults.setdefault(path, deque()).append(Answer(200, b'{"object": "list", "data": [tru'))
+
+    def huge_next(self, path: str, *, size_bytes: int = 0, dimensions: int = 0) -> None:
+        with self._lock:
+            self._faults.setdefault(path, deque()).append(Huge(size_bytes, dimensions))
+
+    def drip_next(self, path: str, interval_s: float) -> None:
+        with self._lock:
+            self._faults.setdefault(path, deque()).append(Drip(interval_s))
 
     def count(self, path: str) -> int:
         with self._lock:
@@ -171,7 +198,13 @@ class FakeOpenAI:
                     self.requests.append(request)
                     queued = self._faults.get(request.path)
                     fault = queued.popleft() if queued else None
-                if fault is not None:
+                if isinstance(fault, Huge):
+                    await _write_huge(writer, request, fault)
+                    return
+                if isinstance(fault, Drip):
+                    answer = self._route(request)
+                    await _write(writer, answer, drip_s=fault.interval_s)
+                elif fault is not None:
                     auth = request.headers.get("authorization", "")
                     await _write(
                         writer, Answer(fault.status, fault.body.replace(b"{auth}", auth.encode()), fault.headers)
@@ -291,12 +324,48 @@ async def _read_request(reader: asyncio.StreamReader) -> Recorded | None:
     return Recorded(method=method, path=target.split("?", 1)[0], headers=headers, body=body)
 
 
-async def _write(writer: asyncio.StreamWriter, answer: Answer) -> None:
+async def _write(writer: asyncio.StreamWriter, answer: Answer, *, drip_s: float = 0.0) -> None:
     head = [f"HTTP/1.1 {answer.status} {_REASONS.get(answer.status, 'Status')}"]
     head += [f"content-type: {answer.content_type}", f"content-length: {len(answer.body)}"]
     head += [f"{k}: {v}" for k, v in answer.headers.items()]
-    writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + answer.body)
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (b"" if drip_s else answer.body))
     await writer.drain()
+    for i in range(len(answer.body) if drip_s else 0):
+        writer.write(answer.body[i : i + 1])
+        await writer.drain()
+        await asyncio.sleep(drip_s)
+
+
+async def _write_huge(writer: asyncio.StreamWriter, request: Recorded, huge: Huge) -> None:
+    """Chunked, then the connection is closed: whatever the client does not read is never generated."""
+    texts = request.json().get("input", []) if request.body else []
+    count = 1 if isinstance(texts, str) else max(1, len(texts))
+    chunks = _long_vector(huge.size_bytes) if huge.size_bytes else _wide_data(count, huge.dimensions)
+    with contextlib.suppress(ConnectionError):
+        await write_streamed(writer, 200, chunks)
+    writer.close()
+
+
+def _long_vector(size: int) -> Iterator[bytes]:
+    yield b'{"object":"list","data":[{"object":"embedding","index":0,"embedding":['
+    block = b"0.125," * 10_000
+    for _ in range(size // len(block)):
+        yield block
+    yield b'0.125]}],"model":"m"}'
+
+
+def _wide_data(count: int, dimensions: int) -> Iterator[bytes]:
+    yield b'{"object":"list","data":['
+    row = b"0," * min(dimensions - 1, 1 << 15)
+    for i in range(count):
+        yield (b"," if i else b"") + b'{"object":"embedding","index":%d,"embedding":[' % i
+        left = dimensions - 1
+        while left > 0:
+            take = min(left, len(row) // 2)
+            yield row[: take * 2]
+            left -= take
+        yield b"0]}"
+    yield b'],"model":"m"}'
 
 
 async def _write_sse(writer: asyncio.StreamWriter, events: list[bytes]) -> None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from adapters.base import Adapter
-from server.app import build_server
+from server.app import Gateway
 from server.config import Settings, load_settings
-from server.health import StateRef
 
 
 def write_manifests(
@@ -45,13 +47,34 @@ def disabled_adapter(name: str) -> dict[str, Any]:
     return {"name": name, "kind": "ollama", "enabled": False}
 
 
-def settings_for(tmp: Path, **manifests: Any) -> Settings:
+def settings_for(tmp: Path, *, load: Mapping[str, Any] | None = None, **manifests: Any) -> Settings:
+    """Settings over manifests written under `tmp`; `load` passes options to load_settings (transport, port…)."""
     mdir = write_manifests(tmp / "manifests", **manifests)
     env = {"HOME": str(tmp), "MODEL_GATEWAY_AUDIT_KEY": "00" * 32}
-    s = load_settings(manifests_dir=mdir, env=env)
-    return s
+    return load_settings(manifests_dir=mdir, env=env, **(load or {}))
 
 
-def fake_server(tmp: Path, adapters: Mapping[str, Adapter], **manifests: Any) -> tuple[Any, StateRef]:
-    ref = StateRef()
-    return build_server(settings_for(tmp, **manifests), ref, adapters), ref
+@asynccontextmanager
+async def serving_http(gateway: Gateway) -> AsyncIterator[str]:
+    """The gateway's HTTP app as `serve` runs it, in this process, on its settings' loopback port; yields the URL."""
+    import uvicorn
+
+    from server.http_edge import http_app
+    from server.http_server import uvicorn_config
+    from tests.support.processes import wait_http
+
+    server = uvicorn.Server(uvicorn_config(gateway.settings, http_app(gateway)))
+    base = f"http://127.0.0.1:{gateway.settings.port}"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        await anyio.to_thread.run_sync(wait_http, base + "/health")
+        try:
+            yield base
+        finally:
+            server.should_exit = True
+
+
+def fake_server(tmp: Path, adapters: Mapping[str, Adapter], **manifests: Any) -> tuple[Any, Gateway]:
+    """The MCP server of a gateway over `adapters`, and the gateway (its `get()` is the running state)."""
+    gateway = Gateway(settings_for(tmp, **manifests), adapters)
+    return gateway.server, gateway

@@ -10,7 +10,7 @@ import asyncio
 import json
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -19,7 +19,10 @@ import orjson
 REASONS = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
+    413: "Payload Too Large",
+    422: "Unprocessable Entity",
     429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -94,6 +97,73 @@ async def write_response(
         writer.write(data[i : i + 1])
         await writer.drain()
         await asyncio.sleep(drip_s)
+
+
+async def write_streamed(
+    writer: asyncio.StreamWriter,
+    status: int,
+    chunks: Iterable[bytes],
+    *,
+    length: int | None = None,
+    drip_s: float = 0.0,
+) -> int:
+    """A JSON body sent piece by piece (chunked unless `length` is declared); returns the body bytes sent.
+
+    The pieces come from a generator, so a fake can send hundreds of MB without holding them; a client
+    that stops reading ends the exchange with a connection error, which the caller treats as done.
+    """
+    # The connection is closed after such an answer; saying so keeps clients from reusing it.
+    head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}", "Content-Type: application/json", "Connection: close"]
+    head.append(f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked")
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+    sent = 0
+    for chunk in chunks:
+        writer.write(chunk if length is not None else b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        await writer.drain()
+        sent += len(chunk)
+        if drip_s:
+            await asyncio.sleep(drip_s)
+    if length is None:
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+    return sent
+
+
+def oversized_embeddings(size: int, piece: int = 1 << 16) -> Iterator[bytes]:
+    """About `size` bytes of an Ollama-shaped embed answer: one vector of 0.125s, closed properly."""
+    yield b'{"model":"m","embeddings":[['
+    unit = b"0.125,"
+    block = unit * (piece // len(unit))
+    for _ in range(max(0, size - 40) // len(block)):
+        yield block
+    yield b"0.125]]}"
+
+
+def oversized_length(size: int, piece: int = 1 << 16) -> int:
+    """The exact length of `oversized_embeddings(size, piece)`."""
+    block = len(b"0.125,") * (piece // len(b"0.125,"))
+    return len(b'{"model":"m","embeddings":[[') + (max(0, size - 40) // block) * block + len(b"0.125]]}")
+
+
+def wide_embeddings(count: int, dimensions: int, key: bytes = b"embeddings", piece: int = 1 << 16) -> Iterator[bytes]:
+    """`count` vectors of `dimensions` zeros each, written compactly (2 bytes a dimension)."""
+    yield b'{"model":"m","' + key + b'":['
+    for row in range(count):
+        yield b"[" if row == 0 else b",["
+        left = dimensions - 1
+        block = b"0," * (piece // 2)
+        while left > 0:
+            take = min(left, piece // 2)
+            yield block[: take * 2]
+            left -= take
+        yield b"0]"
+    yield b"]}"
+
+
+def wide_body_length(count: int, dimensions: int, key: bytes = b"embeddings") -> int:
+    """The exact length of `wide_embeddings(count, dimensions, key)`, for a declared Content-Length."""
+    rows = count * (2 * dimensions + 1) + max(0, count - 1)
+    return len(b'{"model":"m","":[]}') + len(key) + rows
 
 
 class LoopbackServer:
