@@ -1,7 +1,8 @@
 """Hostile HTTP traffic against the real `model-gateway serve` process, with the tally of what went wrong.
 
+    python -m benchmarks.hostile --part http [--seed 1] [--scale 1.0]   (with the other parts' figures)
     python -m benchmarks.hostile.http [--requests 2400] [--seed 7] [--server-root DIR] [--json PATH]
-    python -m benchmarks.hostile.http --flood 10000 [--server-root DIR]
+    python -m benchmarks.hostile.http --flood 10000 [--server-root DIR]    (benchmarks/hostile/http_flood.py)
 
 Two principals (bearer tokens from MODEL_GATEWAY_AUTH_TOKENS_FILE) and a third that only
 pings. A seeded mix of tries runs eight at a time: bad Host and Origin values, missing or wrong
@@ -14,10 +15,11 @@ Printed: tries, crashes (the process died), hangs (a probe unanswered within 2 s
 cross-principal accesses, connections held past their deadline, lockouts (a new session
 refused), dropped calls whose upstream was released at once, calls audited `cancelled`, idle and
 peak RSS. The goal: 0 crashes, 0 hangs, 0 cross-principal accesses, 0 held, peak RSS under
-2x idle + 64 MiB. `--server-root` runs the server from another checkout (an older commit, to
-compare); settings that checkout does not know are left out. `--flood N` instead opens N
-sessions as one principal and abandons them, with the shipped limits, and prints whether
-anyone was refused and what the sessions cost in memory.
+2x idle + 64 MiB. The server measures its own event loop (MODEL_GATEWAY_LOOP_WATCH=1) and
+reports the longest block on stderr when it stops; anything it writes to stdout is counted
+(nothing should be). `--server-root` runs the server from another checkout (an older commit,
+to compare); settings that checkout does not know are left out. As a part of
+`python -m benchmarks.hostile` (`PART`), both phases are summed into one `Result`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +41,8 @@ import anyio
 import httpx2
 
 from benchmarks.hostile import http_attacks as attack
+from benchmarks.hostile.harness import ServerFigures
+from benchmarks.hostile.record import Part, Plan, Result
 from tests.support.hanging_upstream import HangingOllama
 from tests.support.mcp_http import headers, initialize_message, tokens_file, tool_call
 from tests.support.proc import stop
@@ -51,6 +56,8 @@ FRONT_DOOR = {
     "max_sessions_per_principal": 16,
     "session_idle_timeout_s": 60.0,
 }
+TRIES = 2400  # one full run
+CLEAN_EXITS = (0, -signal.SIGTERM)  # uvicorn re-raises the SIGTERM it drained for, once it is done
 Attack = Callable[[attack.Target], Awaitable[None]]
 STREAMABLE_MIX: list[tuple[Attack, int]] = [
     (attack.bad_host, 12),
@@ -86,6 +93,7 @@ class PhaseResult:
     samples: dict[str, str] = field(default_factory=dict)
     by_kind: dict[str, int] = field(default_factory=dict)
     largest_error_reply: int = 0
+    server: ServerFigures = field(default_factory=ServerFigures)
 
     @property
     def rss_ok(self) -> bool:
@@ -118,6 +126,7 @@ def gateway(
         {
             "MODEL_GATEWAY_AUTH_TOKENS_FILE": str(tokens_file(tmp / "tokens.json", {t: p for p, t in TOKENS.items()})),
             "MODEL_GATEWAY_LOG_LEVEL": "WARNING",
+            "MODEL_GATEWAY_LOOP_WATCH": "1",
             "PYTHONPATH": str(server_root),
         },
     )
@@ -134,10 +143,8 @@ def gateway(
         "--manifests",
         str(manifests),
     ]
-    with open(tmp / f"stderr-{transport}.log", "wb") as err:
-        proc = subprocess.Popen(
-            argv, env=env, cwd=server_root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
-        )
+    with open(tmp / f"stdout-{transport}.log", "wb") as out, open(tmp / f"stderr-{transport}.log", "wb") as err:
+        proc = subprocess.Popen(argv, env=env, cwd=server_root, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
     proc.port = port  # type: ignore[attr-defined]
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
@@ -242,6 +249,7 @@ async def phase(tmp: Path, upstream: HangingOllama, transport: str, tries: int, 
                 done.set()
         peak = rss_mib(proc.pid, "VmHWM") if proc.poll() is None else 0.0
         crashed = proc.poll() is not None
+    server = ServerFigures.read(proc.returncode, tmp / f"stdout-{transport}.log", tmp / f"stderr-{transport}.log")
     tally = t.tally
     return PhaseResult(
         transport,
@@ -261,6 +269,7 @@ async def phase(tmp: Path, upstream: HangingOllama, transport: str, tries: int, 
         dict(tally.samples),
         dict(tally.by_kind),
         tally.largest_error_reply,
+        server,
     )
 
 
@@ -284,7 +293,7 @@ def audited_cancelled(home: Path) -> int:
 
 
 async def campaign(
-    tries: int = 2400, seed: int = 7, server_root: Path = ROOT, keep: Path | None = None
+    tries: int = TRIES, seed: int = 7, server_root: Path = ROOT, keep: Path | None = None
 ) -> list[PhaseResult]:
     """The streamable-HTTP phase gets four fifths of the tries, legacy SSE the rest."""
     results = []
@@ -314,54 +323,46 @@ def report(results: list[PhaseResult]) -> str:
     return "\n".join(lines)
 
 
-async def flood(openings: int, server_root: Path = ROOT) -> dict[str, float]:
-    """`openings` sessions opened by one principal and abandoned, with the shipped limits; then newcomers."""
-    with (
-        tempfile.TemporaryDirectory(prefix="hostile-flood-") as scratch,
-        HangingOllama(60, "HANG-HERE") as up,
-        gateway(Path(scratch), up.url, "streamable-http", server_root, front_door=None) as proc,
-    ):
-        url = f"http://127.0.0.1:{proc.port}/mcp"  # type: ignore[attr-defined]
-        return await _flood(url, proc.pid, openings)
+def run(plan: Plan, root: Path = ROOT) -> Result:
+    """Both phases with `plan.n(2400)` tries, as one part of `python -m benchmarks.hostile`."""
+    started = time.perf_counter()
+    results = anyio.run(campaign, plan.n(TRIES), plan.seed, root)
+    result = as_result(results)
+    result.seconds = time.perf_counter() - started
+    return result
 
 
-async def _flood(url: str, pid: int, openings: int) -> dict[str, float]:
-    limits = httpx2.Limits(max_connections=8, max_keepalive_connections=8)
-    async with httpx2.AsyncClient(timeout=30, limits=limits) as http:
-        await http.post(url, json=initialize_message(), headers=headers(TOKENS["carol"]))
-        idle = rss_mib(pid, "VmRSS")
-        refused = 0
-        left = iter(range(openings))
-        started = time.perf_counter()
-
-        async def worker() -> None:
-            nonlocal refused
-            for _ in left:
-                r = await http.post(url, json=initialize_message(), headers=headers(TOKENS["bob"]))
-                refused += r.status_code == 503
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(8):
-                tg.start_soon(worker)
-        wall = time.perf_counter() - started
-        after, peak = rss_mib(pid, "VmRSS"), rss_mib(pid, "VmHWM")
-        others = await http.post(url, json=initialize_message(), headers=headers(TOKENS["alice"]))
-        again = await http.post(url, json=initialize_message(), headers=headers(TOKENS["bob"]))
-    return {
-        "openings": openings,
-        "refused": refused,
-        "wall_s": round(wall, 1),
-        "newcomer_status": others.status_code,
-        "flooder_again_status": again.status_code,
-        "idle_rss_mib": round(idle, 1),
-        "after_rss_mib": round(after, 1),
-        "peak_rss_mib": round(peak, 1),
-    }
+def as_result(results: list[PhaseResult]) -> Result:
+    """The phases summed into the campaign's shared figures; what only HTTP has goes into the examples."""
+    r = Result("http")
+    for phase in results:
+        s = phase.server
+        r.tries += phase.tries
+        r.crashes += int(phase.crashed)
+        r.hangs += phase.hangs
+        r.cross_principal += phase.cross_principal
+        r.non_json_bytes += s.stdout_bytes  # over HTTP stdout carries nothing at all
+        r.unclean_exits += int(not phase.crashed and s.exit_code not in CLEAN_EXITS)
+        r.idle_rss_mib = max(r.idle_rss_mib, phase.idle_rss_mib)
+        r.peak_rss_mib = max(r.peak_rss_mib, phase.peak_rss_mib)
+        r.largest_error_bytes = max(r.largest_error_bytes, phase.largest_error_reply)
+        r.stderr_bytes += s.stderr_bytes
+        r.longest_log_line = max(r.longest_log_line, s.longest_log_line)
+        if s.loop_block_ms is not None:
+            r.loop_block_ms = max(r.loop_block_ms or 0.0, s.loop_block_ms)
+        if s.loop_busy_ms is not None:
+            r.loop_busy_ms = max(r.loop_busy_ms or 0.0, s.loop_busy_ms)
+        r.example(
+            f"{phase.transport}: held-open {phase.held_open}, lockouts {phase.lockouts}, dropped {phase.dropped} "
+            f"(released {phase.released}, audited cancelled {phase.audited_cancelled}), "
+            f"unexpected answers {sum(phase.unexpected.values())} {phase.samples or ''}"
+        )
+    return r
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--requests", type=int, default=2400)
+    parser.add_argument("--requests", type=int, default=TRIES)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--server-root", type=Path, default=ROOT)
     parser.add_argument("--json", type=Path)
@@ -369,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood", type=int, metavar="N", help="instead: N abandoned sessions, shipped limits")
     args = parser.parse_args(argv)
     if args.flood:
+        from benchmarks.hostile.http_flood import flood
+
         figures = anyio.run(flood, args.flood, args.server_root.resolve())
         print("  ".join(f"{k} {v}" for k, v in figures.items()))
         return 0 if figures["refused"] == 0 and figures["newcomer_status"] == 200 else 1
@@ -378,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
     return 0 if all(r.ok for r in results) else 1
 
+
+PART = Part("http", run, min_tries=TRIES)
 
 if __name__ == "__main__":
     sys.exit(main())
