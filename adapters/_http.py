@@ -14,6 +14,7 @@ import ipaddress
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -167,34 +168,40 @@ def too_large(what: str, limit: int) -> UpstreamProtocolError:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamOptions:
+    """How an adapter's upstream speaks HTTP and reads answers.
+
+    `headers` is called when the client is built (it may raise, e.g. for a missing key); `redact` sees
+    all provider text before any message holds it; `status` maps non-2xx answers to adapter errors;
+    `max_response_bytes` (None: the adapter limits' value) caps every answer.
+    """
+
+    headers: Callable[[], Mapping[str, str]] = dict
+    http2: bool = False
+    redact: Redactor = redact_tokens
+    status: StatusMapper = status_error
+    retry: RetryPolicy = RETRY
+    max_response_bytes: int | None = None
+
+
 class HTTPUpstream:
     """One upstream over HTTP: the pooled client and every request an adapter makes to it."""
 
     def __init__(
-        self,
-        endpoint: str,
-        limits: AdapterLimits,
-        *,
-        describe: str,
-        headers: Callable[[], Mapping[str, str]] = dict,
-        http2: bool = False,
-        redact: Redactor = redact_tokens,
-        status: StatusMapper = status_error,
-        retry: RetryPolicy = RETRY,
-        max_response_bytes: int | None = None,
+        self, endpoint: str, limits: AdapterLimits, *, describe: str, options: UpstreamOptions | None = None
     ) -> None:
-        """`headers` is called when the client is built (it may raise, e.g. for a missing key); `redact` sees
-        all provider text before any message holds it; `status` maps non-2xx answers to adapter errors."""
+        opts = options or UpstreamOptions()
         self.endpoint = endpoint
-        self.max_response_bytes = max_response_bytes or limits.max_response_bytes
+        self.max_response_bytes = opts.max_response_bytes or limits.max_response_bytes
         self.decode_limits = DecodeLimits(max_array_items=limits.max_dimensions)
         self._limits = limits
         self._describe = describe
-        self._headers = headers
-        self._http2 = http2
-        self._redact = redact
-        self._status = status
-        self._retry = retry
+        self._headers = opts.headers
+        self._http2 = opts.http2
+        self._redact = opts.redact
+        self._status = opts.status
+        self._retry = opts.retry
         self._client: httpx2.AsyncClient | None = None
         self._closed = False
         self._decoders: anyio.CapacityLimiter | None = None

@@ -6,6 +6,8 @@ manager. Calls arrive on many short-lived request tasks, so none of them can own
 the session. A `DownstreamSession` therefore runs the Client inside its own
 task, from open to close; other tasks only send requests through the entered
 Client, which the mcp dispatcher allows from any task of the same event loop.
+The owner task runs in the task group the server gives adapters (`AdapterContext.tasks`,
+the application state's), so closing the state cancels it even if nobody closes the adapter.
 
 When the transport reaches end of stream (the process died, the server hung
 up), the owner task leaves the Client at once, so the child is reaped and the
@@ -14,10 +16,9 @@ next call opens a fresh session instead of failing on a dead one.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import math
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -27,6 +28,7 @@ from mcp.client import Client
 from mcp.client._transport import Transport, TransportStreams
 from mcp.shared.message import SessionMessage
 
+from adapters.base import TaskOwner
 from adapters.errors import AdapterError, AdapterTimeoutError, AdapterUnavailableError
 
 TransportFactory = Callable[[], Transport]
@@ -78,34 +80,14 @@ async def _watched(transport: Transport, lost: anyio.Event) -> AsyncIterator[Tra
         yield _WatchedReadStream(read_stream, lost), write_stream
 
 
-def _spawn_owned(coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Start a task that is not a child of the caller's task.
-
-    The caller is a request task that ends long before the session should; the
-    DownstreamSession keeps the handle (its `done` event) and aclose() awaits it.
-    A fresh contextvars context keeps the caller's request-scoped variables out.
-    """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # pragma: no cover - the gateway runs on asyncio
-        import trio
-
-        trio.lowlevel.spawn_system_task(coro_fn, context=contextvars.Context())
-        return
-    task = loop.create_task(coro_fn(), context=contextvars.Context())
-    _RUNNING.add(task)
-    task.add_done_callback(_RUNNING.discard)
-
-
-# asyncio keeps only weak references to tasks; these keep owner tasks alive until they end.
-_RUNNING: set[asyncio.Task[None]] = set()
-
-
 class DownstreamSession:
     """A session opened in the background and usable from any task until it is lost or stopped."""
 
-    def __init__(self, make_transport: TransportFactory, *, open_timeout_s: float, describe: str) -> None:
+    def __init__(
+        self, make_transport: TransportFactory, tasks: TaskOwner, *, open_timeout_s: float, describe: str
+    ) -> None:
         self._make_transport = make_transport
+        self._tasks = tasks
         self._open_timeout_s = open_timeout_s
         self._describe = describe
         self._client: Client | None = None
@@ -116,7 +98,17 @@ class DownstreamSession:
         self._done = anyio.Event()
 
     def start(self) -> None:
-        _spawn_owned(self._own)
+        """Start the owner task; when no task group takes it, the session is failed, never run unowned.
+
+        A fresh contextvars context keeps the calling request's variables out of a session that
+        outlives it and serves other requests.
+        """
+        try:
+            self._tasks.create_task(self._own(), name=f"session {self._describe}", context=contextvars.Context())
+        except RuntimeError:
+            self._error = AdapterUnavailableError(f"{self._describe}: no running task group can own the session")
+            self._ready.set()
+            self._done.set()
 
     @property
     def usable(self) -> bool:

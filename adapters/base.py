@@ -8,10 +8,11 @@ name)` asks the adapter when it has a rule and keeps the name as given otherwise
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from contextvars import Context
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import SecretStr
 
@@ -70,6 +71,7 @@ class AdapterLimits:
     probe_deadline_s: float = 2.0
     batch_limit: int = 256
     http2: bool = False
+    model_load_s: float = 60.0  # how long a call waits for a local model to finish loading
     # Upstream bounds: the largest answer read (a larger one is refused while it arrives) and the widest vector.
     max_response_bytes: int = 32 << 20
     max_dimensions: int = 65_536
@@ -101,11 +103,35 @@ class NoCache:
         return None
 
 
+class TaskOwner(Protocol):
+    """Runs work that outlives the call that started it (a downstream session's owner task).
+
+    The server passes the task group of the application state (an anyio TaskGroup is a TaskOwner), so
+    what an adapter starts is cancelled when the state closes and no adapter keeps tasks of its own.
+    Raises RuntimeError, having closed `coro`, when nothing owns tasks (not open yet, or closed).
+    """
+
+    def create_task(
+        self, coro: Coroutine[object, object, None], *, name: object = None, context: Context | None = None
+    ) -> object: ...
+
+
+class NoTaskOwner:
+    """The owner of contexts built without a task group: every start is refused."""
+
+    def create_task(
+        self, coro: Coroutine[object, object, None], *, name: object = None, context: Context | None = None
+    ) -> object:
+        coro.close()
+        raise RuntimeError("no task group owns background work in this adapter context")
+
+
 @dataclass(frozen=True, slots=True)
 class AdapterContext:
     """Everything an adapter needs from the outside, resolved by server/config.py.
 
-    Adapters never read the environment or config files themselves.
+    Adapters never read the environment or config files themselves. `tasks` is filled by
+    server/state.py with the state's task group.
     """
 
     limits: AdapterLimits = AdapterLimits()
@@ -113,6 +139,7 @@ class AdapterContext:
     models_dir: Path = Path(".")
     secrets: Mapping[str, SecretStr] = field(default_factory=dict)
     cache: CacheStore = field(default_factory=NoCache)
+    tasks: TaskOwner = field(default_factory=NoTaskOwner)
 
 
 @runtime_checkable
@@ -128,3 +155,18 @@ class Adapter(Protocol):
     async def rerank(self, req: RerankRequest) -> RerankResult: ...
 
     async def aclose(self) -> None: ...
+
+
+ModelState = Literal["unloaded", "loading", "ready", "failed"]
+
+
+@runtime_checkable
+class ReportsModelStates(Protocol):
+    """An adapter that holds models itself and can say, now, where each one is.
+
+    Health reads this on every request, so it must be cheap and must not wait on the backend.
+    Adapters whose models live on a server report nothing here; health derives their state
+    from the last probe.
+    """
+
+    def model_states(self) -> Mapping[str, tuple[ModelState, str | None]]: ...

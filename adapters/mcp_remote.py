@@ -207,7 +207,7 @@ class MCPRemoteAdapter(AdapterBase):
             self._session.drop()
             self._retired = [s for s in self._retired if not s.finished] + [self._session]
         session = DownstreamSession(
-            self._transport, open_timeout_s=self._manifest.open_timeout_s, describe=self.describe
+            self._transport, self._context.tasks, open_timeout_s=self._manifest.open_timeout_s, describe=self.describe
         )
         session.start()
         self._session = session

@@ -23,72 +23,14 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from adapters.errors import ModelLoadError, safe_detail
+from adapters.mlx_activations import Activation, activation, erf_rational, gelu_exact, gelu_fast
+from adapters.mlx_attention import softmax
+
+__all__ = ["CrossEncoder", "SentenceEncoder", "erf_rational", "gelu_exact", "gelu_fast"]
 
 ChunkFn = Callable[[int, int], None]  # (inputs done, inputs total)
+NUMPY_SOFTMAX_FROM = 64  # padded tokens per input
 Inputs = Sequence[str] | Sequence[tuple[str, str]]
-
-# Eigen's rational erf on [-4, 4] (beyond it erf is +/-1 in float32): max error 6.5e-8 in float64.
-# Transcendentals are 35-65x slower than an add on MLX CPU; this keeps GELU to multiply-adds.
-_ERF_NUM = (
-    -1.60960333262415e-02,
-    -2.95459980854025e-03,
-    -7.34990630326855e-04,
-    -5.69250639462346e-05,
-    -2.10102402082508e-06,
-    2.77068142495902e-08,
-    -2.72614225801306e-10,
-)
-_ERF_DEN = (
-    -1.42647390514189e-02,
-    -7.37332916720468e-03,
-    -1.68282697438203e-03,
-    -2.13374055278905e-04,
-    -1.45660718464996e-05,
-)
-_SQRT_HALF = 0.7071067811865476
-
-
-def erf_rational(x: mx.array) -> mx.array:
-    z = mx.clip(x, -4.0, 4.0)
-    z2 = z * z
-    num: mx.array | float = _ERF_NUM[-1]
-    for c in reversed(_ERF_NUM[:-1]):
-        num = num * z2 + c
-    den: mx.array | float = _ERF_DEN[-1]
-    for c in reversed(_ERF_DEN[:-1]):
-        den = den * z2 + c
-    return z * num / den
-
-
-def gelu_fast(x: mx.array) -> mx.array:
-    return 0.5 * x * (1.0 + erf_rational(x * _SQRT_HALF))
-
-
-def gelu_exact(x: mx.array) -> mx.array:
-    return 0.5 * x * (1.0 + mx.erf(x * _SQRT_HALF))
-
-
-Activation = Callable[[mx.array], mx.array]
-
-
-def _activation(hidden_act: str, fast_gelu: bool) -> Activation:
-    if hidden_act == "gelu":
-        return _compiled(gelu_fast) if fast_gelu else gelu_exact
-    if hidden_act in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-        return nn.gelu_approx
-    if hidden_act == "relu":
-        return nn.relu
-    raise ModelLoadError(f"unsupported hidden_act {hidden_act!r} in config.json (supported: gelu, gelu_new, relu)")
-
-
-def _compiled(fn: Activation) -> Activation:
-    """Fuse the elementwise chain when MLX can compile here; the plain function otherwise."""
-    try:
-        compiled = mx.compile(fn)
-        mx.eval(compiled(mx.zeros((2, 3))))
-    except Exception:  # no compiler toolchain: the unfused chain gives the same numbers
-        return fn
-    return compiled
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,11 +80,16 @@ class _Layer(nn.Module):
         self.ffn_out = nn.Linear(cfg.intermediate_size, h)
         self.ffn_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
 
-    def __call__(self, x: mx.array, mask: mx.array, act: Activation) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array, act: Activation, numpy_softmax: bool) -> mx.array:
         b, n, h = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, h // self.heads).transpose(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, h // self.heads).transpose(2, 0, 3, 1, 4)
         scale = (h // self.heads) ** -0.5
-        ctx = mx.fast.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=scale, mask=mask)
+        # On a CPU MLX's exp makes the n^2 softmax the slow part of long inputs' attention; for short ones the
+        # hand-over to numpy costs more than it saves (adapters/mlx_attention.py).
+        if numpy_softmax and n >= NUMPY_SOFTMAX_FROM:
+            ctx = softmax((q * scale) @ k.swapaxes(-1, -2) + mask) @ v
+        else:
+            ctx = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
         x = self.attn_norm(x + self.attn_out(ctx.transpose(0, 2, 1, 3).reshape(b, n, h)))
         return self.ffn_norm(x + self.ffn_out(act(self.ffn_in(x))))
 
@@ -159,6 +106,7 @@ class BertModel(nn.Module):
         if pooler:
             self.pooler = nn.Linear(h, h)
         self._act = act
+        self.numpy_softmax = False  # set at load: float32 on a CPU
 
     def __call__(self, ids: mx.array, type_ids: mx.array, mask: mx.array) -> mx.array:
         positions = mx.arange(ids.shape[1])
@@ -166,7 +114,7 @@ class BertModel(nn.Module):
         # Additive mask over keys: padded positions get a large negative score before softmax.
         bias = ((mask[:, None, None, :].astype(x.dtype) - 1.0) * 1e4).astype(x.dtype)
         for layer in self.layers:
-            x = layer(x, bias, self._act)
+            x = layer(x, bias, self._act, self.numpy_softmax)
         return x
 
 
@@ -294,6 +242,14 @@ class _BertRunner:
         self.forward_passes = 0
         self._pad_id = tokenizer.token_to_id("[PAD]") or 0
 
+    @property
+    def layout(self) -> str:
+        """The weights' dtype and device, for health."""
+        dtype = str(self.model.word.weight.dtype).removeprefix("mlx.core.")
+        device = "cpu" if mx.default_device() == mx.cpu else "gpu"
+        softmax = f", numpy softmax from {NUMPY_SOFTMAX_FROM} tokens" if self.model.numpy_softmax else ""
+        return f"{dtype}{softmax} ({device})"
+
     @staticmethod
     def _load_parts(
         path: Path, *, fast_gelu: bool, dtype: str, pooler: bool
@@ -313,7 +269,7 @@ class _BertRunner:
         assert isinstance(raw, dict)
         if pooler and "classifier.weight" not in raw:
             raise ModelLoadError(f"model.safetensors in {path} has no classifier head (classifier.weight/bias)")
-        model = BertModel(cfg, act=_activation(cfg.hidden_act, fast_gelu), pooler=pooler)
+        model = BertModel(cfg, act=activation(cfg.hidden_act, fast_gelu), pooler=pooler)
         renamed = _rename(raw, pooler=pooler)
         try:
             model.load_weights(list(renamed.items()), strict=True)
@@ -322,6 +278,7 @@ class _BertRunner:
                 f"model.safetensors in {path} does not fit its config.json: {safe_detail(str(exc))}"
             ) from exc
         model.set_dtype(_resolve_dtype(dtype))
+        model.numpy_softmax = mx.default_device() == mx.cpu and _resolve_dtype(dtype) == mx.float32
         model.eval()
         mx.eval(model.parameters())
         tokenizer.no_padding()

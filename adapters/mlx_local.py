@@ -3,24 +3,25 @@
 All models of one adapter live on one owner thread (adapters/mlx_runtime.py). Importing this module
 imports no MLX: the server answers tools/list before MLX loads, and models load in the background
 after start() (or on first use when options.preload is off). A call that arrives while its model is
-loading queues behind the load on the owner thread, bounded by the router's deadline.
+loading waits for the load up to `deadlines.model_load_s` (then it fails over as unavailable), and within
+the router's deadline. A chat carries its deadline to the owner thread, which refuses a prompt it cannot
+read in time and stops a prefill that runs out of it within one chunk.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
+import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, Protocol, cast
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, cast
 
+import anyio
 import orjson
 
 from adapters._blas import load_openblas
-from adapters.base import AdapterContext, AdapterInfo, ModelInfo, ProbeResult
+from adapters.base import AdapterContext, AdapterInfo, ModelInfo, ModelState, ProbeResult
 from adapters.errors import (
     AdapterError,
     AdapterUnavailableError,
@@ -30,8 +31,18 @@ from adapters.errors import (
     ModelNotFoundError,
     safe_detail,
 )
-from adapters.manifest import MLXManifest, MLXModelSpec, MLXOptions
-from adapters.mlx_runtime import JobContext, OwnerThread
+from adapters.manifest import MLXManifest
+from adapters.mlx_models import (
+    ROLE_CAPABILITIES,
+    Loader,
+    Slot,
+    describe,
+    ensure_loaded,
+    load_model,
+    model_dir,
+    model_info,
+)
+from adapters.mlx_runtime import JobContext, OwnerThread, Steering
 from adapters.types import (
     Capability,
     ChatRequest,
@@ -46,14 +57,6 @@ from adapters.types import (
     Usage,
     rank,
 )
-
-Role = Literal["encoder", "cross-encoder", "lm"]
-ROLE_CAPABILITIES: dict[str, frozenset[Capability]] = {
-    "encoder": frozenset({"embed", "rerank"}),
-    "cross-encoder": frozenset({"rerank"}),
-    "lm": frozenset({"chat"}),
-}
-Loader = Callable[[str, Path, MLXOptions], object]
 
 
 class _Encoded(Protocol):
@@ -104,8 +107,7 @@ class _Chat(Protocol):
         max_tokens: int,
         temperature: float,
         stop: list[str],
-        should_stop: Callable[[], bool],
-        on_token: Callable[[str, int], None] | None,
+        steering: Steering,
     ) -> _Outcome: ...
 
 
@@ -117,53 +119,17 @@ def _shortest_floats(vectors: Any) -> list[list[float]]:
     return cast(list[list[float]], orjson.loads(orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY)))
 
 
-def load_model(role: str, path: Path, options: MLXOptions) -> object:
-    """The default loader; runs on the owner thread, so MLX is imported there."""
-    if role == "encoder":
-        from adapters.mlx_bert import SentenceEncoder
-
-        return SentenceEncoder.load(path, fast_gelu=options.fast_gelu, dtype=options.dtype)
-    if role == "cross-encoder":
-        from adapters.mlx_bert import CrossEncoder
-
-        return CrossEncoder.load(path, fast_gelu=options.fast_gelu, dtype=options.dtype)
-    try:
-        from adapters.mlx_chat import ChatModel
-    except ImportError as exc:
-        raise ModelLoadError(f"MLX chat support is unavailable: {exc}") from exc
-    return ChatModel.load(path)
-
-
-def model_dir(spec: MLXModelSpec, models_dir: Path) -> Path:
-    """Where a model's files are: `path` (relative to models_dir) or the installed pack."""
-    if spec.path:
-        return models_dir / Path(spec.path).expanduser()
-    assert spec.pack is not None
-    return models_dir / spec.pack
-
-
-@dataclass(eq=False)
-class _Slot:
-    spec: MLXModelSpec
-    path: Path
-    capabilities: frozenset[Capability]
-    state: Literal["idle", "loading", "ready", "failed"] = "idle"
-    error: str | None = None
-    missing: bool = False
-    model: object | None = None  # touched on the owner thread only
-
-
 class MLXAdapter:
     def __init__(self, manifest: MLXManifest, context: AdapterContext, *, loader: Loader = load_model) -> None:
         self._manifest = manifest
         self._options = manifest.options
         self._context = context
         self._loader = loader
-        self._slots: dict[str, _Slot] = {}
+        self._slots: dict[str, Slot] = {}
         self._names: dict[str, str] = {}
         for spec in manifest.models:
             caps = frozenset(spec.capabilities) & ROLE_CAPABILITIES[spec.role]
-            self._slots[spec.name] = _Slot(spec, model_dir(spec, context.models_dir), caps)
+            self._slots[spec.name] = Slot(spec, model_dir(spec, context.models_dir), caps)
             for name in (spec.name, *spec.aliases):
                 self._names.setdefault(name, spec.name)
         self.blas: str | None = None  # which BLAS MLX uses, once the owner thread has decided
@@ -196,15 +162,23 @@ class MLXAdapter:
 
     async def probe(self) -> ProbeResult:
         self.start()
-        details = {s.spec.name: _describe(s) for s in self._slots.values()}
+        details = {s.spec.name: describe(s) for s in self._slots.values()}
+        for s in self._slots.values():
+            layout = getattr(s.model, "layout", None) if s.state == "ready" else None
+            if isinstance(layout, str):
+                details[f"{s.spec.name} layout"] = layout
         if self.blas is not None:
             details["blas"] = self.blas
         failed = [s for s in self._slots.values() if s.state == "failed"]
         ok = len(failed) < len(self._slots) and not self._runtime.closing
         error = "; ".join(f"{s.spec.name}: {s.error}" for s in failed) or None
         return ProbeResult(
-            ok=ok, models=tuple(_model_info(s) for s in self._slots.values()), error=error, details=details
+            ok=ok, models=tuple(model_info(s) for s in self._slots.values()), error=error, details=details
         )
+
+    def model_states(self) -> dict[str, tuple[ModelState, str | None]]:
+        """Each model's load state now (set on the owner thread; a read here sees the latest)."""
+        return {s.spec.name: (_LIVE_STATE[s.state], s.error) for s in self._slots.values()}
 
     async def embed(self, req: EmbedRequest) -> EmbedResult:
         slot = self._slot(req.model, "embed")
@@ -226,14 +200,16 @@ class MLXAdapter:
         slot = self._slot(req.model, "chat")
         if not req.messages:
             raise InvalidRequestError("messages must not be empty")
-        return await self._call(slot, lambda ctx, model: self._chat_job(ctx, model, req), req.progress, long=True)
+        return await self._call(
+            slot, lambda ctx, model, deadline: self._chat_job(ctx, model, req, deadline), req.progress, long=True
+        )
 
     async def aclose(self) -> None:
         await self._runtime.aclose()
 
     # --- loop side -----------------------------------------------------------
 
-    def _slot(self, name: str, capability: Capability) -> _Slot:
+    def _slot(self, name: str, capability: Capability) -> Slot:
         try:
             slot = self._slots[self._names[name]]
         except KeyError:
@@ -246,44 +222,48 @@ class MLXAdapter:
             )
         return slot
 
-    async def _call(
-        self, slot: _Slot, job: Callable[[JobContext, Any], Any], progress: ProgressFn | None, long: bool = False
-    ) -> Any:
+    async def _call(self, slot: Slot, job: Callable[..., Any], progress: ProgressFn | None, long: bool = False) -> Any:
         self.start()
-        if progress is not None and slot.state != "ready":
-            await progress(0, None, f"loading model {slot.spec.name}")
-
-        def run(ctx: JobContext) -> Any:
-            return job(ctx, self._ensure_loaded(slot))
-
         try:
-            return await self._runtime.run(run, interleavable=not long, progress=progress)
+            if slot.state != "ready":
+                if progress is not None:
+                    await progress(0, None, f"loading model {slot.spec.name}")
+                await self._wait_loaded(slot)
+            # The owner thread checks the deadline itself: it may be busy when the caller's scope expires.
+            left = anyio.current_effective_deadline() - anyio.current_time()
+            deadline = time.monotonic() + left if math.isfinite(left) else None
+
+            def run(ctx: JobContext) -> Any:
+                model = self._ensure_loaded(slot, ctx)
+                return job(ctx, model, deadline) if long else job(ctx, model)
+
+            runnable = slot.runnable_inside_another_job
+            return await self._runtime.run(run, interleavable=not long, progress=progress, runnable=runnable)
         except AdapterError:
             raise
         except Exception as exc:
             raise AdapterUnavailableError(f"MLX model {slot.spec.name!r} failed: {safe_detail(str(exc))}") from exc
 
+    async def _wait_loaded(self, slot: Slot) -> None:
+        """Wait for the model's load at most `model_load_s`; past that the call fails over (retryable)."""
+        limit = self._context.limits.model_load_s
+        with anyio.move_on_after(limit) as scope:
+            await self._runtime.run(
+                lambda ctx: self._ensure_loaded(slot, ctx),
+                interleavable=slot.spec.role != "lm",
+                runnable=slot.runnable_inside_another_job,
+            )
+        if scope.cancelled_caught:
+            raise AdapterUnavailableError(
+                f"MLX model {slot.spec.name!r} is still loading after {limit:g} s (deadlines.model_load_s); "
+                "try again shortly"
+            )
+
     # --- owner thread --------------------------------------------------------
 
-    def _ensure_loaded(self, slot: _Slot) -> object:
-        if slot.state == "ready":
-            return slot.model
-        # A load that failed on missing files is retried once they appear (a pack pulled while serving).
-        if slot.state == "failed" and not (slot.missing and _missing_files(slot) is None):
-            raise ModelLoadError(f"MLX model {slot.spec.name!r} failed to load: {slot.error}")
-        slot.state = "loading"
-        try:
-            missing = _missing_files(slot)
-            slot.missing = missing is not None
-            if missing is not None:
-                raise ModelLoadError(missing)
-            slot.model = self._loader(slot.spec.role, slot.path, self._options)
-        except Exception as exc:
-            slot.error = safe_detail(str(exc)) or type(exc).__name__
-            slot.state = "failed"
-            raise ModelLoadError(f"MLX model {slot.spec.name!r} failed to load: {slot.error}") from exc
-        slot.state = "ready"
-        return slot.model
+    def _ensure_loaded(self, slot: Slot, ctx: JobContext) -> object:
+        # The load keeps going when the caller that started it leaves: other callers wait on it too.
+        return ensure_loaded(slot, self._loader, self._options, ctx.serve_others)
 
     def _drop_models(self) -> None:
         for slot in self._slots.values():
@@ -340,7 +320,7 @@ class MLXAdapter:
             "on_chunk": on_chunk,
         }
 
-    def _chat_job(self, ctx: JobContext, model: _Chat, req: ChatRequest) -> ChatResult:
+    def _chat_job(self, ctx: JobContext, model: _Chat, req: ChatRequest, deadline: float | None) -> ChatResult:
         max_tokens = req.max_tokens or self._options.max_tokens
         started = time.perf_counter()
 
@@ -352,8 +332,7 @@ class MLXAdapter:
             max_tokens=max_tokens,
             temperature=self._options.temperature if req.temperature is None else req.temperature,
             stop=list(req.stop),
-            should_stop=ctx.should_stop,
-            on_token=on_token,
+            steering=Steering(ctx.should_stop, on_token, deadline),
         )
         ttft, tps = out.time_to_first_token_s, out.tokens_per_second
         return ChatResult(
@@ -369,44 +348,9 @@ class MLXAdapter:
         )
 
 
-def _preload(adapter: MLXAdapter, slot: _Slot, ctx: JobContext) -> None:
+def _preload(adapter: MLXAdapter, slot: Slot, ctx: JobContext) -> None:
     with contextlib.suppress(ModelLoadError):  # recorded on the slot; probe() reports it and calls raise it
-        adapter._ensure_loaded(slot)
+        adapter._ensure_loaded(slot, ctx)
 
 
-def _missing_files(slot: _Slot) -> str | None:
-    if slot.path.is_dir() and (slot.path / "config.json").is_file():
-        return None
-    if slot.spec.path:
-        return f"model directory {slot.path} does not exist or has no config.json"
-    return (
-        f"model pack {slot.spec.pack!r} is not installed (looked in {slot.path}); "
-        f"run `model-gateway models pull {slot.spec.pack}`"
-    )
-
-
-def _describe(slot: _Slot) -> str:
-    if slot.state == "failed":
-        return f"failed: {slot.error}"
-    return slot.state
-
-
-def _model_info(slot: _Slot) -> ModelInfo:
-    """Encoder facts come from config.json, which is small; nothing heavy is read here."""
-    dims = max_len = None
-    if slot.spec.role != "lm":
-        raw = _small_json(slot.path / "config.json")
-        dims = raw.get("hidden_size") if isinstance(raw.get("hidden_size"), int) else None
-        st = _small_json(slot.path / "sentence_bert_config.json").get("max_seq_length")
-        pos = raw.get("max_position_embeddings")
-        max_len = st if isinstance(st, int) else pos if isinstance(pos, int) else None
-    family = "bert" if slot.spec.role != "lm" else None
-    return ModelInfo(slot.spec.name, slot.capabilities, family=family, dimensions=dims, max_input_tokens=max_len)
-
-
-def _small_json(path: Path) -> Mapping[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+_LIVE_STATE: dict[str, ModelState] = {"idle": "unloaded", "loading": "loading", "ready": "ready", "failed": "failed"}

@@ -4,8 +4,10 @@ MLX streams are per thread and a lazy array made in one thread cannot be evaluat
 event loop never touches MLX: it submits a job and awaits an anyio.Event that the owner thread sets
 through the loop's own thread-safe scheduler (non-blocking, so the owner thread never waits on the loop).
 
-Long jobs (generation) call JobContext.should_stop() between tokens; that runs any queued short jobs
-(embeddings, reranks) first, so a long generation does not hold up a 20 ms embedding.
+Long jobs call JobContext.should_stop() at bounded intervals (generation: between prompt chunks and
+between tokens; a model load: while its files are checked); that runs any queued short jobs (embeddings,
+reranks) first, so a long job does not hold up a 20 ms embedding. A short job can say when it may not run
+inside another job (`runnable`): an embedding for a model that the outer job is still loading waits.
 
 mlx is imported on the owner thread only, so importing this module costs nothing.
 """
@@ -46,6 +48,23 @@ def _no_report(done: float, total: float | None, message: str | None) -> None:
     return None
 
 
+def _never() -> bool:
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Steering:
+    """How the caller steers a generation on the owner thread.
+
+    `should_stop` is polled at every yield point (it serves the jobs waiting, then says whether the caller is
+    gone); `on_token(delta, n)` hears each new piece of text; `deadline` is a time.monotonic() value.
+    """
+
+    should_stop: Callable[[], bool] = _never
+    on_token: Callable[[str, int], None] | None = None
+    deadline: float | None = None
+
+
 @dataclass(eq=False)
 class JobContext:
     """What a job sees of the runtime, on the owner thread. `report` posts progress to the caller."""
@@ -62,6 +81,11 @@ class JobContext:
         self._runtime.checkpoint()
         return self._cancel.is_set() or self._runtime.closing
 
+    def serve_others(self) -> bool:
+        """Inside work that goes on whoever waits for it (a model load): serve queued short jobs; True on close."""
+        self._runtime.checkpoint()
+        return self._runtime.closing
+
 
 @dataclass(eq=False)
 class _Job(Generic[T]):
@@ -69,6 +93,7 @@ class _Job(Generic[T]):
     interleavable: bool
     ctx: JobContext
     on_done: Callable[[], None]
+    runnable: Callable[[], bool] | None = None  # checked on the owner thread before it runs inside another job
     result: T | None = None
     error: BaseException | None = None
 
@@ -120,11 +145,16 @@ class OwnerThread:
         return ctx
 
     async def run(
-        self, fn: Callable[[JobContext], T], *, interleavable: bool = False, progress: ProgressFn | None = None
+        self,
+        fn: Callable[[JobContext], T],
+        *,
+        interleavable: bool = False,
+        progress: ProgressFn | None = None,
+        runnable: Callable[[], bool] | None = None,
     ) -> T:
         """Run fn(ctx) on the owner thread and return its result; cancelling the caller cancels the job."""
         if progress is None:
-            return await self._await(fn, interleavable, _no_report)
+            return await self._await(fn, interleavable, _no_report, runnable)
         send, recv = anyio.create_memory_object_stream[tuple[float, float | None, str | None]](math.inf)
         token = anyio.lowlevel.current_token()
 
@@ -141,7 +171,7 @@ class OwnerThread:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_pump_progress, recv, progress)
             try:
-                result.append(await self._await(fn, interleavable, report))
+                result.append(await self._await(fn, interleavable, report, runnable))
             except Exception as exc:  # raised after the group, so callers see it unwrapped
                 error = exc
             finally:
@@ -150,11 +180,13 @@ class OwnerThread:
             raise error
         return result[0]
 
-    async def _await(self, fn: Callable[[JobContext], T], interleavable: bool, report: ReportFn) -> T:
+    async def _await(
+        self, fn: Callable[[JobContext], T], interleavable: bool, report: ReportFn, runnable: Callable[[], bool] | None
+    ) -> T:
         token = anyio.lowlevel.current_token()
         done = anyio.Event()
         ctx = JobContext(self, report)
-        job: _Job[T] = _Job(fn, interleavable, ctx, lambda: _call_soon(token, done.set))
+        job: _Job[T] = _Job(fn, interleavable, ctx, lambda: _call_soon(token, done.set), runnable)
         self._put(job)
         try:
             await done.wait()
@@ -180,9 +212,11 @@ class OwnerThread:
         if self._in_checkpoint:
             return
         with self._cond:
-            ready = [job for job in self._queue if job.interleavable]
+            ready = [job for job in self._queue if job.interleavable and (job.runnable is None or job.runnable())]
             for job in ready:
                 self._queue.remove(job)
+        if not ready:
+            return
         self._in_checkpoint = True
         try:
             for job in ready:

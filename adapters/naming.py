@@ -14,6 +14,7 @@ Capability by name: backends that list models without saying what they serve
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from adapters.types import Capability
@@ -42,6 +43,16 @@ def canonical_model(adapter: object, name: str) -> str:
     if isinstance(adapter, NamesModels):
         return adapter.canonical_model(name)
     return name
+
+
+def canonical_for_kind(kind: str, name: str) -> str:
+    """The canonical spelling of `name` on an adapter of `kind`, without building the adapter.
+
+    For readers of manifests alone (`model-gateway policy explain`); adapters of each kind apply the
+    same rule through their own `canonical_model`.
+    """
+    rule = _KIND_RULES.get(kind)
+    return rule(name) if rule is not None else name
 
 
 def capabilities_from_name(name: str, family: str | None = None) -> frozenset[Capability]:
@@ -75,3 +86,6 @@ def ollama_model_name(name: str) -> str:
         return text
     last = text.rsplit("/", 1)[-1]
     return text if ":" in last else f"{text}:{OLLAMA_DEFAULT_TAG}"
+
+
+_KIND_RULES: dict[str, Callable[[str], str]] = {"ollama": ollama_model_name}

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 
 from adapters import _ollama_wire as wire
-from adapters._http import HTTPUpstream, as_is, redact_url
+from adapters._http import HTTPUpstream, UpstreamOptions, as_is, redact_url
 from adapters.base import AdapterContext, AdapterInfo, ModelInfo, ProbeResult
 from adapters.errors import AdapterError, UpstreamProtocolError, safe_detail
 from adapters.kit import HTTPAdapter, declared_models, pinned_dimensions
@@ -54,8 +54,7 @@ class OllamaAdapter(HTTPAdapter):
             manifest.endpoint,
             context.limits,
             describe=f"ollama adapter {manifest.name!r}",
-            status=wire.status_error,
-            max_response_bytes=manifest.max_response_bytes,
+            options=UpstreamOptions(status=wire.status_error, max_response_bytes=manifest.max_response_bytes),
         )
         super().__init__(info, context, upstream, pinned=pinned_dimensions(manifest.models))
 

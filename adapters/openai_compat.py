@@ -75,14 +75,14 @@ class OpenAIAdapter(HTTPAdapter):
         info = AdapterInfo(
             manifest.name, "openai", manifest.privacy, _declared(manifest), declared_models(manifest.models), endpoint
         )
-        upstream = _http.HTTPUpstream(
-            manifest.endpoint,
-            context.limits,
-            describe=f"openai adapter '{manifest.name}'",
+        options = _http.UpstreamOptions(
             headers=self._headers,
             http2=manifest.http2,
             redact=self._redact,
             max_response_bytes=manifest.max_response_bytes,
+        )
+        upstream = _http.HTTPUpstream(
+            manifest.endpoint, context.limits, describe=f"openai adapter '{manifest.name}'", options=options
         )
         pinned = pinned_dimensions(manifest.models)
         super().__init__(info, context, upstream, pinned=pinned, batch_limit=manifest.options.batch_limit)

@@ -28,7 +28,7 @@ Bench = Callable[[Plan], Awaitable[list[Row]]]
 
 
 def registry() -> list[tuple[tuple[str, ...], str, Bench]]:
-    from benchmarks import b_calls, b_discovery, b_mlx, b_peers, b_remote, b_shedding, b_startup, b_upstream
+    from benchmarks import b_calls, b_deploy, b_discovery, b_mlx, b_peers, b_remote, b_shedding, b_startup, b_upstream
 
     return [
         (("1", "7"), "stdio call latency and throughput", b_calls.bench_stdio),
@@ -46,6 +46,7 @@ def registry() -> list[tuple[tuple[str, ...], str, Bench]]:
         (("13",), "remote MCP two-hop", b_remote.bench_remote),
         (("14",), "peers: ollama-mcp and LiteLLM", b_peers.bench_peers),
         (("15",), "shedding: busy answers and goodput", b_shedding.bench_shedding),
+        (("16",), "team deployment: replicas behind HAProxy, Redis limits, response cache", b_deploy.bench_deployment),
     ]
 
 

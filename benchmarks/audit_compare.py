@@ -26,10 +26,10 @@ WORKER = """
 import json, statistics, sys, time
 sys.path.insert(0, sys.argv[1])
 import anyio
-from server.audit import AuditLog
+from server.audit import AuditLog, AuditOptions
 
 async def main(path, mode, calls):
-    log = AuditLog(path, b"b" * 32, mode)
+    log = AuditLog(path, b"b" * 32, AuditOptions(fsync=mode))
     def body(i):
         return {"call_id": f"{i:032x}", "principal": "bench", "tool": "embed", "request_sha256": "ab" * 32}
     lat = []

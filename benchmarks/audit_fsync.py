@@ -18,7 +18,7 @@ from pathlib import Path
 
 import anyio
 
-from server.audit import AuditLog, evidence
+from server.audit import AuditLog, AuditOptions, evidence
 
 KEY = b"b" * 32
 MODES = (("always", 0.0), ("group", 5.0), ("group", 1.0), ("group", 0.0), ("never", 0.0))
@@ -35,7 +35,7 @@ async def _call(log: AuditLog, i: int) -> None:
 
 
 async def sequential(path: Path, mode: str, ms: float, calls: int) -> list[float]:
-    log = AuditLog(path, KEY, mode, ms)  # type: ignore[arg-type]
+    log = AuditLog(path, KEY, AuditOptions(fsync=mode, group_commit_ms=ms))  # type: ignore[arg-type]
     lat = []
     for i in range(calls):
         t = time.perf_counter()
@@ -46,7 +46,7 @@ async def sequential(path: Path, mode: str, ms: float, calls: int) -> list[float
 
 
 async def concurrent(path: Path, mode: str, ms: float, calls: int, width: int) -> float:
-    log = AuditLog(path, KEY, mode, ms)  # type: ignore[arg-type]
+    log = AuditLog(path, KEY, AuditOptions(fsync=mode, group_commit_ms=ms))  # type: ignore[arg-type]
 
     async def worker(w: int) -> None:
         for i in range(calls):

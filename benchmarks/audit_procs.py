@@ -28,7 +28,7 @@ from pathlib import Path
 
 import anyio
 
-from server.audit import AuditLog, evidence
+from server.audit import AuditLog, AuditOptions, evidence
 from server.audit_verify import verify
 
 KEY = b"b" * 32
@@ -39,7 +39,7 @@ def _body(worker: int, i: int) -> dict[str, object]:
 
 
 async def _calls(path: Path, mode: str, calls: int, worker: int) -> dict[str, float]:
-    log = AuditLog(path, KEY, mode)  # type: ignore[arg-type]
+    log = AuditLog(path, KEY, AuditOptions(fsync=mode))  # type: ignore[arg-type]
     for i in range(20):  # warm-up: first checkpoint, page cache, branch history
         await _one(log, worker, -1 - i)
     sys.stdout.write("ready\n")

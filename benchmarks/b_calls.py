@@ -116,7 +116,7 @@ async def bench_in_process(plan: Plan) -> list[Row]:
     from tests.support.gateway import fake_server
 
     with scratch_home() as home:
-        server, _ = fake_server(home, {"stub": StubAdapter()}, routes=ROUTES)
+        server, _ = fake_server(home, {"stub": StubAdapter()}, routes=ROUTES, performance=performance(None))
         async with Client(server) as gw, Client(bare_server()) as bare:
             p50_gw, p50_bare = await _latency_pair(gw, bare, plan)
         server, _ = fake_server(

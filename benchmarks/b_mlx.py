@@ -24,10 +24,16 @@ MODEL = "all-minilm-l6-v2"
 
 
 def models_dir() -> Path | None:
+    """The first models dir whose pack was installed with content hashes (older records are refused at load)."""
+    from adapters.mlx_pack import PackContentError, read_record
     from server.paths import default_models_dir
 
     for candidate in (default_models_dir(dict(__import__("os").environ)), ROOT / ".bench" / "models"):
-        if (candidate / PACK / ".pack.json").is_file():
+        try:
+            record = read_record(candidate / PACK)
+        except PackContentError:
+            continue
+        if record is not None and record.digests is not None:
             return candidate
     return None
 
@@ -40,7 +46,7 @@ def unavailable() -> str | None:
     except ImportError as exc:
         return f"MLX adapter not importable ({exc.name})"
     if models_dir() is None:
-        return f"model pack {PACK} not installed (run benchmarks/setup_peers.sh or `model-gateway models pull {PACK}`)"
+        return f"model pack {PACK} not installed or outdated (run `model-gateway models pull {PACK}`)"
     return None
 
 

@@ -78,23 +78,24 @@ def stub_manifests(root: Path, audit_fsync: str | None = None) -> Path:
     return write_manifests(root, routes=ROUTES, performance=performance(audit_fsync))
 
 
-def performance(audit_fsync: str | None) -> dict[str, object] | None:
-    """The shipped performance config, with the audit fsync policy replaced when asked."""
-    if audit_fsync is None:
-        return None
+def performance(audit_fsync: str | None) -> dict[str, object]:
+    """The shipped performance config without the response cache (every call measured here is served),
+    with the audit fsync policy replaced when asked."""
     import json
 
     from tests.support.processes import ROOT
 
     shipped = json.loads((ROOT / "manifests" / "performance-config.json").read_text())
-    shipped["audit"]["fsync"] = audit_fsync
+    shipped["response_cache"]["enabled"] = False
+    if audit_fsync is not None:
+        shipped["audit"]["fsync"] = audit_fsync
     return dict(shipped)
 
 
 def _settings(transport: str, port: int, manifests: Path) -> object:
-    from server.config import load_settings
+    from server.config import ServeOptions, load_settings
 
-    return load_settings(manifests_dir=manifests, transport=transport, port=port)  # type: ignore[arg-type]
+    return load_settings(manifests_dir=manifests, serve=ServeOptions(transport=transport, port=port))  # type: ignore[arg-type]
 
 
 async def _serve(transport: str, port: int, manifests: Path, front_door: bool = True) -> None:

@@ -36,13 +36,16 @@ def fake_openai() -> Iterator[str]:
 
 
 def gateway_manifests(root: Path, ollama_url: str, performance: dict[str, Any] | None = None) -> Path:
-    """Manifests routing every capability to the fake Ollama, with optional performance overrides."""
+    """Manifests routing every capability to the fake Ollama, with optional performance overrides.
+
+    The response cache is off unless asked for: a benchmark repeating one call measures it served every time.
+    """
     out = ollama_manifests(root, ollama_url)
-    if performance:
-        shipped = json.loads((ROOT / "manifests" / "performance-config.json").read_text())
-        for section, values in performance.items():
-            shipped[section] = {**shipped[section], **values}
-        (out / "performance-config.json").write_text(json.dumps(shipped))
+    shipped = json.loads((ROOT / "manifests" / "performance-config.json").read_text())
+    shipped["response_cache"]["enabled"] = False
+    for section, values in (performance or {}).items():
+        shipped[section] = {**shipped[section], **values}
+    (out / "performance-config.json").write_text(json.dumps(shipped))
     return out
 
 

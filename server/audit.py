@@ -37,6 +37,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +62,7 @@ from server.statefile import held, try_lock, unlock
 __all__ = [
     "GENESIS",
     "AuditLog",
+    "AuditOptions",
     "FsyncMode",
     "canonical",
     "checkpoint_mac",
@@ -84,39 +86,45 @@ LOCK_SPIN_S = 0.0002
 INLINE_SYNC_MAX_S = 0.001
 
 
+@dataclass(frozen=True, slots=True)
+class AuditOptions:
+    """How a sink writes: the manifest's audit settings (see server/governance.py) and the redaction hooks.
+
+    `clock` and `lock_timeout_s` are the sink's sense of time: tests move them, the server keeps the defaults.
+    """
+
+    fsync: FsyncMode = "group"
+    group_commit_ms: float = 0.0
+    max_file_bytes: int = 64 * 1024 * 1024
+    checkpoint_every: int = 1000
+    checkpoint_interval_s: float = 10.0
+    # the value redactor, and the cheap whole-record scan that says whether it is needed at all
+    redact: Callable[[Any], Any] | None = None
+    needs_redaction: Callable[[str], bool] | None = None
+    clock: Callable[[], float] = time.monotonic
+    lock_timeout_s: float = LOCK_TIMEOUT_S
+
+
 class AuditLog:
     """The audit sink. `write()` is the only entry point calls use; it raises when the sink cannot write."""
 
-    def __init__(
-        self,
-        path: Path,
-        key: bytes | KeySource,
-        fsync: FsyncMode = "group",
-        group_commit_ms: float = 0.0,
-        *,
-        max_file_bytes: int = 64 * 1024 * 1024,
-        checkpoint_every: int = 1000,
-        checkpoint_interval_s: float = 10.0,
-        redact: Callable[[Any], Any] | None = None,
-        needs_redaction: Callable[[str], bool] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        lock_timeout_s: float = LOCK_TIMEOUT_S,
-    ) -> None:
+    def __init__(self, path: Path, key: bytes | KeySource, options: AuditOptions | None = None) -> None:
+        opts = options or AuditOptions()
         self.path = path
         self._key_source: KeySource = key if callable(key) else _given(key)
-        self.fsync = fsync
-        self.group_commit_s = group_commit_ms / 1000
-        self.checkpoint_every = checkpoint_every
-        self.checkpoint_interval_s = checkpoint_interval_s
-        self.lock_timeout_s = lock_timeout_s
-        # a whole-record scan decides whether the (slower) per-string redaction is needed at all
-        needs = needs_redaction or (lambda _: redact is not None)
-        self._w = TrailWriter(path, max_file_bytes, redact or (lambda v: v), needs)
-        self._clock = clock
+        self.fsync = opts.fsync
+        self.group_commit_s = opts.group_commit_ms / 1000
+        self.checkpoint_every = opts.checkpoint_every
+        self.checkpoint_interval_s = opts.checkpoint_interval_s
+        self.lock_timeout_s = opts.lock_timeout_s
+        redact = opts.redact
+        needs = opts.needs_redaction or (lambda _: redact is not None)
+        self._w = TrailWriter(path, opts.max_file_bytes, redact or (lambda v: v), needs)
+        self._clock = opts.clock
         self.error: str | None = None
         self._error_at = 0.0
         self._base = 0  # records written by earlier openings of this sink (health counts them all)
-        self._cp_time, self._needs_checkpoint = clock(), True
+        self._cp_time, self._needs_checkpoint = self._clock(), True
         self._synced_gen = 0
         self._sync_done: anyio.Event | None = None
         self._leader = False

@@ -232,33 +232,43 @@ def _walk(recs: list[_Rec], found: _Findings) -> int | None:
     resync = False
     resumes_at: int | None = None
     for i, r in enumerate(recs):
-        damage: Damage | None = None
-        if not r.readable:
-            resync, resumes_at = True, None  # reported when it was read
-            continue
-        if not r.authentic:
-            nxt = recs[i + 1] if i + 1 < len(recs) else None
-            skipped = nxt is not None and prev is not None and nxt.prev == prev.mac and nxt.seq == prev.seq + 1
-            kind = "inserted" if skipped else "edited"
-            damage = Damage(kind, r.file, r.line, r.seq, "content does not match its MAC")
-        elif r.restart:
-            if prev is not None and r.seq <= prev.seq:
-                detail = f"a restart numbered {r.seq} follows seq {prev.seq}"
-                damage = Damage("reordered", r.file, r.line, r.seq, detail)
-        elif resync:
-            pass  # the first authentic record after damage: its link points into the damage
-        elif prev is None and (r.seq != 1 or r.prev != GENESIS):
-            damage = Damage("head-missing", r.file, r.line, r.seq, f"records before seq {r.seq} are gone")
-        elif not (r.prev == (prev.mac if prev else GENESIS) and r.seq == (prev.seq + 1 if prev else 1)):
-            damage = _chain_break(recs, i, prev)
+        damage = _link_damage(recs, i, prev, resync) if r.readable else None
         if damage is not None:
             found.add(damage)
+        if not r.readable or damage is not None:  # an unreadable line was reported when it was read
             resync, resumes_at = True, None
             continue
         if resumes_at is None:
             resumes_at = r.seq
         prev, resync = r, False
     return resumes_at
+
+
+def _link_damage(recs: list[_Rec], i: int, prev: _Rec | None, resync: bool) -> Damage | None:
+    """What is wrong with record i's place after `prev`, the last good record (None: nothing)."""
+    r = recs[i]
+    if not r.authentic:
+        return _unauthentic(recs, i, prev)
+    if r.restart:
+        if prev is not None and r.seq <= prev.seq:
+            return Damage("reordered", r.file, r.line, r.seq, f"a restart numbered {r.seq} follows seq {prev.seq}")
+        return None
+    if resync:
+        return None  # the first authentic record after damage: its link points into the damage
+    if prev is None and (r.seq != 1 or r.prev != GENESIS):
+        return Damage("head-missing", r.file, r.line, r.seq, f"records before seq {r.seq} are gone")
+    if not (r.prev == (prev.mac if prev else GENESIS) and r.seq == (prev.seq + 1 if prev else 1)):
+        return _chain_break(recs, i, prev)
+    return None
+
+
+def _unauthentic(recs: list[_Rec], i: int, prev: _Rec | None) -> Damage:
+    """A record whose MAC fails: inserted when the chain runs on around it, edited when it takes its place."""
+    r = recs[i]
+    nxt = recs[i + 1] if i + 1 < len(recs) else None
+    skipped = nxt is not None and prev is not None and nxt.prev == prev.mac and nxt.seq == prev.seq + 1
+    kind = "inserted" if skipped else "edited"
+    return Damage(kind, r.file, r.line, r.seq, "content does not match its MAC")
 
 
 # --- checkpoints -------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from anyio.abc import TaskGroup
 
 from adapters.base import Adapter, AdapterInfo, ProbeResult
 from adapters.errors import AdapterTimeoutError, UpstreamProtocolError
+from adapters.naming import canonical_model
 from adapters.types import (
     ChatRequest,
     ChatResult,
@@ -312,6 +313,9 @@ class CoalescingAdapter:
     @info.setter
     def info(self, value: AdapterInfo) -> None:
         self.inner.info = value
+
+    def canonical_model(self, name: str) -> str:
+        return canonical_model(self.inner, name)
 
     async def probe(self) -> ProbeResult:
         return await self.inner.probe()

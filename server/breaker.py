@@ -46,6 +46,15 @@ class Breaker:
         """Open and still cooling down: calls skip this adapter without trying it."""
         return self.state == "open" and self._clock() - self.opened_at < self.config.cooldown_s
 
+    @property
+    def state_now(self) -> BreakerState:
+        """The state a call arriving now would meet: an open breaker past its cooldown admits a trial."""
+        return "half_open" if self.state == "open" and not self.blocking else self.state
+
+    def retry_in_s(self) -> float:
+        """Seconds until an open breaker admits its trial call (0 when it would now)."""
+        return max(0.0, self.config.cooldown_s - (self._clock() - self.opened_at)) if self.state == "open" else 0.0
+
     def allow(self) -> bool:
         """May a call go to this adapter now? In half-open state, True admits the one trial."""
         if self.state == "open" and not self.blocking:

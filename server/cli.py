@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     pull = msub.add_parser("pull", help="fetch, verify and install model packs")
     pull.add_argument("names", nargs="*", help="pack names (default: all in models.json)")
     pull.add_argument("--manifests", type=Path)
-    lst = msub.add_parser("list", help="show packs and whether they are installed")
+    lst = msub.add_parser("list", help="show packs and whether they are installed intact (checks every file's sha256)")
     lst.add_argument("--manifests", type=Path)
     lst.add_argument("--json", action="store_true")
 
@@ -172,10 +172,9 @@ def _start_tracing(into: list[Tracing]) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    from server.config import load_settings
+    from server.config import ServeOptions, load_settings
 
-    return load_settings(
-        manifests_dir=args.manifests,
+    serve = ServeOptions(
         transport=args.transport,
         host=args.host,
         port=args.port,
@@ -184,6 +183,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         privacy_mode=args.privacy_mode,
         metrics_port=args.metrics_port,
     )
+    return load_settings(manifests_dir=args.manifests, serve=serve)
 
 
 def _prepare_stdio(args: argparse.Namespace, tracing: list[Tracing]) -> Serve:
@@ -245,14 +245,15 @@ def _models(args: argparse.Namespace) -> int:
         packs.pull(manifests.models, names, models_dir, progress=lambda msg: print(msg, file=sys.stderr))
         return 0
     rows = packs.list_packs(manifests.models, models_dir)
+    damaged = any(r.state == "damaged" for r in rows)
     if getattr(args, "json", False):
-        _out(json.dumps([r if isinstance(r, dict) else r.__dict__ for r in rows], indent=2, default=str))
-    else:
-        for r in rows:
-            d = r if isinstance(r, dict) else r.__dict__
-            state = "installed" if d.get("installed") else "missing"
-            _out(f"{d.get('name')}: {state}  {d.get('package')}=={d.get('version')}  {d.get('path')}")
-    return 0
+        _out(json.dumps([{**r.__dict__, "state": r.state} for r in rows], indent=2, default=str))
+        return 1 if damaged else 0
+    for r in rows:
+        _out(f"{r.name}: {r.state}  {r.package}=={r.version}  {r.path}")
+        if r.state == "damaged":
+            _out(f"    {r.detail}; run `model-gateway models pull {r.name}` to re-install it")
+    return 1 if damaged else 0
 
 
 def _manifests(args: argparse.Namespace) -> int:
@@ -270,10 +271,10 @@ def _policy(args: argparse.Namespace) -> int:
     """Exit 0 when the call would be allowed, 1 when denied or when nothing serves it."""
     from server.config import load_settings
     from server.policy import PolicyEngine
-    from server.policy_explain import CallQuery, explain_call, to_json, to_text
+    from server.policy_explain import CallQuery, explain_call, manifest_namer, to_json, to_text
 
     settings = load_settings(manifests_dir=args.manifests)
-    engine = PolicyEngine(settings.manifests.policy)
+    engine = PolicyEngine(settings.manifests.policy, namer=manifest_namer(settings.manifests))
     query = CallQuery(
         tool=args.tool,
         model=args.model,

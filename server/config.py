@@ -24,15 +24,18 @@ Environment variables (all optional):
   MODEL_GATEWAY_FAST_START   "0": stdio answers the handshake only once the server is ready
   MODEL_GATEWAY_MAX_LINE_BYTES  stdio line cap (overrides limits.max_line_bytes)
   MODEL_GATEWAY_LOOP_WATCH   "1": measure event-loop blocks, report the longest on stderr at exit
+  MODEL_GATEWAY_SHARED_STATE redis://HOST:PORT/DB: rate limits and the response cache shared by replicas
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -70,6 +73,7 @@ class Settings:
     auth_subjects: Mapping[str, str] = field(default_factory=dict)  # sha256(token) -> principal
     secrets: Mapping[str, SecretStr] = field(default_factory=dict)
     use_discovery_cache: bool = True
+    shared_state_url: SecretStr | None = None  # may carry a password: shown only through shared_state.display_url
 
     @property
     def audit_path(self) -> Path:
@@ -93,6 +97,7 @@ class Settings:
             read_timeout_s=perf.http.read_timeout_s,
             probe_deadline_s=perf.discovery.probe_deadline_s,
             batch_limit=perf.batching.batch_limit,
+            model_load_s=perf.deadlines.model_load_s,
         )
         return AdapterContext(
             limits=limits,
@@ -110,7 +115,42 @@ def _secret_names(manifests: Manifests) -> set[str]:
             names.add(a.api_key_env)
         if isinstance(a, MCPManifest) and a.bearer_token_env:
             names.add(a.bearer_token_env)
+    if manifests.performance.shared_state.password_env:
+        names.add(manifests.performance.shared_state.password_env)
     return names
+
+
+SHARED_STATE_ENV = "MODEL_GATEWAY_SHARED_STATE"
+_DB_PATH = re.compile(r"^/?\d{0,5}$")
+
+
+def _shared_state_url(env: Mapping[str, str], manifests: Manifests) -> SecretStr | None:
+    """The Redis URL from the environment or performance-config, checked; errors never echo it (passwords)."""
+    from_env = env.get(SHARED_STATE_ENV, "").strip()
+    url = from_env or (manifests.performance.shared_state.url or "").strip()
+    if not url:
+        return None
+    where = SHARED_STATE_ENV if from_env else "performance-config.json shared_state.url"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not a valid URL ({exc}); expected redis://HOST:PORT/DB") from exc
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(
+            f"{where}: scheme {parts.scheme!r} is not redis, rediss or unix; expected redis://HOST:PORT/DB"
+        )
+    if parts.scheme != "unix" and (not parts.hostname or not _DB_PATH.match(parts.path)):
+        raise ConfigError(f"{where}: needs a host and at most a database number; expected redis://HOST:PORT/DB")
+    if parts.scheme == "unix" and not parts.path:
+        raise ConfigError(f"{where}: needs a socket path; expected unix:///path/to/redis.sock?db=N")
+    if port == 0:
+        raise ConfigError(f"{where}: port 0 is not a Redis port")
+    return SecretStr(url)
+
+
+def _privacy_mode(env: Mapping[str, str]) -> bool:
+    return _truthy(env.get("MODEL_GATEWAY_PRIVACY_MODE"))
 
 
 def _truthy(value: str | None) -> bool:
@@ -141,25 +181,34 @@ def check_bind(host: str, allowed_hosts: tuple[str, ...], authenticated: bool) -
         raise ConfigError(f"refusing to bind {host}: a non-loopback address requires " + " and ".join(missing))
 
 
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """How `serve` was asked to listen: its CLI options (`privacy_mode` None defers to the environment)."""
+
+    transport: Transport = "stdio"
+    host: str = "127.0.0.1"
+    port: int = 8765
+    stateless: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    privacy_mode: bool | None = None
+    metrics_port: int | None = None
+
+
 def load_settings(
-    *,
-    manifests_dir: Path | None = None,
-    transport: Transport = "stdio",
-    host: str = "127.0.0.1",
-    port: int = 8765,
-    stateless: bool = False,
-    allowed_hosts: tuple[str, ...] = (),
-    privacy_mode: bool | None = None,
-    metrics_port: int | None = None,
-    env: Mapping[str, str] | None = None,
+    *, manifests_dir: Path | None = None, serve: ServeOptions | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
+    serve = serve or ServeOptions()
     env = os.environ if env is None else env
     manifests = load_manifests(user_manifests_dir(manifests_dir, env))
     token = SecretStr(env["MODEL_GATEWAY_AUTH_TOKEN"]) if env.get("MODEL_GATEWAY_AUTH_TOKEN") else None
     subjects = _auth_subjects(env, token)
-    if transport != "stdio":
-        check_bind(host, allowed_hosts, authenticated=bool(subjects))
+    if serve.transport != "stdio":
+        check_bind(serve.host, serve.allowed_hosts, authenticated=bool(subjects))
     secrets = {name: SecretStr(env[name]) for name in _secret_names(manifests) if env.get(name)}
+    shared_state_url = _shared_state_url(env, manifests)
+    url_password = urlsplit(shared_state_url.get_secret_value()).password if shared_state_url else None
+    if url_password:
+        secrets[SHARED_STATE_ENV] = SecretStr(url_password)  # so the redactor masks it too
     level = env.get("MODEL_GATEWAY_LOG_LEVEL", "INFO").upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"MODEL_GATEWAY_LOG_LEVEL={level!r}: use DEBUG, INFO, WARNING or ERROR")
@@ -168,18 +217,19 @@ def load_settings(
         cache_dir=default_cache_dir(env),
         models_dir=default_models_dir(env),
         state_dir=default_state_dir(env),
-        transport=transport,
-        host=host,
-        port=port,
-        stateless=stateless,
-        allowed_hosts=allowed_hosts,
+        transport=serve.transport,
+        host=serve.host,
+        port=serve.port,
+        stateless=serve.stateless,
+        allowed_hosts=serve.allowed_hosts,
         auth_token=token,
-        privacy_mode=_truthy(env.get("MODEL_GATEWAY_PRIVACY_MODE")) if privacy_mode is None else privacy_mode,
+        privacy_mode=_privacy_mode(env) if serve.privacy_mode is None else serve.privacy_mode,
         log_level=level,
-        metrics_port=metrics_port,
+        metrics_port=serve.metrics_port,
         principal=env.get("USER") or env.get("LOGNAME") or "local",
         audit_key=SecretStr(env["MODEL_GATEWAY_AUDIT_KEY"]) if env.get("MODEL_GATEWAY_AUDIT_KEY") else None,
         audit_key_file=Path(env["MODEL_GATEWAY_AUDIT_KEY_FILE"]) if env.get("MODEL_GATEWAY_AUDIT_KEY_FILE") else None,
         auth_subjects=subjects,
         secrets=secrets,
+        shared_state_url=shared_state_url,
     )

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.base import Adapter, ModelInfo, ProbeResult
 from adapters.errors import safe_detail
+from adapters.naming import canonical_model
 from adapters.types import Capability, Privacy
 from server.manifests import DiscoveryConfig
 from server.statefile import load_json, warn_once, write_atomic
@@ -80,14 +81,24 @@ def fingerprint(adapter: Adapter) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def _merge_models(declared: tuple[ModelInfo, ...], probed: tuple[ModelInfo, ...]) -> tuple[ModelInfo, ...]:
-    names = {m.name for m in declared}
-    return declared + tuple(m for m in probed if m.name not in names)
+def _merge_models(adapter: Adapter, *groups: tuple[ModelInfo, ...]) -> tuple[ModelInfo, ...]:
+    """Models under their canonical names (the adapter's spelling rule), the first of each name kept.
+
+    The snapshot is what routing, policy, audit and health read, so every spelling of one model is
+    one entry there.
+    """
+    found: dict[str, ModelInfo] = {}
+    for m in (m for group in groups for m in group):
+        name = canonical_model(adapter, m.name)
+        if name not in found:
+            found[name] = m if name == m.name else replace(m, name=name)
+    return tuple(found.values())
 
 
 def initial_status(adapter: Adapter) -> AdapterStatus:
     info = adapter.info
-    return AdapterStatus(info.name, info.kind, info.privacy, "unknown", info.models, fingerprint(adapter))
+    models = _merge_models(adapter, info.models)
+    return AdapterStatus(info.name, info.kind, info.privacy, "unknown", models, fingerprint(adapter))
 
 
 def status_from_probe(adapter: Adapter, result: ProbeResult, latency_ms: float, fp: str) -> AdapterStatus:
@@ -98,7 +109,7 @@ def status_from_probe(adapter: Adapter, result: ProbeResult, latency_ms: float, 
         kind=info.kind,
         privacy=info.privacy,
         status="up" if result.ok else "down",
-        models=_merge_models(info.models, result.models),
+        models=_merge_models(adapter, info.models, result.models),
         fingerprint=fp,
         latency_ms=round(latency_ms, 3),
         error=result.error,
@@ -246,6 +257,9 @@ class Discovery:
         self._last_refresh = -MIN_REFRESH_INTERVAL_S
         # In privacy mode remote adapters are not even probed: no connection leaves for them.
         self.privacy_mode = False
+        # wall-clock time of each adapter's last answered and last failed call (one entry per adapter)
+        self.last_served: dict[str, float] = {}
+        self.last_failed: dict[str, float] = {}
 
     @property
     def snapshot(self) -> Snapshot:
@@ -307,10 +321,11 @@ class Discovery:
         self._wake.set()
 
     def observe_call(self, adapter: str, ok: bool) -> None:
-        """A call outcome that contradicts the snapshot triggers a refresh."""
+        """Note when the adapter last served or failed; an outcome that contradicts the snapshot triggers a refresh."""
         current = self._snapshot.adapters.get(adapter)
         if current is None:
             return
+        (self.last_served if ok else self.last_failed)[adapter] = time.time()
         if (ok and current.status == "down") or (not ok and current.status == "up"):
             self.request_refresh()
 

@@ -3,6 +3,8 @@
     GatewayError                 base; `code` is a stable, bounded label for metrics and audit
     +-- ConfigError              a manifest or setting is wrong (names file and field)
     +-- LimitError               a request exceeds a size or rate limit (names the limit)
+    |   +-- RateLimitedError     a bucket is empty now (retryable: says when)
+    |   +-- SharedStateUnavailableError  the shared buckets cannot be reached (retryable)
     +-- PolicyDeniedError        policy refused the call (names the rule)
     +-- NoRouteError             no candidate can serve the model/capability
     +-- AllCandidatesFailedError every candidate failed (lists each and why)
@@ -38,6 +40,13 @@ class LimitError(GatewayError):
 
 class RateLimitedError(LimitError):
     code = "rate_limited"
+    retryable = True
+
+
+class SharedStateUnavailableError(LimitError):
+    """Rate limits live in shared state that cannot be reached, and the operator chose to refuse then."""
+
+    code = "shared_state_unavailable"
     retryable = True
 
 

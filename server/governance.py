@@ -1,13 +1,13 @@
-"""Builds the governance pieces the lifespan owns: the redactor, the audit sink, the rate limiter."""
+"""Builds the governance pieces the lifespan owns: the redactor and the audit sink (limits: server/sharing.py)."""
 
 from __future__ import annotations
 
 from functools import partial
 
-from server.audit import AuditLog
+from server.audit import AuditLog, AuditOptions
 from server.audit_key import load_or_create_key
 from server.config import Settings
-from server.ratelimit import RateLimiter
+from server.manifests import AuditConfig
 from server.redact import Redactor
 
 
@@ -28,18 +28,17 @@ def open_audit(settings: Settings, redactor: Redactor) -> AuditLog:
     cfg = settings.manifests.performance.audit
     key_hex = settings.audit_key.get_secret_value() if settings.audit_key else None
     key = partial(load_or_create_key, key_hex, settings.audit_key_path, settings.audit_path)
-    return AuditLog(
-        settings.audit_path,
-        key,
-        cfg.fsync,
-        cfg.group_commit_ms,
+    return AuditLog(settings.audit_path, key, audit_options(cfg, redactor))
+
+
+def audit_options(cfg: AuditConfig, redactor: Redactor) -> AuditOptions:
+    """The sink's options from the manifest's audit settings, redacting with the gateway's redactor."""
+    return AuditOptions(
+        fsync=cfg.fsync,
+        group_commit_ms=cfg.group_commit_ms,
         max_file_bytes=cfg.max_file_bytes,
         checkpoint_every=cfg.checkpoint_every,
         checkpoint_interval_s=cfg.checkpoint_interval_s,
         redact=redactor.value,
         needs_redaction=redactor.found_in,
     )
-
-
-def limiter_for(settings: Settings) -> RateLimiter:
-    return RateLimiter(settings.manifests.performance.rate_limits)

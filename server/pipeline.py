@@ -1,10 +1,15 @@
 """run_call(state, call): the one path every model tool call takes.
 
-    1 limits        sizes (and the rate limiter); over -> clear tool error, nothing else runs
+    1 limits        sizes, then the rate limiter (awaited: its buckets may be in Redis); over -> tool error
     2 route+policy  candidates from the router, each checked by policy; none allowed -> denial
     3 audit start   written before any backend is touched; fail-closed if it cannot write
-    4 router        ordered attempts under deadlines, fallback on retryable errors
-    5 finish        shielded from cancellation: audit finish, metrics, span end
+    4 cache         embed/rerank when switched on, never in privacy mode: a stored answer is a hit (response_cache.py)
+    5 router        ordered attempts under deadlines, fallback on retryable errors; a miss's answer is stored
+    6 finish        shielded from cancellation: audit finish (with `cache`: hit | miss), metrics, span end
+
+A hit has passed 1-3 like any call, is published with a `cached` route entry
+under the candidate it was stored for, and its finish record carries the same
+evidence hash as the served answer it repeats.
 
 A call refused at 1-2 (too big, rate limited, denied, unroutable) leaves one
 compact `deny` record and is counted with its outcome; so are calls whose
@@ -28,6 +33,7 @@ from server.calls import Out, ToolCall, new_call_id
 from server.errors import GatewayError, InternalError, LimitError, NoRouteError, PolicyDeniedError
 from server.limits import Size, check
 from server.policy import POLICY_ERROR, Decision, PolicyRequest
+from server.response_cache import CacheOutcome
 from server.router import Attempt, Candidate
 from server.schemas import _Result
 from server.state import AppState
@@ -46,6 +52,7 @@ class _Run:
     span: Span
     started: float = field(default_factory=time.perf_counter)
     attempts: list[Attempt] = field(default_factory=list)
+    cache: CacheOutcome | None = None  # set when the response cache holds this kind of call
 
     def base(self) -> dict[str, Any]:
         c = self.call
@@ -101,7 +108,7 @@ async def _admit(run: _Run) -> list[Candidate]:
     state, call = run.state, run.call
     try:
         check(state.settings.manifests.performance.limits, run.size)
-        state.limiter.acquire(call.caller.principal, call.tool, run.size.units())
+        await state.limiter.acquire(call.caller.principal, call.tool, run.size.units())
         candidates, decision = plan(state, call, run.size, run.attempts)
     except LimitError as exc:
         await run.refuse(exc, "limited", exc.code)
@@ -194,7 +201,7 @@ async def _execute(run: _Run, candidates: list[Candidate]) -> Out:
     outcome, error, result, chosen = "error", "internal", None, None
     try:
         deadline_s = call.deadline_s(state.settings.manifests.performance.deadlines)
-        value, chosen = await state.router.execute(call, candidates, deadline_s, run.attempts)
+        value, chosen = await _serve(run, candidates, deadline_s)
         result = call.output(value, chosen.adapter, run.attempts)
         outcome, error = "ok", ""
         return result  # type: ignore[no-any-return]
@@ -210,6 +217,23 @@ async def _execute(run: _Run, candidates: list[Candidate]) -> Out:
     finally:
         with anyio.CancelScope(shield=True):
             await _finish(run, chosen, outcome, error, result)
+
+
+async def _serve(run: _Run, candidates: list[Candidate], deadline_s: float) -> tuple[Any, Candidate]:
+    """Steps 4-5: the first candidate's stored answer, else the router's (kept for the next such call)."""
+    state, call, cache = run.state, run.call, run.state.response_cache
+    if not cache.holds(call):
+        return await state.router.execute(call, candidates, deadline_s, run.attempts)
+    first, started = candidates[0], time.perf_counter()
+    found = await cache.lookup(call, first)
+    run.cache = "miss" if found is None else "hit"
+    if found is not None:
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+        run.attempts.append(Attempt(first.adapter, first.model, "cached", elapsed_ms))
+        return found, first
+    value, chosen = await state.router.execute(call, candidates, deadline_s, run.attempts)
+    await cache.keep(call, chosen, value)
+    return value, chosen
 
 
 async def _finish(run: _Run, chosen: Candidate | None, outcome: str, error: str, result: _Result | None) -> None:
@@ -228,6 +252,8 @@ async def _finish(run: _Run, chosen: Candidate | None, outcome: str, error: str,
         "usage": usage,
         "response_sha256": evidence(result.evidence()) if result is not None else None,
     }
+    if run.cache is not None:
+        finish["cache"] = run.cache
     await audit(run.state, "finish", {**run.base(), **finish})
 
 

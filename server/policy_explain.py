@@ -14,12 +14,14 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from adapters.manifest import AdapterManifest
+from adapters.naming import canonical_for_kind
 from adapters.types import Capability, Privacy
 from server.errors import ConfigError
 from server.manifests import Manifests
 from server.policy import (
     Decision,
     Lifted,
+    ModelNamer,
     PolicyCapability,
     PolicyEngine,
     PolicyRequest,
@@ -126,10 +128,10 @@ def _expand(adapters: dict[str, AdapterManifest], target: str, capability: Capab
     if a is None:
         return []
     if sep:
-        return [Target(name, model, a.privacy)]
+        return [Target(name, canonical_for_kind(a.kind, model), a.privacy)]
     declared = _declared(a, capability)
     if declared:
-        return [Target(name, declared[0], a.privacy)]
+        return [Target(name, canonical_for_kind(a.kind, declared[0]), a.privacy)]
     return [Target(name, UNKNOWN_MODEL, a.privacy)] if not a.models else []
 
 
@@ -143,13 +145,20 @@ def _by_name(manifests: Manifests, adapters: dict[str, AdapterManifest], model: 
     found = []
     for name in _route_order(manifests):
         a = adapters.get(name)
-        if a is not None and any(m.name == model for m in a.models):
-            found.append(Target(name, model, a.privacy))
+        canonical = canonical_for_kind(a.kind, model) if a is not None else model
+        if a is not None and any(canonical_for_kind(a.kind, m.name) == canonical for m in a.models):
+            found.append(Target(name, canonical, a.privacy))
     for a in manifests.adapters:
         spec = next((m for m in a.models if model in m.aliases), None)
         if spec is not None and all(t.adapter != a.name for t in found):
-            found.append(Target(a.name, spec.name, a.privacy))
+            found.append(Target(a.name, canonical_for_kind(a.kind, spec.name), a.privacy))
     return found
+
+
+def manifest_namer(manifests: Manifests) -> ModelNamer:
+    """Model names spelled the way each adapter's kind spells them, from the manifests alone."""
+    kinds = {a.name: a.kind for a in manifests.adapters}
+    return lambda adapter, model: canonical_for_kind(kinds.get(adapter, ""), model)
 
 
 def candidates(manifests: Manifests, capability: Capability, model: str | None) -> list[Target]:

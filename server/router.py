@@ -21,6 +21,7 @@ import anyio
 
 from adapters.base import Adapter
 from adapters.errors import AdapterError, AdapterTimeoutError, safe_detail
+from adapters.naming import canonical_model
 from adapters.types import Capability, Privacy
 from server.breaker import Breaker
 from server.discovery import AdapterStatus, Discovery
@@ -50,7 +51,7 @@ class Candidate:
 class Attempt:
     adapter: str
     model: str
-    outcome: Literal["ok", "failed", "rejected", "skipped"]
+    outcome: Literal["ok", "failed", "rejected", "skipped", "cached"]
     latency_ms: float
     error: str | None = None
 
@@ -110,6 +111,10 @@ class Router:
     def _status(self, adapter: str) -> AdapterStatus | None:
         return self.discovery.snapshot.adapters.get(adapter)
 
+    def canonical(self, adapter: str, model: str) -> str:
+        """`model` as `adapter`'s backend names it: every spelling of one model routes, and is judged, as one."""
+        return canonical_model(self.adapters.get(adapter), model)
+
     def _model_for(self, adapter: str, capability: Capability) -> str | None:
         status = self._status(adapter)
         if status is None:
@@ -121,19 +126,20 @@ class Router:
         status = self._status(adapter)
         if status is None:
             return []
-        chosen = model if sep else self._model_for(adapter, capability)
+        chosen = self.canonical(adapter, model) if sep else self._model_for(adapter, capability)
         return [Candidate(adapter, chosen, status.privacy)] if chosen else []
 
     def _by_model_name(self, name: str) -> list[Candidate]:
         found = []
         for adapter_name in self._route_order():
             status = self._status(adapter_name)
-            if status is not None and any(m.name == name for m in status.models):
-                found.append(Candidate(adapter_name, name, status.privacy))
+            canonical = self.canonical(adapter_name, name)
+            if status is not None and any(m.name == canonical for m in status.models):
+                found.append(Candidate(adapter_name, canonical, status.privacy))
         for adapter_name, status in self.discovery.snapshot.adapters.items():
             aliases = self.model_aliases.get(adapter_name, {})
             if name in aliases and all(c.adapter != adapter_name for c in found):
-                found.append(Candidate(adapter_name, aliases[name], status.privacy))
+                found.append(Candidate(adapter_name, self.canonical(adapter_name, aliases[name]), status.privacy))
         return found
 
     def _route_order(self) -> list[str]:

@@ -33,7 +33,7 @@ Route = Annotated[
         {
             "type": "array",
             "description": "One object per candidate considered, in order: adapter, model, "
-            "outcome (ok | failed | rejected | skipped), latency_ms, error (why it was skipped or failed).",
+            "outcome (ok | failed | rejected | skipped | cached), latency_ms, error (why it was skipped or failed).",
         }
     ),
 ]

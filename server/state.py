@@ -11,13 +11,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
 import anyio
 
-from adapters.base import Adapter
+from adapters.base import Adapter, TaskOwner
 from adapters.registry import create_adapter
 from server.audit import AuditLog
 from server.batching import Coalescer, CoalescingAdapter
@@ -25,12 +25,15 @@ from server.breaker import Breaker
 from server.client_logs import ClientLogs
 from server.config import Settings
 from server.discovery import Discovery
-from server.governance import limiter_for, open_audit, redactor_for
+from server.governance import open_audit, redactor_for
 from server.policy import PolicyEngine
-from server.ratelimit import RateLimiter
+from server.ratelimit import Limiter
 from server.redact import Redactor, redacted_logs
+from server.response_cache import ResponseCache
 from server.router import AttemptRules, Router
 from server.session import SessionState
+from server.shared_state import SharedState
+from server.sharing import sharing
 from server.shedding import Shedder
 from server.telemetry import Metrics
 
@@ -47,10 +50,12 @@ class AppState:
     policy: PolicyEngine
     audit: AuditLog
     metrics: Metrics
-    limiter: RateLimiter
+    limiter: Limiter
     redactor: Redactor
     shedder: Shedder
     client_logs: ClientLogs  # log notifications to each session at its own level
+    response_cache: ResponseCache
+    shared_state: SharedState | None = None  # Redis, when replicas share limits and the cache
     # stdio serves one client: its session lives here rather than in the HTTP session table
     local_session: SessionState = field(default_factory=SessionState)
     started_at: float = field(default_factory=time.time)
@@ -70,8 +75,8 @@ class AppState:
         self.metrics.child(self.metrics.audit_records, str(record["event"])).inc()
 
 
-def build_adapters(settings: Settings) -> dict[str, Adapter]:
-    context = settings.adapter_context()
+def build_adapters(settings: Settings, tasks: TaskOwner | None = None) -> dict[str, Adapter]:
+    context = settings.adapter_context() if tasks is None else replace(settings.adapter_context(), tasks=tasks)
     return {m.name: create_adapter(m, context) for m in settings.manifests.adapters}
 
 
@@ -99,7 +104,8 @@ async def open_state(settings: Settings, adapters: Mapping[str, Adapter] | None 
     """
     perf = settings.manifests.performance
     metrics = Metrics()
-    adapters = dict(adapters) if adapters is not None else build_adapters(settings)
+    tasks = anyio.create_task_group()  # entered below: adapters' background work runs and is cancelled with it
+    adapters = dict(adapters) if adapters is not None else build_adapters(settings, tasks)
     discovery = Discovery(adapters, perf.discovery, settings.snapshot_path, metrics.observe_probe)
     discovery.privacy_mode = settings.privacy_mode  # the operator's mode: remote adapters are not even probed
     if settings.use_discovery_cache:
@@ -111,26 +117,33 @@ async def open_state(settings: Settings, adapters: Mapping[str, Adapter] | None 
         stack.push_async_callback(_close_adapters, adapters)
         stack.push_async_callback(audit.aclose)
         coalescer = await stack.enter_async_context(Coalescer(perf.batching, metrics.observe_batch))
-        tg = await stack.enter_async_context(anyio.create_task_group())
+        shared = await stack.enter_async_context(sharing(settings, metrics.registry, adapters))
+        tg = await stack.enter_async_context(tasks)
         coalescing = {n: CoalescingAdapter(a, coalescer) for n, a in adapters.items()}
+        router = _router(settings, discovery, coalescing, metrics, redactor)
         state = AppState(
             settings=settings,
             adapters=adapters,
             discovery=discovery,
-            router=_router(settings, discovery, coalescing, metrics, redactor),
+            router=router,
             coalescer=coalescer,
-            policy=PolicyEngine(settings.manifests.policy),
+            # a rule names a model as its users spell it; the router's namer makes every spelling one model
+            policy=PolicyEngine(settings.manifests.policy, namer=router.canonical),
             audit=audit,
             metrics=metrics,
-            limiter=limiter_for(settings),
+            limiter=shared.limiter,
             redactor=redactor,
             shedder=Shedder(perf.concurrency.max_in_flight),
             client_logs=ClientLogs(redactor, max_sessions=perf.http_server.max_sessions),
             local_session=SessionState(principal=settings.principal),
+            response_cache=shared.cache,
+            shared_state=shared.shared,
         )
         stack.push_async_callback(state.shedder.flush, state.write_audit)
         tg.start_soon(discovery.run)
         tg.start_soon(state.client_logs.run)
+        if shared.shared is not None:
+            tg.start_soon(shared.shared.run)  # pings Redis, so health sees it come and go without traffic
         try:
             yield state
         finally:

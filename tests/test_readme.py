@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from server.app import build_server
 from server.cli import main
-from server.config import load_settings
+from server.config import ServeOptions, load_settings
 from server.http_edge import BearerAuth
 from server.manifests import load_manifests, shipped_manifests_dir
 from server.principal import SCOPE_KEY
@@ -100,7 +100,8 @@ async def test_the_ollama_adapter_and_routes_examples_serve_calls_through_a_real
     assert not emb.is_error and emb.structured_content["adapter"] == "ollama", emb.content
     assert emb.structured_content["count"] == 2
     assert not chat.is_error and chat.structured_content["adapter"] == "ollama", chat.content
-    assert default_chat.structured_content["model"] == "llama3.2"  # the example's chat route, first target
+    # the example's chat route, first target, as Ollama names it: the default tag made explicit
+    assert default_chat.structured_content["model"] == "llama3.2:latest"
     routes = load_manifests(tmp_path / "manifests").routes
     shipped = load_manifests().routes
     assert routes.routes["embed"] == shipped.routes["embed"] and routes.aliases["default"] == shipped.aliases["default"]
@@ -186,7 +187,9 @@ def test_the_tokens_file_example_makes_alice_the_principal_of_her_token(tmp_path
     tokens = tmp_path / "tokens.json"
     tokens.write_text(EXAMPLES["auth-tokens"])
     env = {"HOME": str(tmp_path), "MODEL_GATEWAY_AUTH_TOKENS_FILE": str(tokens)}
-    settings = load_settings(manifests_dir=user_dir(tmp_path, {}), transport="streamable-http", env=env)
+    settings = load_settings(
+        manifests_dir=user_dir(tmp_path, {}), serve=ServeOptions(transport="streamable-http"), env=env
+    )
     seen: list[str | None] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:

@@ -97,7 +97,7 @@ SECRET = "plain-secret-5f3a9c1e7b2d40"  # no well-known prefix: only the adapter
 
 def upstream(url: str, **kwargs: Any) -> _http.HTTPUpstream:
     kwargs.setdefault("redact", lambda text: text.replace(SECRET, "[redacted]"))
-    return _http.HTTPUpstream(url, AdapterLimits(), describe="test adapter", **kwargs)
+    return _http.HTTPUpstream(url, AdapterLimits(), describe="test adapter", options=_http.UpstreamOptions(**kwargs))
 
 
 EMBED = {"model": "all-minilm", "input": ["x"]}

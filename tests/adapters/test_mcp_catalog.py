@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
 
 from adapters._mcp_catalog import (
     Accepted,
@@ -84,7 +85,9 @@ async def test_the_catalog_goes_through_the_store_it_is_given() -> None:
     assert await load_catalog(NoCache(), "mcp-tools-x.json") is None
 
 
-async def test_a_damaged_cache_file_costs_a_fresh_listing_and_is_rewritten_private(tmp_path: Path) -> None:
+async def test_a_damaged_cache_file_costs_a_fresh_listing_and_is_rewritten_private(
+    tmp_path: Path, tasks: TaskGroup
+) -> None:
     cache = tmp_path / "cache"
     cache.mkdir()
     target = cache / "mcp-tools-downstream.json"
@@ -100,7 +103,7 @@ async def test_a_damaged_cache_file_costs_a_fresh_listing_and_is_rewritten_priva
             "tools": {"embed": {"tool": "embed", "arguments": {"input": "input", "model": "model"}}},
         }
     )
-    adapter = MCPRemoteAdapter(manifest, AdapterContext(cache_dir=cache, cache=CacheFolder(cache)))
+    adapter = MCPRemoteAdapter(manifest, AdapterContext(cache_dir=cache, cache=CacheFolder(cache), tasks=tasks))
     probe = await adapter.probe()
     assert probe.details.get("source") != "cache"  # the damaged file was not taken for a listing
     with anyio.fail_after(60):

@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
 from pydantic import ValidationError
 
 from adapters.base import AdapterContext
@@ -18,7 +19,8 @@ from adapters.mcp_remote import MCPRemoteAdapter
 from adapters.types import ChatMessage, ChatRequest, EmbedRequest, RerankRequest
 from server.statefile import CacheFolder
 from tests.support.contract import check_contract
-from tests.support.downstream_mcp import toy_vector
+from tests.support.downstream_mcp import alive, toy_vector
+from tests.support.downstream_mcp import spawned as spawned_pids
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.anyio
@@ -40,27 +42,19 @@ def manifest(tmp_path: Path, *, tools: dict[str, Any] | None = None, **env: str)
     )
 
 
-def make(tmp_path: Path, *, tools: dict[str, Any] | None = None, **env: str) -> MCPRemoteAdapter:
-    context = AdapterContext(cache_dir=tmp_path / "cache", cache=CacheFolder(tmp_path / "cache"))
+def make(tmp_path: Path, tasks: TaskGroup, *, tools: dict[str, Any] | None = None, **env: str) -> MCPRemoteAdapter:
+    context = AdapterContext(cache_dir=tmp_path / "cache", cache=CacheFolder(tmp_path / "cache"), tasks=tasks)
     return MCPRemoteAdapter(manifest(tmp_path, tools=tools, **env), context)
 
 
 def spawned(tmp_path: Path) -> list[int]:
-    log = tmp_path / "spawns"
-    return [int(line) for line in log.read_text().split()] if log.exists() else []
+    return spawned_pids(tmp_path / "spawns")
 
 
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie awaiting its parent."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
-
-
-async def test_no_process_starts_until_the_first_call_and_one_session_serves_many(tmp_path: Path) -> None:
-    adapter = make(tmp_path)
+async def test_no_process_starts_until_the_first_call_and_one_session_serves_many(
+    tmp_path: Path, tasks: TaskGroup
+) -> None:
+    adapter = make(tmp_path, tasks)
     assert adapter.info.capabilities == {"chat", "embed", "rerank"}
     probe = await adapter.probe()  # discovery must not open the session either
     assert probe.ok and "not opened" in probe.details["session"]
@@ -83,8 +77,8 @@ async def test_no_process_starts_until_the_first_call_and_one_session_serves_man
     await adapter.aclose()
 
 
-async def test_the_tool_list_is_cached_on_disk_and_reused_without_a_process(tmp_path: Path) -> None:
-    first = make(tmp_path, tools={"embed": EMBED})
+async def test_the_tool_list_is_cached_on_disk_and_reused_without_a_process(tmp_path: Path, tasks: TaskGroup) -> None:
+    first = make(tmp_path, tasks, tools={"embed": EMBED})
     with anyio.fail_after(60):
         await first.embed(EmbedRequest(model="toy-embed", texts=("a",)))
     await first.aclose()
@@ -92,22 +86,22 @@ async def test_the_tool_list_is_cached_on_disk_and_reused_without_a_process(tmp_
     assert {t["name"] for t in cache["tools"]} >= {"embed", "rerank", "chat"}
     assert set(cache["accepted"]) == {"embed"}
 
-    second = make(tmp_path, tools={"embed": EMBED})
+    second = make(tmp_path, tasks, tools={"embed": EMBED})
     probe = await second.probe()
     assert probe.ok and probe.details["source"] == "cache"
     assert len(spawned(tmp_path)) == 1
     await second.aclose()
 
 
-async def test_a_ttl_hint_from_the_server_sets_how_long_the_cache_stays_fresh(tmp_path: Path) -> None:
-    first = make(tmp_path, DOWNSTREAM_TOOLS_TTL_MS="1")
+async def test_a_ttl_hint_from_the_server_sets_how_long_the_cache_stays_fresh(tmp_path: Path, tasks: TaskGroup) -> None:
+    first = make(tmp_path, tasks, DOWNSTREAM_TOOLS_TTL_MS="1")
     with anyio.fail_after(60):
         await first.embed(EmbedRequest(model="toy-embed", texts=("a",)))
     await first.aclose()
     cache = json.loads((tmp_path / "cache" / "mcp-tools-downstream.json").read_text())
     assert cache["ttl_s"] == 0.001
 
-    second = make(tmp_path, DOWNSTREAM_TOOLS_TTL_MS="1")
+    second = make(tmp_path, tasks, DOWNSTREAM_TOOLS_TTL_MS="1")
     stale = await second.probe()  # a stale cache and no session: the probe says so and spawns nothing
     assert stale.ok and "not opened" in stale.details["session"] and len(spawned(tmp_path)) == 1
     with anyio.fail_after(60):
@@ -118,14 +112,16 @@ async def test_a_ttl_hint_from_the_server_sets_how_long_the_cache_stays_fresh(tm
     await second.aclose()
 
 
-async def test_a_changed_tool_schema_disables_that_mapping_until_the_manifest_changes(tmp_path: Path) -> None:
+async def test_a_changed_tool_schema_disables_that_mapping_until_the_manifest_changes(
+    tmp_path: Path, tasks: TaskGroup
+) -> None:
     tools = {"embed": EMBED, "rerank": RERANK}
-    first = make(tmp_path, tools=tools)
+    first = make(tmp_path, tasks, tools=tools)
     with anyio.fail_after(60):
         await first.embed(EmbedRequest(model="toy-embed", texts=("a",)))
     await first.aclose()
 
-    changed = make(tmp_path, tools=tools, DOWNSTREAM_VARIANT="v2")
+    changed = make(tmp_path, tasks, tools=tools, DOWNSTREAM_VARIANT="v2")
     with anyio.fail_after(60), pytest.raises(AdapterError) as caught:
         await changed.embed(EmbedRequest(model="toy-embed", texts=("a",)))
     assert caught.value.retryable is False
@@ -137,15 +133,17 @@ async def test_a_changed_tool_schema_disables_that_mapping_until_the_manifest_ch
     await changed.aclose()
 
     remapped = {"embed": {"tool": "embed", "arguments": {"texts": "input"}}}
-    fixed = make(tmp_path, tools=remapped, DOWNSTREAM_VARIANT="v2")
+    fixed = make(tmp_path, tasks, tools=remapped, DOWNSTREAM_VARIANT="v2")
     with anyio.fail_after(60):
         result = await fixed.embed(EmbedRequest(model="toy-embed", texts=("a",)))
     assert list(result.vectors[0]) == toy_vector("a")
     await fixed.aclose()
 
 
-async def test_a_downstream_that_dies_is_unavailable_then_reopened_on_the_next_call(tmp_path: Path) -> None:
-    adapter = make(tmp_path, tools={"chat": {"tool": "die"}, "embed": EMBED})
+async def test_a_downstream_that_dies_is_unavailable_then_reopened_on_the_next_call(
+    tmp_path: Path, tasks: TaskGroup
+) -> None:
+    adapter = make(tmp_path, tasks, tools={"chat": {"tool": "die"}, "embed": EMBED})
     with anyio.fail_after(60), pytest.raises(AdapterUnavailableError) as caught:
         await adapter.chat(ChatRequest(model="m", messages=(ChatMessage("user", "hi"),)))
     assert caught.value.retryable is True
@@ -161,8 +159,37 @@ async def test_a_downstream_that_dies_is_unavailable_then_reopened_on_the_next_c
         await adapter.embed(EmbedRequest(model="toy-embed", texts=("b",)))
 
 
-async def test_a_hanging_tool_is_bounded_by_the_callers_deadline(tmp_path: Path) -> None:
-    adapter = make(tmp_path, tools={"chat": {"tool": "hang"}, "embed": EMBED})
+async def test_the_session_ends_with_the_task_group_that_owns_it_even_if_the_adapter_is_never_closed(
+    tmp_path: Path,
+) -> None:
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as owner:
+            adapter = make(tmp_path, owner)
+            await adapter.embed(EmbedRequest(model="toy-embed", texts=("a",)))
+            (pid,) = spawned(tmp_path)
+            assert alive(pid)
+            owner.cancel_scope.cancel()
+    assert not alive(pid)
+    with anyio.fail_after(5):  # the owner task is gone: closing has nothing left to wait for
+        await adapter.aclose()
+
+
+async def test_a_session_that_no_task_group_can_own_is_refused_and_starts_no_process(tmp_path: Path) -> None:
+    unowned = MCPRemoteAdapter(manifest(tmp_path), AdapterContext(cache_dir=tmp_path / "cache"))
+    with anyio.fail_after(10), pytest.raises(AdapterUnavailableError, match="no running task group"):
+        await unowned.embed(EmbedRequest(model="toy-embed", texts=("a",)))
+    await unowned.aclose()
+    async with anyio.create_task_group() as closed:
+        pass
+    late = make(tmp_path, closed)  # its owner closed before the first call
+    with anyio.fail_after(10), pytest.raises(AdapterUnavailableError, match="no running task group"):
+        await late.embed(EmbedRequest(model="toy-embed", texts=("a",)))
+    assert spawned(tmp_path) == []
+    await late.aclose()
+
+
+async def test_a_hanging_tool_is_bounded_by_the_callers_deadline(tmp_path: Path, tasks: TaskGroup) -> None:
+    adapter = make(tmp_path, tasks, tools={"chat": {"tool": "hang"}, "embed": EMBED})
     with anyio.fail_after(60):
         await adapter.embed(EmbedRequest(model="toy-embed", texts=("warm",)))
     with pytest.raises(TimeoutError):
@@ -175,8 +202,10 @@ async def test_a_hanging_tool_is_bounded_by_the_callers_deadline(tmp_path: Path)
     assert not any(alive(pid) for pid in spawned(tmp_path))
 
 
-async def test_an_is_error_result_is_an_adapter_error_retryable_only_when_transient(tmp_path: Path) -> None:
-    adapter = make(tmp_path, tools={"rerank": {"tool": "fail", "arguments": {"message": "query"}}})
+async def test_an_is_error_result_is_an_adapter_error_retryable_only_when_transient(
+    tmp_path: Path, tasks: TaskGroup
+) -> None:
+    adapter = make(tmp_path, tasks, tools={"rerank": {"tool": "fail", "arguments": {"message": "query"}}})
     with anyio.fail_after(60), pytest.raises(AdapterError) as caught:
         await adapter.rerank(RerankRequest(model="m", query="documents must not be empty", documents=("d",)))
     assert caught.value.retryable is False and "documents must not be empty" in str(caught.value)
@@ -188,8 +217,10 @@ async def test_an_is_error_result_is_an_adapter_error_retryable_only_when_transi
     await adapter.aclose()
 
 
-async def test_a_downstream_gateway_passes_the_contract_with_the_default_mapping(tmp_path: Path) -> None:
-    adapter = make(tmp_path)
+async def test_a_downstream_gateway_passes_the_contract_with_the_default_mapping(
+    tmp_path: Path, tasks: TaskGroup
+) -> None:
+    adapter = make(tmp_path, tasks)
     chat = await adapter.chat(ChatRequest(model="toy-chat", messages=(ChatMessage("user", "one two"),)))
     assert chat.content == "echo: one two" and chat.usage.output_tokens == 3
     await check_contract(adapter, {"chat": "toy-chat", "embed": "toy-embed", "rerank": "toy-rerank"})
@@ -214,11 +245,11 @@ async def wait_for_port(port: int) -> None:
             return
 
 
-async def test_a_streamable_http_downstream_is_used_once_it_becomes_reachable(tmp_path: Path) -> None:
+async def test_a_streamable_http_downstream_is_used_once_it_becomes_reachable(tmp_path: Path, tasks: TaskGroup) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/mcp"
     spec = {"kind": "mcp", "name": "remote", "url": url, "open_timeout_s": 5}
-    adapter = MCPRemoteAdapter(MCPManifest.model_validate(spec), AdapterContext(cache_dir=tmp_path))
+    adapter = MCPRemoteAdapter(MCPManifest.model_validate(spec), AdapterContext(cache_dir=tmp_path, tasks=tasks))
     assert adapter.info.endpoint == url
     with anyio.fail_after(30), pytest.raises(AdapterUnavailableError):
         await adapter.embed(EmbedRequest(model="toy-embed", texts=("a",)))

@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
 from mcp import Client
 
 from adapters.base import AdapterContext
@@ -70,13 +71,15 @@ async def test_the_minimal_manifest_serves_through_a_real_downstream_gateway(tmp
     assert seen["embed"]["adapter"] == "gw2" and seen["embed"]["dimensions"] == 384
 
 
-def adapter_for(tmp_path: Path, **env: str) -> MCPRemoteAdapter:
+def adapter_for(tmp_path: Path, tasks: TaskGroup, **env: str) -> MCPRemoteAdapter:
     manifest = MCPManifest.model_validate(minimal([sys.executable, DOWNSTREAM], env=env))
-    return MCPRemoteAdapter(manifest, AdapterContext(cache_dir=tmp_path / "cache"))
+    return MCPRemoteAdapter(manifest, AdapterContext(cache_dir=tmp_path / "cache", tasks=tasks))
 
 
-async def test_models_are_named_after_the_tools_until_a_session_lists_the_downstream_s_models(tmp_path: Path) -> None:
-    adapter = adapter_for(tmp_path)
+async def test_models_are_named_after_the_tools_until_a_session_lists_the_downstream_s_models(
+    tmp_path: Path, tasks: TaskGroup
+) -> None:
+    adapter = adapter_for(tmp_path, tasks)
     before = await adapter.probe()
     assert before.ok and {m.name: set(m.capabilities) for m in before.models} == {
         "chat": {"chat"},
@@ -92,8 +95,8 @@ async def test_models_are_named_after_the_tools_until_a_session_lists_the_downst
     await adapter.aclose()
 
 
-async def test_a_tool_named_model_leaves_the_model_choice_to_the_downstream(tmp_path: Path) -> None:
-    adapter = adapter_for(tmp_path)
+async def test_a_tool_named_model_leaves_the_model_choice_to_the_downstream(tmp_path: Path, tasks: TaskGroup) -> None:
+    adapter = adapter_for(tmp_path, tasks)
     with anyio.fail_after(60):
         chat = await adapter.chat(ChatRequest(model="chat", messages=(ChatMessage("user", "x"),)))
         named = await adapter.chat(ChatRequest(model="toy/toy-chat", messages=(ChatMessage("user", "x"),)))
@@ -101,8 +104,8 @@ async def test_a_tool_named_model_leaves_the_model_choice_to_the_downstream(tmp_
     await adapter.aclose()
 
 
-async def test_a_downstream_without_a_models_tool_is_served_by_its_tool_names(tmp_path: Path) -> None:
-    adapter = adapter_for(tmp_path, DOWNSTREAM_MODELS="0")
+async def test_a_downstream_without_a_models_tool_is_served_by_its_tool_names(tmp_path: Path, tasks: TaskGroup) -> None:
+    adapter = adapter_for(tmp_path, tasks, DOWNSTREAM_MODELS="0")
     with anyio.fail_after(60):
         result = await adapter.embed(EmbedRequest(model="embed", texts=("a", "b")))
     assert [list(v) for v in result.vectors] == [toy_vector("a"), toy_vector("b")]

@@ -10,6 +10,7 @@ import pytest
 
 from adapters.errors import InvalidRequestError, ModelLoadError
 from adapters.mlx_chat import ChatModel, GenerationOutcome
+from adapters.mlx_runtime import Steering
 from tests.support.smollm2 import SKIP_REASON, smollm2_dir
 from tests.support.tiny_lm import CONTEXT_LENGTH, build_tiny_lm
 
@@ -40,8 +41,7 @@ def generate(
         max_tokens=max_tokens,
         temperature=temperature,
         stop=stop or [],
-        should_stop=should_stop,
-        on_token=on_token,
+        steering=Steering(should_stop, on_token),
     )
 
 
@@ -145,7 +145,7 @@ def test_a_prompt_sharing_a_prefix_with_the_last_one_gets_the_reply_a_fresh_mode
         messages = [*MESSAGES, {"role": "assistant", "content": first}, {"role": "user", "content": "And 43?"}]
     else:
         messages = [{"role": "user", "content": "Say nothing about the number 42."}]
-    kwargs: dict[str, Any] = {"max_tokens": 24, "temperature": 0.0, "stop": [], "should_stop": never, "on_token": None}
+    kwargs: dict[str, Any] = {"max_tokens": 24, "temperature": 0.0, "stop": [], "steering": Steering()}
     reused = tiny_model.generate(messages, **kwargs)
     fresh = ChatModel.load(tiny_model.path).generate(messages, **kwargs)
     assert reused.text == fresh.text
@@ -194,8 +194,85 @@ def test_smollm2_knows_the_capital_of_france() -> None:
         max_tokens=20,
         temperature=0.0,
         stop=[],
-        should_stop=never,
-        on_token=None,
+        steering=Steering(),
     )
     assert "Paris" in out.text
     assert out.finish_reason in ("stop", "length")
+
+
+# --- the prompt in chunks, with stops and deadlines between them -----------------
+
+LONG = [{"role": "user", "content": " ".join(f"item {i} is the quick brown fox" for i in range(60))}]
+
+
+def _chunked(path: Path) -> ChatModel:
+    """A fresh model reading prompts 16 tokens at a time (the smallest chunk), so a prompt spans many chunks."""
+    model = ChatModel.load(path)
+    model.chunk_s = 0.0
+    model.prefill_step = 16
+    return model
+
+
+def _generate_long(
+    model: ChatModel, should_stop: Callable[[], bool] = never, deadline: float | None = None
+) -> GenerationOutcome:
+    return model.generate(LONG, max_tokens=8, temperature=0.0, stop=[], steering=Steering(should_stop, None, deadline))
+
+
+def test_a_prefill_stopped_by_the_caller_ends_after_the_chunk_in_progress(tiny_model: ChatModel) -> None:
+    model = _chunked(tiny_model.path)
+    polls = 0
+
+    def should_stop() -> bool:
+        nonlocal polls
+        polls += 1
+        return polls > 3  # once before the prompt, then after each chunk: stop after the third
+
+    out = _generate_long(model, should_stop=should_stop)
+    assert out.prompt_tokens > 100
+    assert (out.finish_reason, out.completion_tokens, out.text) == ("cancelled", 0, "")
+    assert out.prefilled_tokens == 3 * 16
+    # What was read is kept: the retry reads only the rest and answers as a fresh model does.
+    retry = _generate_long(model)
+    assert retry.prefilled_tokens == out.prompt_tokens - 3 * 16
+    assert retry.text == _generate_long(_chunked(tiny_model.path)).text
+
+
+def test_a_prefill_past_its_deadline_ends_after_the_chunk_in_progress(tiny_model: ChatModel) -> None:
+    model = _chunked(tiny_model.path)
+    now = [100.0]
+    model.clock = lambda: now[0]
+
+    def should_stop() -> bool:
+        now[0] += 1.0  # each chunk takes one second on this clock
+        return False
+
+    out = _generate_long(model, should_stop=should_stop, deadline=102.5)
+    assert out.finish_reason == "cancelled" and out.prefilled_tokens == 2 * 16
+
+
+def test_a_prompt_that_cannot_be_read_before_the_deadline_is_refused_before_any_work(tiny_model: ChatModel) -> None:
+    model = _chunked(tiny_model.path)
+    model.prefill_tps = 50.0
+    polls = 0
+
+    def should_stop() -> bool:
+        nonlocal polls
+        polls += 1
+        return False
+
+    with pytest.raises(InvalidRequestError) as info:
+        _generate_long(model, should_stop=should_stop, deadline=model.clock() + 1.0)
+    assert "tokens read, about" in str(info.value) and "at the 50 tokens/s this model reads prompts here" in str(
+        info.value
+    )
+    assert polls == 1  # the check before the prompt only; no chunk was read
+    assert _generate_long(model, deadline=model.clock() + 3600).finish_reason == "length"
+
+
+def test_chunks_are_sized_from_the_measured_rate(tiny_model: ChatModel) -> None:
+    model = ChatModel.load(tiny_model.path)
+    assert model.prefill_tps > 0 and model.prefill_step % 16 == 0 and 16 <= model.prefill_step <= 2048
+    model.chunk_s = 0.0
+    out = _generate_long(model)
+    assert out.prefilled_tokens == out.prompt_tokens and model.prefill_step == 16

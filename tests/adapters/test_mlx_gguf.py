@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 
 from adapters.mlx_chat import ChatModel
 from adapters.mlx_gguf import GGUFConversionError, build_config, convert_gguf, rename_weights
+from adapters.mlx_runtime import Steering
 from tests.support.gguf_writer import GGML_F32, GGML_Q4_1, dequantize_q4_1, quantize_q4_1, write_gguf
 from tests.support.smollm2 import GGUF_SKIP_REASON, smollm2_gguf
 from tests.support.tiny_lm import build_tiny_gguf
@@ -68,8 +69,7 @@ def test_tiny_gguf_converts_to_a_loadable_mlx_lm_directory(
         max_tokens=4,
         temperature=0.0,
         stop=[],
-        should_stop=lambda: False,
-        on_token=None,
+        steering=Steering(),
     )
     assert outcome.completion_tokens == 4
 

@@ -24,8 +24,9 @@ from adapters.errors import (
 from adapters.manifest import MLXManifest
 from adapters.mlx_bert import CrossEncoder
 from adapters.mlx_local import MLXAdapter, load_model
+from adapters.mlx_runtime import Steering
 from adapters.types import ChatMessage, ChatRequest, EmbedRequest, RerankRequest
-from tests.support.tiny_bert import write_tiny_bert
+from tests.support.tiny_bert import mark_installed, write_tiny_bert
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
-    write_tiny_bert(root / "tiny-encoder")
+    mark_installed(write_tiny_bert(root / "tiny-encoder"))
     write_tiny_bert(root / "tiny-cross", seed=1, cross_encoder=True)
     return root
 
@@ -78,9 +79,9 @@ class ScriptedChat:
         max_tokens: int,
         temperature: float,
         stop: list[str],
-        should_stop: Callable[[], bool],
-        on_token: Callable[[str, int], None] | None,
+        steering: Steering,
     ) -> Outcome:
+        should_stop, on_token = steering.should_stop, steering.on_token
         self.thread_name = threading.current_thread().name
         self.started.set()
         text, n = "", 0
@@ -99,7 +100,7 @@ class ScriptedChat:
 
 
 def _loader(chat: ScriptedChat | None = None, gate: threading.Event | None = None) -> Callable[..., object]:
-    def load(role: str, path: Path, options: Any) -> object:
+    def load(role: str, path: Path, options: Any, *_: Any) -> object:
         if gate is not None:
             assert gate.wait(10)
         if role == "lm":
@@ -251,8 +252,13 @@ async def test_probe_reports_loading_then_ready_and_early_calls_wait(models_dir:
         with anyio.fail_after(30):
             await adapter.rerank(RerankRequest(model="cross", query="q", documents=("d",)))
             await adapter.chat(ChatRequest(model="lm", messages=(ChatMessage("user", "hi"),)))
-        states = {k: v for k, v in (await adapter.probe()).details.items() if k != "blas"}
-        assert states == {"enc": "ready", "cross": "ready", "lm": "ready"}
+        details = (await adapter.probe()).details
+        assert {k: v for k, v in details.items() if k != "blas" and not k.endswith(" layout")} == {
+            "enc": "ready",
+            "cross": "ready",
+            "lm": "ready",
+        }
+        assert details["enc layout"] == details["cross layout"] == "float32, numpy softmax from 64 tokens (cpu)"
     finally:
         gate.set()
         await adapter.aclose()
@@ -273,7 +279,7 @@ async def test_a_missing_pack_fails_with_the_pull_command_and_recovers_once_pull
         assert not probe.ok and "model-gateway models pull later" in (probe.error or "")
         assert probe.details["enc"].startswith("failed: ")
         # Packs appear whole (pull renames a finished directory into place); so does this one.
-        write_tiny_bert(tmp_path / ".staging").rename(tmp_path / "later")
+        mark_installed(write_tiny_bert(tmp_path / ".staging")).rename(tmp_path / "later")
         assert len((await _embed(adapter, ["rain"])).vectors) == 1
     finally:
         await adapter.aclose()
@@ -367,7 +373,13 @@ async def test_the_shipped_mlx_manifest_serves_the_default_packs() -> None:
         assert reply.finish_reason in ("stop", "length") and 0 < reply.usage.output_tokens <= 8 and reply.content
         details = dict((await adapter.probe()).details)
         assert details.pop("blas").startswith(("openblas", "reference", "platform"))
+        layouts = {k: details.pop(k) for k in list(details) if k.endswith(" layout")}
         assert details == {"all-minilm-l6-v2": "ready", "smollm2-135m-instruct": "ready"}
+        if "cpu" in layouts["smollm2-135m-instruct layout"]:
+            assert layouts["all-minilm-l6-v2 layout"] == "float32, numpy softmax from 64 tokens (cpu)"
+            assert layouts["smollm2-135m-instruct layout"] == (
+                "float32 converted from 4/8-bit quantized at load, numpy softmax (cpu)"
+            )
     finally:
         await adapter.aclose()
 
@@ -412,3 +424,150 @@ async def test_chat_progress_reports_model_loading_first_token_and_tokens_so_far
     assert messages[0] == "loading model lm"
     assert "first token" in messages
     assert seen[-1][0] == result.usage.output_tokens and seen[-1][1] == 4
+
+
+# --- fair share of the owner thread: a long prompt against embeddings ----------------
+
+
+class GatedForward:
+    """Wraps an mlx-lm model: forward call n blocks until gates[n] is set (after `reached[n]` is set)."""
+
+    def __init__(self, inner: Any, gates: dict[int, threading.Event]) -> None:
+        self.inner, self.gates, self.calls = inner, gates, 0
+        self.reached = {n: threading.Event() for n in gates}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls in self.gates:
+            self.reached[self.calls].set()
+            assert self.gates[self.calls].wait(30)
+        return self.inner(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _recording_chat() -> type:
+    from adapters.mlx_chat import ChatModel
+
+    class RecordingChat(ChatModel):
+        """The real chat model reading prompts 16 tokens at a time, keeping every outcome."""
+
+        outcomes: list[Any]
+        returned: threading.Event
+
+        def generate(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                self.outcomes.append(super().generate(*args, **kwargs))
+                return self.outcomes[-1]
+            finally:
+                self.returned.set()
+
+    return RecordingChat
+
+
+def _gated_chat_adapter(tmp_path: Path, gates: dict[int, threading.Event]) -> tuple[MLXAdapter, GatedForward]:
+    from tests.support.tiny_lm import build_tiny_lm
+
+    build_tiny_lm(tmp_path / "lm")
+    mark_installed(write_tiny_bert(tmp_path / "enc"))
+    forward = GatedForward(None, gates)  # wraps the chat model once it is loaded
+
+    def loader(role: str, path: Path, options: Any, *_: Any) -> object:
+        if role != "lm":
+            return load_model(role, path, options)
+        chat = _recording_chat().load(path)
+        chat.chunk_s, chat.prefill_step = 0.0, 16  # many small chunks
+        chat.outcomes, chat.returned = [], threading.Event()
+        forward.inner, chat._model = chat._model, forward
+        return chat
+
+    manifest = _manifest(
+        [
+            {"name": "enc", "role": "encoder", "pack": "enc", "capabilities": ["embed"]},
+            {"name": "lm", "role": "lm", "path": "lm", "capabilities": ["chat"]},
+        ]
+    )
+    return MLXAdapter(manifest, AdapterContext(models_dir=tmp_path), loader=loader), forward
+
+
+LONG_CHAT = ChatRequest(
+    "lm", (ChatMessage("user", " ".join(f"item {i} is the quick brown fox" for i in range(60))),), 8, 0.0
+)
+
+
+@pytest.mark.anyio
+async def test_an_embed_sent_while_a_long_prompt_is_read_is_answered_before_the_chat(tmp_path: Path) -> None:
+    gates = {2: threading.Event(), 5: threading.Event()}
+    adapter, forward = _gated_chat_adapter(tmp_path, gates)
+    finished: list[str] = []
+    try:
+        await _embed(adapter, ["warm up"])
+
+        async def chat() -> None:
+            await adapter.chat(LONG_CHAT)
+            finished.append("chat")
+
+        async def embed() -> None:
+            await _embed(adapter, ["rain"])
+            finished.append("embed")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(chat)
+            with anyio.fail_after(60):
+                await anyio.to_thread.run_sync(lambda: _reach(forward, 2))
+                async with anyio.create_task_group() as inner:
+                    inner.start_soon(embed)
+                    await anyio.wait_all_tasks_blocked()  # the embed is queued on the owner thread
+                    gates[2].set()  # chunk 2 ends; the embed is served before chunk 3
+            assert finished == ["embed"] and forward.calls <= 5
+            gates[5].set()
+        assert finished[-1] == "chat" and len(finished) == 2
+    finally:
+        for gate in gates.values():
+            gate.set()
+        await adapter.aclose()
+
+
+def _reach(forward: GatedForward, n: int) -> None:
+    """On a worker thread: until the chat model's forward call n has started."""
+    assert forward.reached[n].wait(30), f"forward call {n} never started"
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_chat_stops_reading_its_prompt_after_the_chunk_in_progress(tmp_path: Path) -> None:
+    gates = {2: threading.Event()}
+    adapter, forward = _gated_chat_adapter(tmp_path, gates)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(adapter.chat, LONG_CHAT)
+            with anyio.fail_after(60):
+                await anyio.to_thread.run_sync(lambda: _reach(forward, 2))
+            tg.cancel_scope.cancel()  # the caller leaves while chunk 2 runs
+        gates[2].set()
+        chat = adapter._slots["lm"].model
+        with anyio.fail_after(30):
+            await anyio.to_thread.run_sync(chat.returned.wait)  # type: ignore[union-attr]
+        (outcome,) = chat.outcomes  # type: ignore[union-attr]
+        assert (outcome.finish_reason, outcome.prefilled_tokens, outcome.completion_tokens) == ("cancelled", 32, 0)
+        assert forward.calls == 2  # chunk 2 was its last forward pass
+        assert len((await _embed(adapter, ["sun"])).vectors) == 1
+    finally:
+        gates[2].set()
+        await adapter.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_chat_whose_prompt_cannot_be_read_before_its_deadline_is_refused_at_once(tmp_path: Path) -> None:
+    adapter, forward = _gated_chat_adapter(tmp_path, {})
+    try:
+        with anyio.fail_after(60):
+            await adapter.chat(ChatRequest("lm", (ChatMessage("user", "hi"),), 1, 0.0))
+        chat = adapter._slots["lm"].model
+        chat.prefill_tps = 20.0  # type: ignore[union-attr]
+        calls = forward.calls
+        with anyio.fail_after(5), pytest.raises(InvalidRequestError, match=r"needs \d+ tokens read.*5 s left"):
+            await adapter.chat(LONG_CHAT)
+        assert forward.calls == calls
+    finally:
+        await adapter.aclose()

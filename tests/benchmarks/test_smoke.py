@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from benchmarks import b_calls, b_discovery, b_mlx, b_peers, b_remote, b_shedding, b_startup, b_upstream
+from benchmarks import b_calls, b_deploy, b_discovery, b_mlx, b_peers, b_remote, b_shedding, b_startup, b_upstream
 from benchmarks.__main__ import main
 from benchmarks.core import Plan, Row
 
@@ -28,7 +28,9 @@ def _well_formed(rows: list[Row], numbers: set[str]) -> None:
         assert not row.error, row.skipped
         assert row.bench.split("-")[0] in numbers
         if row.skipped is None:
-            assert row.measured is not None and row.measured > 0
+            assert row.measured is not None
+            # a growth can truly be zero; every other figure is a time, a rate or a size
+            assert row.measured >= 0 if row.bench.endswith("-growth") else row.measured > 0, row
 
 
 async def test_stdio_call_benchmarks_measure_gateway_and_bare_server() -> None:
@@ -85,6 +87,13 @@ async def test_optional_benchmarks_run_or_report_skipped(bench: object) -> None:
     with anyio.fail_after(120):
         rows = await bench(TINY)  # type: ignore[operator]
     _well_formed(rows, {"6", "12", "13"})
+
+
+async def test_deployment_benchmark_runs_replicas_limits_and_cache_or_reports_skipped() -> None:
+    with anyio.fail_after(240):
+        rows = await b_deploy.bench_deployment(TINY)
+    _well_formed(rows, {"16"})
+    assert {r.bench for r in rows} == set(b_deploy.TITLES)
 
 
 def test_cli_writes_a_json_file_of_ratios(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

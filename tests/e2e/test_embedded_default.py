@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -62,3 +63,11 @@ async def test_the_embedded_default_serves_vectors_rerank_and_chat(tmp_path: Pat
             assert c["adapter"] == "mlx" and c["finish_reason"] in ("stop", "length")
             assert "Paris" in c["message"]["content"]
             assert c["usage"]["output_tokens"] >= 1 and c["timings"]["tokens_per_second"] > 0
+            health = json.loads((await client.read_resource("gateway://health")).contents[0].text)  # type: ignore[union-attr]
+    mlx = health["adapters"]["mlx"]
+    # live, not the last probe's view: both models are loaded and have served
+    assert {name: s["state"] for name, s in mlx["model_states"].items()} == {
+        "all-minilm-l6-v2": "ready",
+        "smollm2-135m-instruct": "ready",
+    }
+    assert mlx["last_served"] is not None and mlx["breaker"] == "closed"

@@ -13,7 +13,7 @@ import pytest
 from mcp import Client
 
 from server.app import build_server
-from server.config import load_settings
+from server.config import ServeOptions, load_settings
 from tests.support.gateway import disabled_adapter
 from tests.support.processes import ROOT, gateway_env, http_gateway, ollama_manifests
 
@@ -115,7 +115,7 @@ async def test_privacy_mode_keeps_every_connection_on_loopback(tmp_path: Path, o
         json.dumps({"routes": {"embed": ["cloud/text-embedding-3-small", "ollama/all-minilm:latest"]}})
     )
     env = {"HOME": str(tmp_path), "MODEL_GATEWAY_AUDIT_KEY": "33" * 32, "CLOUD_KEY": "sk-test-not-real"}
-    settings = load_settings(manifests_dir=manifests, privacy_mode=True, env=env)
+    settings = load_settings(manifests_dir=manifests, serve=ServeOptions(privacy_mode=True), env=env)
     _connects.clear()
     _watching = True
     try:

@@ -19,7 +19,7 @@ from server.app import build_server
 from server.audit_verify import verify
 from server.config import load_settings
 from tests.support.gateway import disabled_adapter
-from tests.support.many import Figures, campaign_manifests, cli_verify, kill_campaign, run_once, unrecorded
+from tests.support.many import Drive, Figures, campaign_manifests, cli_verify, kill_campaign, run_once, unrecorded
 from tests.support.processes import ROOT, gateway_env, ollama_manifests
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -40,7 +40,7 @@ async def test_four_concurrent_stdio_gateways_on_one_home_keep_one_trail_with_ev
     with anyio.fail_after(120):
         async with anyio.create_task_group() as tg:
             for i in range(SLOTS):
-                tg.start_soon(run_once, tmp_path, manifests, f"p{i}", figures, None)
+                tg.start_soon(run_once, tmp_path, manifests, f"p{i}", figures, Drive())
     assert not figures.failed_starts and not figures.errors, (figures.failed_starts, figures.errors[:3])
     assert len(figures.answered) == SLOTS * (1 + 2 * 6)
     assert unrecorded(_log(tmp_path), figures.answered) == []

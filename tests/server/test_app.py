@@ -39,8 +39,8 @@ async def test_a_transport_holding_the_state_keeps_it_across_mcp_connections(tmp
     adapter = FakeAdapter("a")
     gw = Gateway(settings_for(tmp_path, routes={"routes": {"embed": ["a/m"]}}), {"a": adapter})
     async with gw.running() as state:
-        for _ in range(2):
+        for text in ("x", "y"):  # two texts: a repeated one would be answered from the response cache
             async with Client(gw.server, mode="legacy") as client:
-                assert not (await client.call_tool("embed", {"input": "x"})).is_error
+                assert not (await client.call_tool("embed", {"input": text})).is_error
             assert gw.get() is state and adapter.closed == 0
     assert adapter.closed == 1 and adapter.calls == [("embed", 1), ("embed", 1)]

@@ -13,7 +13,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from server.audit import AuditLog, checkpoints_path, segment_files
+from server.audit import AuditLog, AuditOptions, checkpoints_path, segment_files
 from server.audit_chain import lock_path
 from server.audit_verify import verify
 from server.errors import AuditUnavailableError
@@ -32,7 +32,7 @@ def records(path: Path) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize("mode", ["always", "group", "never"])
 async def test_every_fsync_mode_writes_a_chain_that_verifies(tmp_path: Path, mode: str) -> None:
-    log = AuditLog(tmp_path / "audit.jsonl", KEY, mode, 1.0)  # type: ignore[arg-type]
+    log = AuditLog(tmp_path / "audit.jsonl", KEY, AuditOptions(fsync=mode, group_commit_ms=1.0))  # type: ignore[arg-type]
     async with anyio.create_task_group() as tg:
         for i in range(50):
             tg.start_soon(log.write, {"event": "start", "call_id": str(i)})
@@ -43,7 +43,7 @@ async def test_every_fsync_mode_writes_a_chain_that_verifies(tmp_path: Path, mod
 
 
 async def test_group_commit_shares_one_fsync_among_concurrent_writers(tmp_path: Path) -> None:
-    log = AuditLog(tmp_path / "audit.jsonl", KEY, "group", 20.0)
+    log = AuditLog(tmp_path / "audit.jsonl", KEY, AuditOptions(fsync="group", group_commit_ms=20.0))
     synced: list[int] = []
     original = log._fsync_fd
 
@@ -64,7 +64,7 @@ async def test_group_commit_shares_one_fsync_among_concurrent_writers(tmp_path: 
 async def test_a_lone_writer_on_a_fast_disk_syncs_inline_and_concurrent_writers_share_a_threaded_sync(
     tmp_path: Path,
 ) -> None:
-    log = AuditLog(tmp_path / "audit.jsonl", KEY, "group")
+    log = AuditLog(tmp_path / "audit.jsonl", KEY, AuditOptions(fsync="group"))
     await log.write({"event": "start", "call_id": "1"}, durable=False)
     await log.write({"event": "finish", "call_id": "1"}, alone=True)
     inline = log.inline_syncs  # the log, and the first checkpoint with it
@@ -83,7 +83,7 @@ async def test_a_lone_writer_on_a_fast_disk_syncs_inline_and_concurrent_writers_
 async def test_a_failing_inline_sync_refuses_the_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import server.audit as audit_module
 
-    log = AuditLog(tmp_path / "audit.jsonl", KEY, "group")
+    log = AuditLog(tmp_path / "audit.jsonl", KEY, AuditOptions(fsync="group"))
 
     def broken(fd: int) -> None:
         raise OSError(5, "Input/output error")
@@ -98,7 +98,7 @@ async def test_a_failing_inline_sync_refuses_the_call(tmp_path: Path, monkeypatc
 async def test_the_chain_continues_across_restarts_and_rotations(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     for run in range(3):
-        log = AuditLog(path, KEY, "never", max_file_bytes=4096)
+        log = AuditLog(path, KEY, AuditOptions(fsync="never", max_file_bytes=4096))
         for i in range(30):
             await log.write({"event": "start", "call_id": f"{run}-{i}"})
         await log.aclose()
@@ -112,12 +112,12 @@ async def test_the_chain_continues_across_restarts_and_rotations(tmp_path: Path)
 
 async def test_a_torn_tail_left_by_a_crash_is_cut_and_recorded_at_start(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    log = AuditLog(path, KEY, "never")
+    log = AuditLog(path, KEY, AuditOptions(fsync="never"))
     await log.write({"event": "start"})
     await log.aclose()
     with path.open("ab") as fh:
         fh.write(b'{"seq":2,"ev')
-    log = AuditLog(path, KEY, "never")
+    log = AuditLog(path, KEY, AuditOptions(fsync="never"))
     await log.write({"event": "start"})
     await log.aclose()
     events = [r["event"] for r in records(path)]
@@ -143,7 +143,7 @@ async def test_a_full_disk_refuses_calls_and_health_names_the_reason(tmp_path: P
 
 async def test_an_audit_sink_that_cannot_open_refuses_calls_instead_of_crashing(tmp_path: Path) -> None:
     (tmp_path / "audit.jsonl").mkdir()  # a directory where the log should be: open() fails even for root
-    log = AuditLog(tmp_path / "audit.jsonl", KEY, "group")
+    log = AuditLog(tmp_path / "audit.jsonl", KEY, AuditOptions(fsync="group"))
     assert not log.healthy and "cannot be opened" in (log.error or "")
     with pytest.raises(AuditUnavailableError, match="call refused"):
         await log.write({"event": "start"})
@@ -152,7 +152,7 @@ async def test_an_audit_sink_that_cannot_open_refuses_calls_instead_of_crashing(
 async def test_a_sink_that_can_write_again_serves_again(tmp_path: Path) -> None:
     now = [0.0]
     (tmp_path / "audit.jsonl").mkdir()
-    log = AuditLog(tmp_path / "audit.jsonl", KEY, "never", clock=lambda: now[0])
+    log = AuditLog(tmp_path / "audit.jsonl", KEY, AuditOptions(fsync="never", clock=lambda: now[0]))
     with pytest.raises(AuditUnavailableError):
         await log.write({"event": "start"})
     (tmp_path / "audit.jsonl").rmdir()
@@ -192,8 +192,8 @@ async def test_finish_records_carry_adapter_model_outcome_latency_and_evidence(t
 
 async def test_two_sinks_on_one_trail_extend_one_chain_across_each_others_rotations(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    a = AuditLog(path, KEY, "never", max_file_bytes=4096, checkpoint_every=5)
-    b = AuditLog(path, KEY, "never", max_file_bytes=4096, checkpoint_every=5)
+    a = AuditLog(path, KEY, AuditOptions(fsync="never", max_file_bytes=4096, checkpoint_every=5))
+    b = AuditLog(path, KEY, AuditOptions(fsync="never", max_file_bytes=4096, checkpoint_every=5))
     for i in range(60):
         await (a if i % 3 else b).write({"event": "start", "call_id": f"c{i}"})
     await a.aclose()
@@ -208,7 +208,7 @@ async def test_two_sinks_on_one_trail_extend_one_chain_across_each_others_rotati
 
 def _worker(path: str, worker: int, n: int, barrier: Any) -> None:
     async def run() -> None:
-        log = AuditLog(Path(path), KEY, "group", max_file_bytes=8192, checkpoint_every=9)
+        log = AuditLog(Path(path), KEY, AuditOptions(fsync="group", max_file_bytes=8192, checkpoint_every=9))
         barrier.wait()
         for i in range(n):
             await log.write({"event": "start", "call_id": f"w{worker}-{i}"}, durable=False)
@@ -240,8 +240,8 @@ def test_writers_in_separate_processes_append_one_chain_that_verifies(tmp_path: 
 
 async def test_a_torn_tail_left_by_another_writer_is_cut_before_the_next_append(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    a = AuditLog(path, KEY, "never")
-    b = AuditLog(path, KEY, "never")
+    a = AuditLog(path, KEY, AuditOptions(fsync="never"))
+    b = AuditLog(path, KEY, AuditOptions(fsync="never"))
     await a.write({"event": "start", "call_id": "1"})
     with path.open("ab") as fh:
         fh.write(b'{"seq":2,"event":"fin')  # a writer killed mid-record
@@ -260,7 +260,7 @@ async def test_a_torn_tail_left_by_another_writer_is_cut_before_the_next_append(
 
 async def test_a_damaged_last_line_stays_and_the_chain_restarts_after_it(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    log = AuditLog(path, KEY, "never")
+    log = AuditLog(path, KEY, AuditOptions(fsync="never"))
     for i in range(5):
         await log.write({"event": "start", "call_id": str(i)})
     await log.aclose()
@@ -268,7 +268,7 @@ async def test_a_damaged_last_line_stays_and_the_chain_restarts_after_it(tmp_pat
     lines[-1] = lines[-1].replace(b'"call_id":"4"', b'"call_id":"X"')  # an edit nobody can re-sign
     path.write_bytes(b"".join(lines))
     damaged = lines[-1]
-    log = AuditLog(path, KEY, "never")
+    log = AuditLog(path, KEY, AuditOptions(fsync="never"))
     await log.write({"event": "start", "call_id": "after"})
     await log.aclose()
     after = path.read_bytes().splitlines(keepends=True)
@@ -282,14 +282,14 @@ async def test_a_damaged_last_line_stays_and_the_chain_restarts_after_it(tmp_pat
 
 async def test_a_log_cut_behind_its_checkpoints_restarts_after_the_checkpointed_seq(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    log = AuditLog(path, KEY, "never", checkpoint_every=4)
+    log = AuditLog(path, KEY, AuditOptions(fsync="never", checkpoint_every=4))
     for i in range(12):
         await log.write({"event": "start", "call_id": str(i)})
     await log.aclose()
     signed = max(json.loads(x)["seq"] for x in checkpoints_path(path).read_text().splitlines())
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(b"".join(lines[:6]))  # a restored backup, or a cut after a crash
-    log = AuditLog(path, KEY, "never")
+    log = AuditLog(path, KEY, AuditOptions(fsync="never"))
     await log.write({"event": "start", "call_id": "new"})
     await log.aclose()
     restart = records(path)[6]
@@ -302,7 +302,7 @@ async def test_a_log_cut_behind_its_checkpoints_restarts_after_the_checkpointed_
 async def test_a_writer_waits_for_the_lock_off_the_event_loop_and_gives_up_at_its_deadline(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     now = [0.0]
-    log = AuditLog(path, KEY, "never", lock_timeout_s=1.0, clock=lambda: now[0])
+    log = AuditLog(path, KEY, AuditOptions(fsync="never", lock_timeout_s=1.0, clock=lambda: now[0]))
     other = open_lock(lock_path(path))
     assert try_lock(other)  # another process holding the lock (stopped, say)
     ticks = 0
@@ -335,8 +335,8 @@ async def test_a_rotation_cut_short_between_seal_and_rename_is_finished_by_the_n
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "audit.jsonl"
-    a = AuditLog(path, KEY, "never", max_file_bytes=2048)
-    b = AuditLog(path, KEY, "never", max_file_bytes=2048)
+    a = AuditLog(path, KEY, AuditOptions(fsync="never", max_file_bytes=2048))
+    b = AuditLog(path, KEY, AuditOptions(fsync="never", max_file_bytes=2048))
     real_rename = os.rename
 
     def crash(src: object, dst: object) -> None:
@@ -362,7 +362,7 @@ async def test_an_active_file_moved_away_by_something_else_is_followed(
 
     monkeypatch.setattr(writer_module, "NAME_CHECK_S", 0.0)  # check the name before every append
     path = tmp_path / "audit.jsonl"
-    log = AuditLog(path, KEY, "never")
+    log = AuditLog(path, KEY, AuditOptions(fsync="never"))
     await log.write({"event": "start", "call_id": "1"})
     os.rename(path, path.with_name("audit.jsonl.000001"))  # archived by hand, say
     await log.write({"event": "start", "call_id": "2"})

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from server.audit import AuditLog
+from server.audit import AuditLog, AuditOptions
 from server.audit_key import load_or_create_key
 from server.audit_verify import verify
 from server.errors import AuditUnavailableError
@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def sink(folder: Path, **kw: Any) -> AuditLog:
     log = folder / "audit.jsonl"
-    return AuditLog(log, partial(load_or_create_key, None, folder / "audit.key", log), "never", **kw)
+    return AuditLog(
+        log, partial(load_or_create_key, None, folder / "audit.key", log), AuditOptions(fsync="never", **kw)
+    )
 
 
 def key_of(folder: Path) -> bytes:

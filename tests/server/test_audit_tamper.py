@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from server.audit import AuditLog, canonical, checkpoints_path, segment_files
+from server.audit import AuditLog, AuditOptions, canonical, checkpoints_path, segment_files
 from server.audit_verify import verify
 
 KEY = bytes(range(32))
@@ -21,7 +21,7 @@ TRIALS = 40
 
 
 async def _fill(path: Path, n: int) -> None:
-    log = AuditLog(path, KEY, "never", max_file_bytes=4096, checkpoint_every=7)
+    log = AuditLog(path, KEY, AuditOptions(fsync="never", max_file_bytes=4096, checkpoint_every=7))
     for i in range(n):
         await log.write({"event": "start", "call_id": f"c{i}", "tool": "embed", "principal": "alice"})
     await log.aclose()
@@ -244,7 +244,7 @@ async def test_a_writer_goes_on_after_damage_and_everything_it_writes_then_verif
     log.write_bytes(bytes(data))
     before = verify(log, KEY)
     assert not before.ok
-    writer = AuditLog(log, KEY, "never", max_file_bytes=4096, checkpoint_every=7)
+    writer = AuditLog(log, KEY, AuditOptions(fsync="never", max_file_bytes=4096, checkpoint_every=7))
     for i in range(10):
         await writer.write({"event": "start", "call_id": f"after-{i}"})
     await writer.aclose()

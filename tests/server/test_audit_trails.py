@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from server.audit import AuditLog, canonical, segment_files
+from server.audit import AuditLog, AuditOptions, canonical, segment_files
 from server.audit_key import load_or_create_key
 from server.audit_trails import find_trails
 from server.cli import main
@@ -26,7 +26,7 @@ def no_key_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
 async def trail(log: Path, n: int, key_file: Path | None = None) -> None:
     """A replica's trail, with its own key file beside it (or the one given)."""
     key = partial(load_or_create_key, None, key_file or log.with_name("audit.key"), log)
-    sink = AuditLog(log, key, "never", max_file_bytes=4096, checkpoint_every=5)
+    sink = AuditLog(log, key, AuditOptions(fsync="never", max_file_bytes=4096, checkpoint_every=5))
     for i in range(n):
         await sink.write({"event": "start", "call_id": f"{log.parent.name}-{i}"})
     await sink.aclose()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.governance import limiter_for, open_audit, redactor_for
+from server.governance import open_audit, redactor_for
 from tests.support.gateway import settings_for
 
 
@@ -16,4 +16,3 @@ def test_the_redactor_knows_the_settings_secrets_and_the_audit_sink_opens_with_i
         assert audit.healthy and audit.path == settings.audit_path
     finally:
         audit.aclose_sync()
-    assert limiter_for(settings).config == settings.manifests.performance.rate_limits

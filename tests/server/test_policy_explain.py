@@ -35,7 +35,8 @@ def _manifests(root: Path, policy: dict[str, Any] | None = None) -> Path:
         models = [{"name": m, "capabilities": sorted(c)} for m, c in spec["models"].items()]
         if name == "a":
             models[0]["aliases"] = ["m-alias"]
-        manifest = {"name": name, "kind": "ollama", "endpoint": "http://127.0.0.1:9", "privacy": spec["privacy"]}
+        # a kind that keeps model names as given, as the fakes do
+        manifest = {"name": name, "kind": "openai", "endpoint": "http://127.0.0.1:9", "privacy": spec["privacy"]}
         (d / "adapters" / f"{name}.json").write_text(json.dumps({**manifest, "models": models}))
     return d
 
@@ -124,6 +125,24 @@ def test_explain_takes_the_call_sizes_and_names_what_would_be_allowed_instead(
     assert rc == 1
     assert "decision: deny on a/m by rule:big: split it; allowed instead: at most 100 texts" in out
     assert "candidate b/" not in out  # --adapter narrows to one adapter's candidate
+
+
+SPELLINGS = ["ollama/LLAMA3.2:1b", "library/llama3.2:1b", "registry.ollama.ai/library/llama3.2:1b"]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_explain_judges_any_spelling_of_a_model_as_its_adapter_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], spelling: str
+) -> None:
+    deny = {"rules": [{"id": "no-llama", "effect": "deny", "match": {"model": ["Llama3.2:1b"]}}]}
+    mdir = write_manifests(tmp_path / "manifests", policy=deny)
+    llama = {"name": "llama3.2:1b", "capabilities": ["chat"]}
+    manifest = {"name": "ollama", "kind": "ollama", "endpoint": "http://127.0.0.1:9", "models": [llama]}
+    (mdir / "adapters" / "ollama.json").write_text(json.dumps(manifest))
+    rc = main(["policy", "explain", "--manifests", str(mdir), "--tool", "chat", "--model", spelling])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "decision: deny on ollama/llama3.2:1b by rule:no-llama" in out, out
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from mcp import Client
 
 from server.errors import LimitError, RateLimitedError
 from server.manifests import RateLimitConfig
-from server.ratelimit import RateLimiter
+from server.ratelimit import Limiter, RateLimiter
 from tests.support.fakes import FakeAdapter
 from tests.support.gateway import fake_server
 
@@ -23,14 +23,14 @@ def test_a_bucket_allows_its_burst_then_refuses_until_it_refills() -> None:
     now = [0.0]
     rl = limiter([{"id": "calls", "tool": "embed", "rate_per_s": 2, "burst": 3}], now)
     for _ in range(3):
-        rl.acquire("alice", "embed", {})
+        rl.take("alice", "embed", {})
     with pytest.raises(RateLimitedError, match=r"'calls' reached for alice on embed .* retry in 0\.50 s") as err:
-        rl.acquire("alice", "embed", {})
+        rl.take("alice", "embed", {})
     assert err.value.retryable
-    rl.acquire("bob", "embed", {})  # buckets are per principal
-    rl.acquire("alice", "chat", {})  # and per tool: the rule does not match chat
+    rl.take("bob", "embed", {})  # buckets are per principal
+    rl.take("alice", "chat", {})  # and per tool: the rule does not match chat
     now[0] = 0.5
-    rl.acquire("alice", "embed", {})
+    rl.take("alice", "embed", {})
 
 
 def test_quotas_count_units_and_a_refused_call_takes_from_no_bucket() -> None:
@@ -40,26 +40,34 @@ def test_quotas_count_units_and_a_refused_call_takes_from_no_bucket() -> None:
         {"id": "calls", "rate_per_s": 1, "burst": 2},
     ]
     rl = limiter(rules, now)
-    rl.acquire("alice", "embed", {"texts": 60})
+    rl.take("alice", "embed", {"texts": 60})
     with pytest.raises(RateLimitedError, match="'texts'"):
-        rl.acquire("alice", "embed", {"texts": 60})
-    rl.acquire("alice", "embed", {"texts": 40})  # the refused call took nothing from 'calls'
+        rl.take("alice", "embed", {"texts": 60})
+    rl.take("alice", "embed", {"texts": 40})  # the refused call took nothing from 'calls'
     with pytest.raises(RateLimitedError, match="'calls'"):
-        rl.acquire("alice", "embed", {"texts": 0})
+        rl.take("alice", "embed", {"texts": 0})
 
 
 def test_a_call_bigger_than_the_bucket_is_a_plain_limit_error() -> None:
     rl = limiter([{"id": "chars", "unit": "chars", "rate_per_s": 100, "burst": 1000}], [0.0])
     with pytest.raises(LimitError, match="more than the 1000 allowed at once; split") as err:
-        rl.acquire("alice", "embed", {"chars": 5000})
+        rl.take("alice", "embed", {"chars": 5000})
     assert not isinstance(err.value, RateLimitedError)
+
+
+@pytest.mark.anyio
+async def test_the_in_process_limiter_is_a_limiter_whose_acquire_is_awaited() -> None:
+    rl: Limiter = limiter([{"id": "calls", "rate_per_s": 0.001, "burst": 1}], [0.0])
+    await rl.acquire("alice", "embed", {})
+    with pytest.raises(RateLimitedError):
+        await rl.acquire("alice", "embed", {})
 
 
 def test_buckets_stay_bounded_under_many_principals() -> None:
     now = [0.0]
     rl = limiter([{"id": "c", "rate_per_s": 1, "burst": 5}], now, max_buckets=10)
     for i in range(100):
-        rl.acquire(f"p{i}", "embed", {})
+        rl.take(f"p{i}", "embed", {})
         now[0] += 0.01
     assert len(rl._buckets) <= 10
 
@@ -70,7 +78,7 @@ async def test_the_gateway_answers_over_limit_calls_with_a_retryable_tool_error(
     adapter = FakeAdapter("a")
     server, ref = fake_server(tmp_path, {"a": adapter}, routes={"routes": {"embed": ["a/m"]}}, performance=perf)
     async with Client(server) as c:
-        results = [await c.call_tool("embed", {"input": ["x"]}) for _ in range(3)]
+        results = [await c.call_tool("embed", {"input": [f"x{i}"]}) for i in range(3)]
         records = [json.loads(line) for line in ref.get().audit.path.read_text().splitlines()]
     assert [r.is_error for r in results] == [False, False, True]
     assert "rate limit 'embed-calls'" in results[2].content[0].text and "retry in" in results[2].content[0].text

@@ -50,8 +50,8 @@ async def test_metrics_show_calls_attempts_fallbacks_denials_breakers_and_batche
         performance={"breaker": {"failure_threshold": 2, "cooldown_s": 60}},
     )
     async with Client(server) as c:
-        for _ in range(3):
-            await c.call_tool("embed", {"input": ["x"]})
+        for i in range(3):
+            await c.call_tool("embed", {"input": [f"x{i}"]})  # distinct: each is served, none a cache hit
         await c.call_tool("chat", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 500})
         text = ref.get().metrics.render().decode()
     m = samples(text)

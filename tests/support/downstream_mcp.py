@@ -21,6 +21,7 @@ import hashlib
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -40,6 +41,20 @@ def toy_vector(text: str) -> list[float]:
     raw = [(b - 127.5) / 127.5 for b in digest[:DIMENSIONS]]
     norm = math.sqrt(sum(x * x for x in raw)) or 1.0
     return [x / norm for x in raw]
+
+
+def spawned(log: Path) -> list[int]:
+    """The pids that DOWNSTREAM_SPAWN_LOG=log recorded, in start order."""
+    return [int(line) for line in log.read_text().split()] if log.exists() else []
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie awaiting its parent."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
 
 
 def overlap_score(query: str, document: str) -> float:
@@ -82,7 +97,15 @@ def build_server(variant: str, tools_ttl_ms: int | None, with_models: bool = Tru
         {"tools/list": CacheHint(ttl_ms=tools_ttl_ms)} if tools_ttl_ms is not None else None
     )
     server: MCPServer = MCPServer("downstream-gateway", cache_hints=hints)
+    _add_embed(server, variant)
+    _add_rerank_and_chat(server)
+    if with_models:
+        _add_models(server)
+    _add_fault_tools(server)
+    return server
 
+
+def _add_embed(server: MCPServer, variant: str) -> None:
     if variant == "v2":
 
         @server.tool(name="embed")
@@ -97,6 +120,8 @@ def build_server(variant: str, tools_ttl_ms: int | None, with_models: bool = Tru
             """Embed texts into 8-dimensional toy vectors."""
             return _embed_result(model, input)
 
+
+def _add_rerank_and_chat(server: MCPServer) -> None:
     @server.tool()
     def rerank(query: str, documents: list[str], model: str = "toy-rerank", top_n: int | None = None) -> dict[str, Any]:
         """Score documents by word overlap with the query."""
@@ -130,13 +155,15 @@ def build_server(variant: str, tools_ttl_ms: int | None, with_models: bool = Tru
             "timings": {"total_ms": 0.1},
         }
 
-    if with_models:
 
-        @server.tool()
-        def models() -> dict[str, Any]:
-            """List every routable model, as a model gateway does."""
-            return _models_listing()
+def _add_models(server: MCPServer) -> None:
+    @server.tool()
+    def models() -> dict[str, Any]:
+        """List every routable model, as a model gateway does."""
+        return _models_listing()
 
+
+def _add_fault_tools(server: MCPServer) -> None:
     @server.tool()
     def noop() -> str:
         """Do nothing."""
@@ -157,8 +184,6 @@ def build_server(variant: str, tools_ttl_ms: int | None, with_models: bool = Tru
     def fail(message: str = "bad input") -> str:
         """Return an isError result with the given message."""
         raise ToolError(message)
-
-    return server
 
 
 def main(argv: list[str] | None = None) -> None:

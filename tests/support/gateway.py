@@ -12,7 +12,7 @@ import anyio
 
 from adapters.base import Adapter
 from server.app import Gateway
-from server.config import Settings, load_settings
+from server.config import ServeOptions, Settings, load_settings
 
 
 def write_manifests(
@@ -48,10 +48,10 @@ def disabled_adapter(name: str) -> dict[str, Any]:
 
 
 def settings_for(tmp: Path, *, load: Mapping[str, Any] | None = None, **manifests: Any) -> Settings:
-    """Settings over manifests written under `tmp`; `load` passes options to load_settings (transport, port…)."""
+    """Settings over manifests written under `tmp`; `load` holds the serve options (transport, port…)."""
     mdir = write_manifests(tmp / "manifests", **manifests)
     env = {"HOME": str(tmp), "MODEL_GATEWAY_AUDIT_KEY": "00" * 32}
-    return load_settings(manifests_dir=mdir, env=env, **(load or {}))
+    return load_settings(manifests_dir=mdir, serve=ServeOptions(**(load or {})), env=env)
 
 
 @asynccontextmanager

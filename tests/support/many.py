@@ -84,8 +84,17 @@ async def _killer(marker: str, after_s: float, figures: Figures, stop: anyio.Eve
     stop.set()
 
 
-async def run_once(home: Path, manifests: Path, label: str, figures: Figures, kill_after_s: float | None,
-                   calls: int = 6, callers: int = 2) -> None:
+@dataclass(frozen=True, slots=True)
+class Drive:
+    """How one start of a slot is driven: killed `kill_after_s` after its first answer, or (None) never
+    killed and `calls` calls made by each of `callers` clients."""
+
+    kill_after_s: float | None = None
+    calls: int = 6
+    callers: int = 2
+
+
+async def run_once(home: Path, manifests: Path, label: str, figures: Figures, drive: Drive) -> None:
     """One start of one slot: the first call must be answered; then calls until killed (or `calls` each)."""
     figures.starts += 1
     params = stdio_params(home, manifests, env={MARKER: label, "MODEL_GATEWAY_LOG_LEVEL": "WARNING"})
@@ -98,23 +107,22 @@ async def run_once(home: Path, manifests: Path, label: str, figures: Figures, ki
                     figures.failed_starts.append(f"{label}: {first.content[0]}")
                     return
                 figures.answered.append(f"{label} first")
-                await _drive(client, label, figures, stop, kill_after_s, calls, callers)
+                await _drive(client, label, figures, stop, drive)
     except Exception as exc:  # the server was killed mid-call: unanswered calls are expected
-        if kill_after_s is None or not stop.is_set():
+        if drive.kill_after_s is None or not stop.is_set():
             figures.failed_starts.append(f"{label}: {type(exc).__name__}: {exc}"[:300])
 
 
-async def _drive(client: Client, label: str, figures: Figures, stop: anyio.Event, kill_after_s: float | None,
-                 calls: int, callers: int) -> None:
-    if kill_after_s is not None:
+async def _drive(client: Client, label: str, figures: Figures, stop: anyio.Event, drive: Drive) -> None:
+    if drive.kill_after_s is not None:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_killer, label, kill_after_s, figures, stop)
-            for w in range(callers):
+            tg.start_soon(_killer, label, drive.kill_after_s, figures, stop)
+            for w in range(drive.callers):
                 tg.start_soon(_caller, client, f"{label} w{w}", figures, stop)
         return
     async with anyio.create_task_group() as tg:
-        for w in range(callers):
-            tg.start_soon(_fixed_calls, client, f"{label} w{w}", figures, calls)
+        for w in range(drive.callers):
+            tg.start_soon(_fixed_calls, client, f"{label} w{w}", figures, drive.calls)
 
 
 async def _fixed_calls(client: Client, label: str, figures: Figures, calls: int) -> None:
@@ -135,7 +143,7 @@ async def kill_campaign(home: Path, manifests: Path, slots: int, kills: int, see
         gen = 0
         while figures.kills < kills and time.monotonic() < stop_at:
             gen += 1
-            await run_once(home, manifests, f"s{i} g{gen}", figures, rng.uniform(0.02, 0.6))
+            await run_once(home, manifests, f"s{i} g{gen}", figures, Drive(kill_after_s=rng.uniform(0.02, 0.6)))
 
     async with anyio.create_task_group() as tg:
         for i in range(slots):

@@ -105,6 +105,17 @@ def write_tiny_bert(path: Path, *, seed: int = 0, cross_encoder: bool = False, m
     return path
 
 
+def mark_installed(path: Path, name: str | None = None) -> Path:
+    """Give a model directory the record `models pull` writes (every file's size and sha256), as if pulled."""
+    from adapters.mlx_pack import MARKER, describe_files
+
+    record = {"name": name or path.name, "package": "tiny", "version": "0", "format": "hf", **describe_files(path)}
+    marker = path / MARKER
+    marker.write_text(json.dumps(record))
+    marker.chmod(0o600)
+    return path
+
+
 # --- float64 reference ----------------------------------------------------------
 
 
