@@ -131,14 +131,36 @@ async def bench_in_process(plan: Plan) -> list[Row]:
 
 
 async def bench_http(plan: Plan) -> list[Row]:
-    """11: Streamable HTTP with JSON responses, one process each, same client code."""
+    """11: Streamable HTTP with JSON responses, one process each, same client code.
+
+    11-front: the same gateway with and without its HTTP front door (Host/Origin, body bounds,
+    session guard, dropped-client cancellation): what those layers cost per call.
+    """
     with (
         scratch_home() as home,
         http_module("benchmarks.stub", home) as gw_url,
         http_module("benchmarks.bare", home) as bare_url,
+        http_module("benchmarks.stub", home, "--no-front-door") as plain_url,
     ):
         async with Client(gw_url + "/mcp") as gw, Client(bare_url + "/mcp") as bare:
             p50_gw, p50_bare = await _latency_pair(gw, bare, plan)
+        async with Client(gw_url + "/mcp") as gw, Client(plain_url + "/mcp") as plain:
+            n = plan.n(200, 20)
+            front, without = gateway_call(gw), gateway_call(plain)
+            await check(front, "gateway")
+            await check(without, "gateway without front door")
+            rounds = await interleave(
+                {"front": latency_sample(front, n), "plain": latency_sample(without, n)}, plan.rounds
+            )
+            p50_front, p50_plain = compare(rounds, "front", "plain")
     return [
         Row("11", "Streamable HTTP (JSON) call p50: gateway vs bare", "ms", p50_gw, p50_bare, Target("<=", 1.15)),
+        Row(
+            "11-front",
+            "same, gateway with its HTTP front door vs without",
+            "ms",
+            p50_front,
+            p50_plain,
+            Target("<=", 1.05),
+        ),
     ]

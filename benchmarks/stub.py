@@ -98,10 +98,11 @@ def _settings(transport: str, port: int, manifests: Path) -> object:
     return load_settings(manifests_dir=manifests, serve=ServeOptions(transport=transport, port=port))  # type: ignore[arg-type]
 
 
-async def _serve(transport: str, port: int, manifests: Path) -> None:
+async def _serve(transport: str, port: int, manifests: Path, front_door: bool = True) -> None:
     from server.app import Gateway
     from server.config import Settings
-    from server.http_edge import http_app
+    from server.http_edge import http_app, transport_security
+    from server.http_server import uvicorn_config
 
     settings = _settings(transport, port, manifests)
     assert isinstance(settings, Settings)
@@ -122,7 +123,11 @@ async def _serve(transport: str, port: int, manifests: Path) -> None:
         return
     import uvicorn
 
-    config = uvicorn.Config(http_app(gateway), host="127.0.0.1", port=port, log_level="warning")
+    if front_door:
+        config = uvicorn_config(settings, http_app(gateway))
+    else:  # the SDK's transport alone (its lifespan opens the state): what the front door is measured against
+        app = gateway.server.streamable_http_app(json_response=True, transport_security=transport_security(settings))
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     await uvicorn.Server(config).serve()
 
 
@@ -132,6 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--manifests", type=Path, help="default: a fresh temp dir routing to the stub")
     parser.add_argument("--audit-fsync", choices=["always", "group", "never"], help="override the shipped policy")
+    parser.add_argument(
+        "--no-front-door", action="store_true", help="HTTP: serve the SDK's app without the gateway's HTTP layers"
+    )
     args = parser.parse_args(argv)
     import anyio
 
@@ -139,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="stub-manifests-") as tmp:
         manifests = args.manifests or stub_manifests(Path(tmp), args.audit_fsync)
         try:
-            anyio.run(_serve, args.transport, args.port, manifests)
+            anyio.run(_serve, args.transport, args.port, manifests, not args.no_front_door)
         except KeyboardInterrupt:
             sys.exit(130)
 

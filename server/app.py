@@ -2,7 +2,7 @@
 
 `Gateway.running()` is the only place AppState is opened and closed. The
 transport's entry point holds it for the life of the process: `serve_stdio`
-(server/stdio.py), the HTTP app's lifespan (server/http.py), or, when the SDK
+(server/stdio/serve.py), the HTTP app's lifespan (server/http_edge.py), or, when the SDK
 drives the server by itself (the in-memory `Client(server)`), the MCP
 lifespan. Everything else that runs meanwhile (each MCP connection's
 lifespan, legacy SSE connections, /health, /metrics, the resources) shares
@@ -24,9 +24,9 @@ from mcp.server.mcpserver.exceptions import ResourceError
 
 from adapters.base import Adapter
 from server import __version__
+from server.client_logs import register_log_handlers
 from server.config import Settings
 from server.health import health_report
-from server.logs import register_set_level
 from server.privacy import privacy_view
 from server.state import AppState, open_state
 from server.tools import tool_list
@@ -81,7 +81,7 @@ class Gateway:
             log_level=self.settings.log_level,  # type: ignore[arg-type]
             tools=list(tool_list(self.settings.manifests.performance.limits)),
         )
-        register_set_level(server)
+        register_log_handlers(server)
         self._register_resources(server)
         return server
 

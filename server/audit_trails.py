@@ -166,4 +166,3 @@ def verify_text(result: dict[str, Any], root: Path) -> str:
 
 def _str(d: dict[str, Any]) -> str:
     return str(Damage(d["kind"], d["file"], d["line"], d["seq"], d["detail"]))
-

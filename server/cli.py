@@ -137,8 +137,9 @@ def _serve(args: argparse.Namespace) -> int:
         import anyio
 
         from server.http_edge import serve_http
+        from server.loopwatch import wanted
 
-        anyio.run(serve_http, settings)
+        anyio.run(serve_http, settings, wanted(os.environ))
         return 0
     finally:
         for t in tracing:

@@ -3,7 +3,7 @@
 (Before it is imported, the stdio fast start reads MODEL_GATEWAY_FAST_START,
 MODEL_GATEWAY_MAX_LINE_BYTES and the directories of `server.paths`, and fingerprints
 the MODEL_GATEWAY_* values; `serve` passes the environment to the stdio session for
-MODEL_GATEWAY_MAX_LINE_BYTES and MODEL_GATEWAY_LOOP_WATCH.)
+MODEL_GATEWAY_MAX_LINE_BYTES and MODEL_GATEWAY_LOOP_WATCH, and MODEL_GATEWAY_LOOP_WATCH to the HTTP app.)
 
 `load_settings()` turns CLI options, environment variables and manifests into
 one frozen `Settings`, passed explicitly to everything else. Secrets named by

@@ -2,20 +2,27 @@
 
 `http_app(gateway)` is the one composition point, outermost first:
 
-    BearerAuth               when tokens are configured: every path but /health needs one
-      Edge                   lifespan: the gateway's state, then the SDK transport's own
-        GET /health, /metrics
-        everything else      the SDK's Streamable HTTP app (/mcp) or legacy SSE app (/sse, /messages)
+    HostOriginGuard          every path: only the Host/Origin values the MCP transports accept
+      BearerAuth             when tokens are configured: every path but /health needs one
+        Edge                 lifespan: the gateway's state, the session sweeper, the SDK transport's own
+          GET /health, /metrics
+          RequestGuard       bounded bodies; each POSTed message parsed once and held to the envelope rules
+            SessionGuard     a session answers only to the principal that opened it; caps, idle timeout
+              the SDK's Streamable HTTP app (/mcp) or legacy SSE app (/sse, /messages/)
 
-The Host/Origin checks (`transport_security`) are passed to the SDK's app.
+Below ASGI, `server/http_server.py` bounds the time a client may take over its headers and
+tells a request when its client has gone. stdio's `--metrics-port` listener (`ops_app`) is
+the ops routes behind the same Host/Origin check.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AsyncExitStack
+from typing import Any
 
+import anyio
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,10 +33,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server.app import Gateway
 from server.config import Settings
 from server.health import health_report
+from server.http_guard import HostOriginGuard, RequestGuard
+from server.loopwatch import LoopWatch
 from server.principal import SCOPE_KEY, token_digest
+from server.session_guard import SessionGuard
 from server.telemetry import CONTENT_TYPE
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+Task = Callable[[], Coroutine[Any, Any, None]]
 
 
 def ops_routes(gateway: Gateway) -> list[Route]:
@@ -55,9 +66,9 @@ def ops_routes(gateway: Gateway) -> list[Route]:
     return [Route("/health", health, methods=["GET"]), Route("/metrics", metrics, methods=["GET"])]
 
 
-def ops_app(gateway: Gateway) -> Starlette:
-    """/health and /metrics alone (stdio's `--metrics-port` listener)."""
-    return Starlette(routes=ops_routes(gateway))
+def ops_app(gateway: Gateway) -> ASGIApp:
+    """/health and /metrics alone, behind the Host/Origin check (stdio's `--metrics-port` listener)."""
+    return HostOriginGuard(Starlette(routes=ops_routes(gateway)), transport_security(gateway.settings))
 
 
 def transport_security(settings: Settings) -> TransportSecuritySettings:
@@ -95,11 +106,17 @@ class BearerAuth:
 
 
 class Edge:
-    """Holds the gateway's state for the app's lifetime and routes ops paths past the MCP transport."""
+    """Holds the gateway's state for the app's lifetime and routes ops paths past the MCP transport.
 
-    def __init__(self, gateway: Gateway, mcp_app: Starlette) -> None:
+    `app` serves every other path: the MCP transport `mcp_app` behind its guards. `tasks` run
+    for the app's lifetime, in the lifespan's task group (the session sweeper, the loop watch).
+    """
+
+    def __init__(self, gateway: Gateway, app: ASGIApp, mcp_app: Starlette, tasks: Sequence[Task] = ()) -> None:
         self.gateway = gateway
+        self.app = app
         self.mcp_app = mcp_app
+        self.tasks = tuple(tasks)
         self.ops: dict[str, Endpoint] = {r.path: r.endpoint for r in ops_routes(gateway)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -108,7 +125,7 @@ class Edge:
             return
         endpoint = self.ops.get(scope.get("path", "")) if scope["type"] == "http" else None
         if endpoint is None:
-            await self.mcp_app(scope, receive, send)
+            await self.app(scope, receive, send)
         elif scope.get("method") not in ("GET", "HEAD"):
             await PlainTextResponse("Method Not Allowed", status_code=405)(scope, receive, send)
         else:
@@ -119,6 +136,10 @@ class Edge:
         async with AsyncExitStack() as stack:
             try:
                 await stack.enter_async_context(self.gateway.running())
+                tg = await stack.enter_async_context(anyio.create_task_group())
+                stack.callback(tg.cancel_scope.cancel)  # on the way out, before the group waits for them
+                for task in self.tasks:
+                    tg.start_soon(task)
                 await stack.enter_async_context(self.mcp_app.router.lifespan_context(self.mcp_app))
             except Exception as exc:
                 await send({"type": "lifespan.startup.failed", "message": type(exc).__name__})
@@ -128,26 +149,46 @@ class Edge:
         await send({"type": "lifespan.shutdown.complete"})
 
 
-def http_app(gateway: Gateway) -> ASGIApp:
-    settings, server = gateway.settings, gateway.server
+def http_app(gateway: Gateway, *, loop_watch: bool = False) -> ASGIApp:
+    """The app both HTTP transports serve (see the module docstring); `loop_watch`: measure event-loop blocks."""
+    settings = gateway.settings
     security = transport_security(settings)
-    mcp_app: Starlette
+    mcp_app = _mcp_app(gateway, security)
+    front = settings.manifests.performance.http_server
+    sessions = SessionGuard.for_config(mcp_app, front, stateless=settings.stateless)
+    tasks: list[Task] = [sessions.sweep]
+    if loop_watch:
+        tasks.append(LoopWatch().run)
+    app: ASGIApp = Edge(gateway, RequestGuard.for_config(sessions, front), mcp_app, tasks)
+    if settings.auth_subjects:
+        app = BearerAuth(app, settings.auth_subjects)
+    return HostOriginGuard(app, security)
+
+
+def _mcp_app(gateway: Gateway, security: TransportSecuritySettings) -> Starlette:
+    """The SDK's transport app; the checks the guards above make are passed to it too, as a second line."""
+    settings, server = gateway.settings, gateway.server
+    front = settings.manifests.performance.http_server
     if settings.transport == "sse":
-        mcp_app = server.sse_app(transport_security=security, host=settings.host)
-    else:
-        mcp_app = server.streamable_http_app(
-            json_response=settings.json_response,
-            stateless_http=settings.stateless,
-            transport_security=security,
-            host=settings.host,
+        return server.sse_app(
+            transport_security=security, host=settings.host, max_request_body_size=front.max_body_bytes
         )
-    app: ASGIApp = Edge(gateway, mcp_app)
-    return BearerAuth(app, settings.auth_subjects) if settings.auth_subjects else app
+    return server.streamable_http_app(
+        json_response=settings.json_response,
+        stateless_http=settings.stateless,
+        transport_security=security,
+        host=settings.host,
+        max_request_body_size=front.max_body_bytes,
+        session_idle_timeout=front.session_idle_timeout_s,
+        max_sessions=front.max_sessions * 2,  # the session guard makes room first; this never refuses
+    )
 
 
-async def serve_http(settings: Settings) -> None:
+async def serve_http(settings: Settings, loop_watch: bool = False) -> None:
+    """Serve the gateway over HTTP until SIGTERM/SIGINT; requests in flight get `http_server.shutdown_grace_s`."""
     import uvicorn
 
-    app = http_app(Gateway(settings))
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", lifespan="on")
-    await uvicorn.Server(config).serve()
+    from server.http_server import uvicorn_config
+
+    app = http_app(Gateway(settings), loop_watch=loop_watch)
+    await uvicorn.Server(uvicorn_config(settings, app)).serve()

@@ -1,33 +1,24 @@
 """Structured logs: one JSON object per line, to stderr only (stdout is JSON-RPC in stdio mode).
 
-The level comes from MODEL_GATEWAY_LOG_LEVEL and can be changed at run time by
-the client's MCP `logging/setLevel`. Records carry bounded fields (tool,
-adapter, outcome, latency); never prompts, texts or secrets.
+The stderr level is the operator's (MODEL_GATEWAY_LOG_LEVEL) and no client can change it. A
+client's MCP `logging/setLevel` sets what that client's session receives as
+`notifications/message` (server/client_logs.py). Records carry bounded fields (tool, adapter,
+outcome, latency); never prompts, texts or secrets. Session ids are bearer-like (whoever holds
+one can use the session) and appear only at DEBUG.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from typing import Any
 
-from mcp.server.mcpserver import MCPServer
-from mcp_types import EmptyResult, SetLevelRequestParams
-
-from server import sdk
-
-MCP_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "notice": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-    "critical": logging.CRITICAL,
-    "alert": logging.CRITICAL,
-    "emergency": logging.CRITICAL,
-}
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# the MCP SDK's session ids: uuid4().hex on Streamable HTTP, a UUID (any spelling) on SSE
+_SESSION_ID = re.compile(r"(?i)\b[0-9a-f]{32}\b|\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+_LIBRARIES = ("mcp", "uvicorn", "sse_starlette", "starlette")
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,10 +35,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, separators=(",", ":"))
 
 
+class SessionIdFilter(logging.Filter):
+    """Above DEBUG, the libraries' records show `[session]` where they would print a session id."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG or not record.name.startswith(_LIBRARIES):
+            return True
+        message = record.getMessage()
+        masked = _SESSION_ID.sub("[session]", message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
 def configure(level: str) -> None:
-    """Every logger, ours and the SDK's, writes JSON lines to stderr."""
+    """Every logger, ours and the SDK's, writes JSON lines to stderr at the operator's level."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(SessionIdFilter())
+    # the handler holds the operator's level: the root logger goes lower while a client session asks for more
+    handler.setLevel(level)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -59,14 +66,3 @@ def configure(level: str) -> None:
     quiet = logging.DEBUG if logging.getLevelName(level) == logging.DEBUG else logging.WARNING
     for name in ("httpx2", "httpcore2", "httpcore", "mcp.client"):
         logging.getLogger(name).setLevel(quiet)
-
-
-def register_set_level(server: MCPServer[Any]) -> None:
-    """MCP `logging/setLevel` changes the gateway's log level (the SDK leaves this to the application)."""
-
-    async def set_level(ctx: Any, params: SetLevelRequestParams) -> EmptyResult:
-        logging.getLogger().setLevel(MCP_LEVELS.get(str(params.level), logging.INFO))
-        return EmptyResult()
-
-    # The lowlevel server is where the SDK documents re-providing logging/setLevel.
-    sdk.add_request_handler(server, "logging/setLevel", SetLevelRequestParams, set_level)

@@ -167,6 +167,45 @@ class RateLimitConfig(_Strict):
         return self
 
 
+class HTTPServerConfig(_Strict):
+    """The HTTP transports' front door: sessions, and how long and how much a client may send."""
+
+    max_sessions_per_principal: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Open sessions one principal may hold. Opening one more closes that principal's oldest idle "
+        "session; when none is idle the new one is refused (503) for that principal only.",
+    )
+    max_sessions: int = Field(
+        4096,
+        ge=1,
+        le=1_000_000,
+        description="Open sessions for all principals together; past it the oldest idle session of anyone is closed.",
+    )
+    session_idle_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        le=86_400,
+        description="A session with no request in flight and no open stream for this long is closed.",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="A connection whose request headers are not complete within this is closed."
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="A request body not received in full within this is refused (408)."
+    )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Largest request body; a larger one is refused (413) before it is read.",
+    )
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, le=600, description="On SIGTERM/SIGINT, how long requests in flight may run before they are cut."
+    )
+
+
 class SharedStateConfig(_Strict):
     """Rate-limit buckets and the response cache in Redis, shared by every replica that names the same server."""
 
@@ -228,6 +267,7 @@ class ResponseCacheConfig(_Strict):
 class PerformanceConfig(_Strict):
     discovery: DiscoveryConfig = DiscoveryConfig()
     http: HTTPConfig = HTTPConfig()
+    http_server: HTTPServerConfig = HTTPServerConfig()
     batching: BatchingConfig = BatchingConfig()
     deadlines: DeadlinesConfig = DeadlinesConfig()
     concurrency: ConcurrencyConfig = ConcurrencyConfig()

@@ -1,6 +1,6 @@
 """Who is calling: the local user on stdio, the authenticated token's subject on HTTP.
 
-The HTTP auth layer (`BearerAuth` in server/http.py) maps the bearer token to a
+The HTTP auth layer (`BearerAuth` in server/http_edge.py) maps the bearer token to a
 subject and leaves it in the ASGI scope; a tool call reads it from the request
 it arrived on (`principal_of()`) and carries it as part of the call. Tokens are
 kept only as sha256 digests.
@@ -54,5 +54,11 @@ def load_tokens_file(path: Path) -> dict[str, str]:
 def principal_of(request: object | None, default: str) -> str:
     """The authenticated subject of an HTTP request (as BearerAuth left it), else `default` (the local user)."""
     scope: Mapping[str, Any] | None = getattr(request, "scope", None)
-    subject = scope.get(SCOPE_KEY) if scope is not None else None
-    return subject if isinstance(subject, str) else default
+    subject = scope_principal(scope) if scope is not None else None
+    return default if subject is None else subject
+
+
+def scope_principal(scope: Mapping[str, Any]) -> str | None:
+    """The subject BearerAuth left in an ASGI scope (None when the server requires no token)."""
+    subject = scope.get(SCOPE_KEY)
+    return subject if isinstance(subject, str) else None

@@ -3,14 +3,15 @@
 Each one is a documented gap in the SDK's public surface (2.3.x):
 
 - the low-level `Server` behind `MCPServer` (no public accessor): the stdio
-  transport runs it over the gateway's own line reader and writer, and
-  `logging/setLevel` is re-provided on it (where the SDK documents doing so);
+  transport runs it over the gateway's own line reader and writer,
+  `logging/setLevel` is re-provided on it (where the SDK documents doing so),
+  and `notifications/initialized` is observed there (a session's log channel);
 - the subscription bus behind `MCPServer` (no public accessor): where the
   stdio session publishes 2026-era list changes when a fast-start answer
   turns out stale;
 - the per-connection `Connection` behind a request's `ServerSession` (the
-  MCPServer `Context` exposes no `connection`): a session's own switches live
-  in its `state` dict, which the SDK keeps for exactly that purpose.
+  low-level request context exposes no `connection`): its standalone channel
+  is where a session's log notifications go (server/client_logs.py).
 
 Everything else the gateway reads from the SDK is public. When an SDK release
 moves one of these, the accessors below raise `SDKChangedError` naming what
@@ -72,6 +73,19 @@ def add_request_handler(
 ) -> None:
     """Register (or replace) a JSON-RPC request handler on the low-level server."""
     lowlevel(server).add_request_handler(method, params_type, handler)
+
+
+def add_notification_handler(
+    server: MCPServer[Any],
+    method: str,
+    params_type: type[P],
+    handler: Callable[[ServerRequestContext[Any, Any], P], Awaitable[None]],
+) -> None:
+    """Register (or replace) a JSON-RPC notification handler on the low-level server.
+
+    A handler for `notifications/initialized` runs once the SDK has marked the connection initialized.
+    """
+    lowlevel(server).add_notification_handler(method, params_type, handler)
 
 
 def connection_of(ctx: ServerRequestContext[Any, Any]) -> Connection:

@@ -22,6 +22,7 @@ from adapters.registry import create_adapter
 from server.audit import AuditLog
 from server.batching import Coalescer, CoalescingAdapter
 from server.breaker import Breaker
+from server.client_logs import ClientLogs
 from server.config import Settings
 from server.discovery import Discovery
 from server.governance import open_audit, redactor_for
@@ -52,9 +53,10 @@ class AppState:
     limiter: Limiter
     redactor: Redactor
     shedder: Shedder
+    client_logs: ClientLogs  # log notifications to each session at its own level
     response_cache: ResponseCache
     shared_state: SharedState | None = None  # Redis, when replicas share limits and the cache
-    # stdio serves one client: its session's switches live here rather than on a per-request connection
+    # stdio serves one client: its session lives here rather than in the HTTP session table
     local_session: SessionState = field(default_factory=SessionState)
     started_at: float = field(default_factory=time.time)
 
@@ -132,11 +134,14 @@ async def open_state(settings: Settings, adapters: Mapping[str, Adapter] | None 
             limiter=shared.limiter,
             redactor=redactor,
             shedder=Shedder(perf.concurrency.max_in_flight),
+            client_logs=ClientLogs(redactor, max_sessions=perf.http_server.max_sessions),
+            local_session=SessionState(principal=settings.principal),
             response_cache=shared.cache,
             shared_state=shared.shared,
         )
         stack.push_async_callback(state.shedder.flush, state.write_audit)
         tg.start_soon(discovery.run)
+        tg.start_soon(state.client_logs.run)
         if shared.shared is not None:
             tg.start_soon(shared.shared.run)  # pings Redis, so health sees it come and go without traffic
         try:

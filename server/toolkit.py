@@ -1,15 +1,19 @@
 """What every tool shares: the registered tool type, the call's caller, and MCP <-> call-path translation.
 
-`GatewayTool` is the SDK's `Tool` with the two things the SDK leaves out of a
-tool call: over `max_in_flight` a model tool answers "busy" before even its
-arguments are validated (server/shedding.py), and a call whose arguments fail
-validation is answered with one clear line naming each field and limit (never
-the input), counted and audited like every other refused call.
+`GatewayTool` is the SDK's `Tool` with what the SDK leaves out of a tool call:
+over `max_in_flight` a model tool answers "busy" before even its arguments are
+validated (server/shedding.py); a call whose arguments fail validation is
+answered with one clear line naming each field and limit (never the input),
+counted and audited like every other refused call; what the call logs goes to
+its own session's log notifications only (server/client_logs.py); and a call
+whose HTTP client hangs up is cancelled where it runs (server/http_guard.py),
+so its upstream request is closed and its audit record says `cancelled`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,17 +21,19 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.server.mcpserver.tools import Tool
+from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult
 from pydantic import Field, ValidationError
 
 from adapters.errors import safe_detail
 from server.calls import Caller, Out, ToolCall
 from server.errors import GatewayError
+from server.http_guard import CLIENT_GONE, CLIENT_GONE_MESSAGE, request_state
 from server.limits import bind_limits
 from server.manifests import RequestLimits
 from server.pipeline import refuse_arguments, run_call
 from server.principal import principal_of
-from server.session import privacy_of
+from server.session import privacy_of, session_of
 from server.state import AppState
 
 MAX_PROBLEMS = 5
@@ -83,6 +89,21 @@ class GatewayTool(Tool):
     async def run(self, arguments: dict[str, Any], context: Context[Any, Any], convert_result: bool = False) -> Any:
         request = context.request_context
         state = state_of(request)
+        http = request_state(request.request)
+        hangup = http.hangup() if http is not None and request.request_id is not None else nullcontext()
+        with state.client_logs.scoped(session_of(state, request)), hangup:
+            return await self._run(arguments, context, state, request, convert_result)
+        # reached only when the hang-up cancelled the call: nobody reads this answer
+        raise MCPError(code=CLIENT_GONE, message=CLIENT_GONE_MESSAGE)
+
+    async def _run(
+        self,
+        arguments: dict[str, Any],
+        context: Context[Any, Any],
+        state: AppState,
+        request: ServerRequestContext[Any, Any],
+        convert_result: bool,
+    ) -> Any:
         if self.sheds and not state.shedder.enter():
             await self._shed(state)  # raises: a busy answer, before anything else is spent on the call
         try:

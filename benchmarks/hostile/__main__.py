@@ -1,6 +1,10 @@
-"""python -m benchmarks.hostile [--part stdio] [--seed N] [--scale X] [--line-cap BYTES] [--root DIR] [--json FILE]
+"""python -m benchmarks.hostile [--part stdio|http|upstream] [--seed N] [--scale X] [--line-cap BYTES] [--root DIR]
+                               [--json FILE]
 
-Runs each selected part against the real server process and prints its figures and goals.
+Runs each selected part (default: all three, one after another) against the real server
+process and prints their figures and goals in one table: stdio (hostile lines on the pipes),
+http (hostile HTTP clients against both HTTP transports) and upstream (an upstream that
+misbehaves on purpose, behind a stdio server). `--line-cap` applies to the stdio part.
 `--root` runs the server from another checkout (e.g. a `git archive` of an older commit), so
 the same campaign measures before and after. Exit code 0 whatever the figures: the table says.
 """
@@ -11,11 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.hostile import stdio
+from benchmarks.hostile import http, stdio, upstream
 from benchmarks.hostile.record import Part, Plan, Result, table, write_json
 from tests.support.processes import ROOT
 
-PARTS: dict[str, Part] = {"stdio": stdio.PART}
+PARTS: dict[str, Part] = {"stdio": stdio.PART, "http": http.PART, "upstream": upstream.PART}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     plan = Plan(seed=args.seed, scale=args.scale, line_cap=args.line_cap)
     results: list[tuple[Part, Result]] = []
-    for name in args.part or sorted(PARTS):
+    for name in args.part or list(PARTS):
         part = PARTS[name]
         print(f"[hostile] {name} …", file=sys.stderr, flush=True)
         result = part.run(plan, args.root.resolve())

@@ -233,3 +233,29 @@ class Server:
                 self.loop_block_ms = max(self.loop_block_ms or 0.0, float(m.group(1)))
                 if m.group(2) is not None:
                     self.loop_busy_ms = max(self.loop_busy_ms or 0.0, float(m.group(2)))
+
+
+@dataclass
+class ServerFigures:
+    """What the server process left behind: its exit, its stdout (should be empty) and its stderr."""
+
+    exit_code: int | None = None
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    longest_log_line: int = 0
+    loop_block_ms: float | None = None
+    loop_busy_ms: float | None = None
+
+    @classmethod
+    def read(cls, exit_code: int | None, stdout: Path | None, stderr: Path) -> ServerFigures:
+        """From the files the process wrote its stdout (None: read elsewhere) and stderr to."""
+        lines = stderr.read_bytes().splitlines() if stderr.exists() else []
+        figures = cls(exit_code, stdout.stat().st_size if stdout is not None and stdout.exists() else 0)
+        figures.stderr_bytes = sum(len(line) + 1 for line in lines)
+        figures.longest_log_line = max((len(line) for line in lines), default=0)
+        for line in lines:
+            found = LOOP_REPORT.search(line)
+            if found is not None:
+                figures.loop_block_ms = float(found.group(1))
+                figures.loop_busy_ms = float(found.group(2)) if found.group(2) else None
+        return figures

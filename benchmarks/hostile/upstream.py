@@ -1,5 +1,6 @@
 """Hostile upstream campaign: a real `serve` process over stdio, its Ollama upstream misbehaving on purpose.
 
+    python -m benchmarks.hostile --part upstream [--scale 1.0]   (3 rounds at scale 1, with the other parts)
     python -m benchmarks.hostile.upstream [--rounds N] [--quick] [--gateway-root DIR] [--json PATH]
 
 The upstream is the loopback fake Ollama in its own process; before each try one
@@ -11,7 +12,8 @@ All along, a ping is kept in flight (the next one as soon as the last is answere
 the longest ping round trip is the longest time the server's event loop could
 not answer. Prints, per scenario and in total: tries, crashes, hangs (a ping
 unanswered for 2 s, or a call unanswered past its deadline plus 10 s), the
-longest event-loop block, the peak RSS, and what the client got.
+longest ping round trip, the peak RSS, and what the client got; the server also measures its
+own event loop (MODEL_GATEWAY_LOOP_WATCH=1) and reports the longest block on stderr at exit.
 
 `--gateway-root` runs the server from another checkout (e.g. an older commit
 exported with `git archive`), driven by this checkout's fakes, for before/after
@@ -36,10 +38,14 @@ import anyio
 import anyio.to_thread
 from anyio.abc import Process
 
+from benchmarks.hostile.harness import ServerFigures
+from benchmarks.hostile.record import Part, Plan, Result
 from benchmarks.upstream import gateway_manifests
+from server.loopwatch import ENV as LOOP_WATCH
 from tests.support.fake_ollama import Fault, remote_inject, remote_reset, spawn
 from tests.support.processes import ROOT, gateway_env
 
+ROUNDS = 3  # tries per scenario in one full run
 DEADLINE_S = 5.0  # the gateway's per-call deadlines in this campaign (shipped: 30-120 s)
 PING_HANG_S = 2.0
 CALL_GRACE_S = 10.0
@@ -107,6 +113,7 @@ class Peer:
         self._next = 0
         self._waiting: dict[int, tuple[anyio.Event, list[Any]]] = {}
         self.non_json_lines = 0
+        self.non_json_bytes = 0
 
     async def read_forever(self) -> None:
         line, size = bytearray(), 0
@@ -132,6 +139,7 @@ class Peer:
                 message = json.loads(data)
             except ValueError:
                 self.non_json_lines += 1
+                self.non_json_bytes += size + 1
                 return
         slot = self._waiting.pop(message.get("id"), None) if isinstance(message, dict) else None
         if slot is not None:
@@ -246,10 +254,18 @@ async def campaign(rounds: int, gateway_root: Path, only: list[Scenario]) -> tup
     try:
         with spawn() as url:
             manifests = gateway_manifests(home / "manifests", url, performance())
-            env = gateway_env(home, {"PYTHONPATH": str(gateway_root), "MODEL_GATEWAY_LOG_LEVEL": "ERROR"})
+            extra = {"PYTHONPATH": str(gateway_root), "MODEL_GATEWAY_LOG_LEVEL": "ERROR", LOOP_WATCH: "1"}
+            env = gateway_env(home, extra)
             argv = [sys.executable, "-m", "server", "serve", "--manifests", str(manifests), "--no-fast-start"]
-            async with await anyio.open_process(argv, cwd=gateway_root, env=env, stderr=None) as proc:
-                return await _drive(Peer(proc), url, rounds, only)
+            async with (
+                await anyio.open_file(home / "stderr.log", "wb") as err,
+                await anyio.open_process(argv, cwd=gateway_root, env=env, stderr=err.wrapped) as proc,
+            ):
+                outcomes, totals = await _drive(Peer(proc), url, rounds, only)
+            server = ServerFigures.read(proc.returncode, None, home / "stderr.log")  # stdout: read by the peer
+            figures = {k: v for k, v in asdict(server).items() if k not in ("exit_code", "stdout_bytes")}
+            totals.update({k: float(v) for k, v in figures.items() if v is not None})
+            return outcomes, totals
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -279,6 +295,7 @@ async def _drive(peer: Peer, url: str, rounds: int, only: list[Scenario]) -> tup
             watching.cancel_scope.cancel()
         totals = {"idle_rss_mib": idle, "peak_rss_mib": rss_mib(peer.proc.pid, "VmHWM")}
         totals["non_json_stdout_lines"] = float(peer.non_json_lines)
+        totals["non_json_stdout_bytes"] = float(peer.non_json_bytes)
         await anyio.sleep(0.2)  # the last ping's answer is read before the pipe closes
         totals["exit_code"] = float(await _close(peer))
         tg.cancel_scope.cancel()
@@ -315,9 +332,38 @@ def report(outcomes: list[Outcome], totals: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def run(plan: Plan, root: Path = ROOT) -> Result:
+    """Every scenario `plan.n(ROUNDS)` times, as one part of `python -m benchmarks.hostile`."""
+    started = time.perf_counter()
+    outcomes, totals = anyio.run(campaign, plan.n(ROUNDS), root, scenarios())
+    result = as_result(outcomes, totals)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def as_result(outcomes: list[Outcome], totals: Mapping[str, float]) -> Result:
+    """The campaign's shared figures; a fault the server did not recover from is an example."""
+    r = Result("upstream")
+    r.tries = sum(o.tries for o in outcomes)
+    r.crashes = sum(o.crashes for o in outcomes)
+    r.hangs = sum(o.hangs for o in outcomes)
+    r.non_json_bytes = int(totals.get("non_json_stdout_bytes", 0))
+    r.unclean_exits = int(totals.get("exit_code", 0) != 0)
+    r.longest_ping_ms = max((o.loop_block_ms for o in outcomes), default=0.0)
+    r.loop_block_ms = totals.get("loop_block_ms")
+    r.loop_busy_ms = totals.get("loop_busy_ms")
+    r.idle_rss_mib, r.peak_rss_mib = totals.get("idle_rss_mib", 0.0), totals.get("peak_rss_mib", 0.0)
+    r.stderr_bytes = int(totals.get("stderr_bytes", 0))
+    r.longest_log_line = int(totals.get("longest_log_line", 0))
+    for o in outcomes:
+        if o.crashes or o.hangs or o.unrecovered:
+            r.example(f"{o.scenario}: {o.crashes} crash(es), {o.hangs} hang(s), {o.unrecovered} not recovered")
+    return r
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3, help="tries per scenario (default 3)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"tries per scenario (default {ROUNDS})")
     parser.add_argument("--quick", action="store_true", help="one round")
     parser.add_argument("--only", default="", help="comma-separated substrings of scenario names")
     parser.add_argument("--gateway-root", type=Path, default=ROOT, help="checkout whose server to run")
@@ -331,6 +377,8 @@ def main(argv: list[str] | None = None) -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"outcomes": [asdict(o) for o in outcomes], "totals": totals}, indent=1))
 
+
+PART = Part("upstream", run, min_tries=ROUNDS * len(scenarios()))
 
 if __name__ == "__main__":
     main()

@@ -2,7 +2,8 @@
 
 stdout carries JSON-RPC only; the process ends when the client closes its end or on
 SIGTERM/SIGINT, in both cases after the requests in flight finish (see `session`). With
-`--metrics-port`, /metrics and /health are also served on 127.0.0.1.
+`--metrics-port`, /metrics and /health are also served on 127.0.0.1 (behind the same Host/Origin
+check and header deadline as the HTTP transports).
 
 The serve function holds the gateway's state (`Gateway.running()`) for the life of the process.
 """
@@ -53,9 +54,9 @@ async def serve_stdio(gateway: Gateway, session: Session) -> None:
         import uvicorn
 
         from server.http_edge import ops_app
+        from server.http_server import uvicorn_config
 
-        config = uvicorn.Config(ops_app(gateway), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-        metrics_server = uvicorn.Server(config)
+        metrics_server = uvicorn.Server(uvicorn_config(gateway.settings, ops_app(gateway), port=port, lifespan=False))
         async with anyio.create_task_group() as tg:
             tg.start_soon(metrics_server.serve)
             await session.run(gateway.server)

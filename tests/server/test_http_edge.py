@@ -109,3 +109,117 @@ async def test_http_health_is_503_when_a_capability_has_no_usable_route(tmp_path
     assert reply.status_code == 503
     assert body["capabilities"] == {"chat": False, "embed": True, "rerank": False}
     assert body["adapters"]["a"]["status"] == "up" and body["adapters"]["a"]["breaker"] == "closed"
+
+
+def request(url: str, method: str = "GET", body: bytes | None = None, **headers: str) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method=method)
+    for name, value in headers.items():
+        req.add_header(name.replace("_", "-"), value)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def test_every_path_answers_only_the_allowed_hosts_and_origins_before_anything_else(tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
+    from server.principal import token_digest
+
+    gw, _ = gateway(
+        tmp_path, "streamable-http", {"auth_token": SecretStr(TOKEN), "auth_subjects": {token_digest(TOKEN): "ops"}}
+    )
+    auth = f"Bearer {TOKEN}"
+    with anyio.fail_after(30):
+        async with serving_http(gw) as base:
+            port = base.rsplit(":", 1)[1]
+            tries = {
+                "health, rebound name": (base + "/health", {"host": f"attacker.example:{port}"}),
+                "metrics, rebound name, no token": (base + "/metrics", {"host": f"attacker.example:{port}"}),
+                "metrics, foreign origin": (
+                    base + "/metrics",
+                    {"origin": "http://attacker.example", "authorization": auth},
+                ),
+                "mcp, foreign origin": (base + "/mcp", {"origin": "http://attacker.example", "authorization": auth}),
+                "health, own origin": (base + "/health", {"origin": f"http://127.0.0.1:{port}"}),
+            }
+            got = {
+                k: (await anyio.to_thread.run_sync(lambda u=u, h=h: request(u, **h)))[0] for k, (u, h) in tries.items()
+            }
+    assert got == {
+        "health, rebound name": 421,
+        "metrics, rebound name, no token": 421,  # refused before the token is even looked at
+        "metrics, foreign origin": 403,
+        "mcp, foreign origin": 403,
+        "health, own origin": 200,
+    }
+
+
+async def test_the_stdio_metrics_listener_answers_only_loopback_names(tmp_path: Path) -> None:
+    import uvicorn
+
+    from server.http_edge import ops_app
+    from server.http_server import uvicorn_config
+    from tests.support.processes import wait_http
+
+    gw, _ = gateway(tmp_path, "stdio")
+    port = free_port()
+    server = uvicorn.Server(uvicorn_config(gw.settings, ops_app(gw), port=port, lifespan=False))
+    base = f"http://127.0.0.1:{port}"
+    with anyio.fail_after(30):
+        async with gw.running(), anyio.create_task_group() as tg:
+            tg.start_soon(server.serve)
+            await anyio.to_thread.run_sync(wait_http, base + "/health")
+            own = await anyio.to_thread.run_sync(request, base + "/metrics")
+            rebound = await anyio.to_thread.run_sync(lambda: request(base + "/metrics", host=f"evil.example:{port}"))
+            server.should_exit = True
+    assert own[0] == 200 and b"model_gateway_" in own[1] and rebound[0] == 421
+
+
+async def test_over_http_an_unknown_method_of_100_kb_is_answered_with_the_limit_never_echoed(tmp_path: Path) -> None:
+    gw, _ = gateway(tmp_path, "streamable-http")
+    hdrs = {"content_type": "application/json", "accept": "application/json, text/event-stream"}
+    huge = json.dumps({"jsonrpc": "2.0", "id": 5, "method": "m" * 100_000}).encode()
+    params = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    init = json.dumps({"jsonrpc": "2.0", "id": 6, "method": "initialize", "params": params}).encode()
+    with anyio.fail_after(30):
+        async with serving_http(gw) as base:
+            code, body = await anyio.to_thread.run_sync(lambda: request(base + "/mcp", "POST", huge, **hdrs))
+            opened, _ = await anyio.to_thread.run_sync(lambda: request(base + "/mcp", "POST", init, **hdrs))
+    reply = json.loads(body)
+    assert code == 400 and reply["id"] == 5 and "128" in reply["error"]["message"] and len(body) < 300
+    assert opened == 200  # a message within the rules goes on to the SDK
+
+
+async def test_a_client_that_hangs_up_mid_call_cancels_it_where_it_runs(tmp_path: Path) -> None:
+    import httpx2
+
+    gw, adapter = gateway(tmp_path, "streamable-http")
+    adapter.delay_s = 60
+    hdrs = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "embed", "arguments": {"input": "x"}}}
+    with anyio.fail_after(30):
+        async with serving_http(gw) as base, httpx2.AsyncClient(timeout=30) as http:
+            opened = await http.post(base + "/mcp", json=init, headers=hdrs)
+            session = {**hdrs, "mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+            await http.post(
+                base + "/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session
+            )
+            async with httpx2.AsyncClient(timeout=30) as caller, anyio.create_task_group() as tg:
+                tg.start_soon(lambda: caller.post(base + "/mcp", json=call, headers=session))
+                await adapter.entered.wait()
+                tg.cancel_scope.cancel()  # the client closes its connection
+            await adapter.cancel_seen.wait()
+            for _ in range(500):  # the call is over once it is counted out (its finish record is written first)
+                if not (await http.get(base + "/health")).json()["in_flight"]:
+                    break
+                await anyio.sleep(0.02)
+            audit = [json.loads(line) for line in gw.get().audit.path.read_text().splitlines()]
+    assert [r["outcome"] for r in audit if r["event"] == "finish"] == ["cancelled"]

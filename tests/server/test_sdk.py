@@ -14,7 +14,7 @@ from mcp.server.connection import Connection
 from mcp.server.lowlevel import Server
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared.exceptions import MCPDeprecationWarning
-from mcp_types import EmptyResult, SetLevelRequestParams
+from mcp_types import EmptyResult, NotificationParams, SetLevelRequestParams
 
 from server import sdk
 
@@ -56,6 +56,19 @@ async def test_a_request_handler_added_on_the_low_level_server_answers() -> None
         with pytest.warns(MCPDeprecationWarning):
             await client.set_logging_level("error")
     assert seen == ["error"]
+
+
+async def test_a_notification_handler_added_on_the_low_level_server_sees_the_client_initialized() -> None:
+    server = MCPServer("probe")
+    seen: list[bool] = []
+
+    async def initialized(ctx: Any, params: NotificationParams) -> None:
+        seen.append(sdk.connection_of(ctx).initialized.is_set())
+
+    sdk.add_notification_handler(server, "notifications/initialized", NotificationParams, initialized)
+    async with Client(server, mode="legacy") as client:
+        await client.list_tools()  # a round trip after the client's `initialized`
+    assert seen == [True]
 
 
 async def test_a_connection_and_its_state_persist_across_one_clients_requests() -> None:

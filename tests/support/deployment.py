@@ -74,13 +74,27 @@ def replica_env(layout: Layout, port: str) -> dict[str, str]:
     }
 
 
-def render_haproxy(
-    frontend: str, replicas: Sequence[str], stats_socket: str, check_interval: str, maxconn: int = 256
-) -> str:
+@dataclass(frozen=True)
+class Balancer:
+    """HAProxy's side of a deployment: where it listens, the Host its clients name, its stats socket."""
+
+    frontend: str
+    host: str  # what clients put in Host (the replicas allow it); health checks name it too
+    stats_socket: str
+    check_interval: str
+    maxconn: int = 256
+
+
+def render_haproxy(lb: Balancer, replicas: Sequence[str]) -> str:
     servers = "\n".join(f"    server r{i} {address}" for i, address in enumerate(replicas, 1))
     template = string.Template((HERE / "haproxy.cfg.tmpl").read_text())
     return template.substitute(
-        frontend=frontend, servers=servers, stats_socket=stats_socket, check_interval=check_interval, maxconn=maxconn
+        frontend=lb.frontend,
+        check_host=lb.host,
+        servers=servers,
+        stats_socket=lb.stats_socket,
+        check_interval=lb.check_interval,
+        maxconn=lb.maxconn,
     )
 
 
@@ -93,7 +107,8 @@ def render_unit(layout: Layout, executable: str, allowed_hosts: Sequence[str]) -
 
 def readme_haproxy() -> str:
     replicas = [f"127.0.0.1:{p}" for p in README_PORTS]
-    return render_haproxy(":8080", replicas, "/run/haproxy/model-gateway.sock", "2s", maxconn=2048)
+    lb = Balancer(":8080", README_ALLOWED_HOST, "/run/haproxy/model-gateway.sock", "2s", maxconn=2048)
+    return render_haproxy(lb, replicas)
 
 
 def readme_unit() -> str:
@@ -197,7 +212,8 @@ def deployment(
             except RuntimeError as exc:
                 raise RuntimeError(f"{exc}: {(root / f'{name}.log').read_text()[-2000:]}") from exc
         frontend = found.lb.removeprefix("http://")
-        cfg = render_haproxy(frontend, [f"127.0.0.1:{p}" for p in ports], str(found.stats_socket), check_interval)
+        lb = Balancer(frontend, frontend, str(found.stats_socket), check_interval)
+        cfg = render_haproxy(lb, [f"127.0.0.1:{p}" for p in ports])
         (root / "haproxy.cfg").write_text(cfg)
         lb = _haproxy(root)
         stack.callback(stop, lb, 10)

@@ -56,16 +56,15 @@ def settings_for(tmp: Path, *, load: Mapping[str, Any] | None = None, **manifest
 
 @asynccontextmanager
 async def serving_http(gateway: Gateway) -> AsyncIterator[str]:
-    """The gateway's HTTP app on uvicorn in this process, on the loopback port its settings name; yields the URL."""
+    """The gateway's HTTP app as `serve` runs it, in this process, on its settings' loopback port; yields the URL."""
     import uvicorn
 
     from server.http_edge import http_app
+    from server.http_server import uvicorn_config
     from tests.support.processes import wait_http
 
-    port = gateway.settings.port
-    config = uvicorn.Config(http_app(gateway), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    base = f"http://127.0.0.1:{port}"
+    server = uvicorn.Server(uvicorn_config(gateway.settings, http_app(gateway)))
+    base = f"http://127.0.0.1:{gateway.settings.port}"
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
         await anyio.to_thread.run_sync(wait_http, base + "/health")

@@ -98,14 +98,23 @@ def wait_http(url: str, deadline_s: float = 30.0, proc: subprocess.Popen[Any] | 
 
 @contextlib.contextmanager
 def http_gateway(
-    home: Path, manifests: Path | None, transport: str, *extra: str, env: Mapping[str, str] | None = None
+    home: Path,
+    manifests: Path | None,
+    transport: str,
+    *extra: str,
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
 ) -> Iterator[str]:
-    """Run `serve` on a free loopback port; yields the base URL and stops the process on exit."""
+    """Run `serve` on a free loopback port; yields the base URL and stops the process on exit.
+
+    `log`: a file that receives the process's stderr (else it is discarded).
+    """
     port = free_port()
     argv = gateway_argv(
         "--transport", transport, "--port", str(port), *(["--manifests", str(manifests)] if manifests else []), *extra
     )
-    proc = subprocess.Popen(argv, env=gateway_env(home, env), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with open(log or os.devnull, "wb") as err:
+        proc = subprocess.Popen(argv, env=gateway_env(home, env), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(base + "/health", proc=proc)

@@ -68,7 +68,8 @@ async def run_session(
         for t in threads:
             t.join(10)
         os.close(out_r)
-    return [json.loads(line) for line in received.splitlines()]
+    messages = [json.loads(line) for line in received.splitlines()]
+    return [m for m in messages if "method" not in m]  # the answers (log notifications to the session left out)
 
 
 def writes(*chunks: bytes, hold_s: float = 0.0) -> Callable[[int], None]:
