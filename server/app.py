@@ -28,6 +28,7 @@ from server.client_logs import register_log_handlers
 from server.config import Settings
 from server.health import health_report
 from server.privacy import privacy_view
+from server.session import SessionLimits, SessionTable
 from server.state import AppState, open_state
 from server.tools import tool_list
 
@@ -46,6 +47,8 @@ class Gateway:
         self.settings = settings
         self._adapters = adapters
         self._state: AppState | None = None
+        # the HTTP transports' sessions (server/session_guard.py); health reads it, stdio leaves it empty
+        self.sessions = SessionTable(SessionLimits.from_config(settings.manifests.performance.http_server))
         self.server = self._build_server()
 
     @property
@@ -89,7 +92,7 @@ class Gateway:
         @server.resource("gateway://health", mime_type="application/json")
         async def health() -> str:
             """Per-adapter status, last probe, latency, error, breaker state and snapshot age."""
-            return json.dumps(health_report(self.get()), separators=(",", ":"))
+            return json.dumps(health_report(self.get(), self.sessions), separators=(",", ":"))
 
         @server.resource("gateway://privacy", mime_type="application/json")
         async def privacy() -> str:

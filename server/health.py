@@ -6,6 +6,7 @@ and shows what that caller can route to under its own.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ from server.discovery import AdapterStatus
 from server.errors import GatewayError
 from server.router import Candidate
 from server.schemas import ModelEntry, ModelsOutput
+from server.session import SessionTable
 from server.sharing import sharing_health
 from server.state import AppState
 
@@ -43,8 +45,11 @@ def models_listing(state: AppState, privacy: bool) -> ModelsOutput:
     return ModelsOutput(models=entries, aliases=dict(state.router.routes.aliases), privacy_mode=privacy)
 
 
-def health_report(state: AppState) -> dict[str, Any]:
-    """The gateway as it is now: breakers, model states and call times are read live, not from the last probe."""
+def health_report(state: AppState, sessions: SessionTable | None = None) -> dict[str, Any]:
+    """The gateway as it is now: breakers, model states, sessions and call times are read live.
+
+    `sessions`: the HTTP transports' session table; over stdio the one session is the state's own.
+    """
     snap = state.discovery.snapshot
     now = time.time()
     adapters = {name: _adapter_health(state, s, now) for name, s in snap.adapters.items()}
@@ -59,8 +64,19 @@ def health_report(state: AppState) -> dict[str, Any]:
         "audit": {"ok": state.audit.healthy, "error": state.audit.error, "records": state.audit.records},
         "in_flight": state.in_flight,
         "shared_state": sharing_health(state.shared_state, state.response_cache),
+        "sessions": _sessions(state, sessions),
         "adapters": adapters,
     }
+
+
+def _sessions(state: AppState, table: SessionTable | None) -> dict[str, Any]:
+    if state.settings.transport == "stdio":
+        local = state.local_session
+        level = logging.getLevelName(local.log_level).lower()
+        return {"transport": "stdio", "open": 1, "privacy_on": int(local.privacy), "log_level": level}
+    if state.settings.stateless or table is None:
+        return {"transport": state.settings.transport, "open": 0, "stateless": True}
+    return {"transport": state.settings.transport, **table.summary()}
 
 
 def _adapter_health(state: AppState, s: AdapterStatus, now: float) -> dict[str, Any]:

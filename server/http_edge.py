@@ -50,7 +50,7 @@ def ops_routes(gateway: Gateway) -> list[Route]:
         state = gateway.state
         if state is None:
             return JSONResponse({"status": "starting"}, status_code=503)
-        report = health_report(state)
+        report = health_report(state, gateway.sessions)
         code = 200 if all(report["capabilities"].values()) and report["audit"]["ok"] else 503
         return JSONResponse(report, status_code=code)
 
@@ -155,7 +155,7 @@ def http_app(gateway: Gateway, *, loop_watch: bool = False) -> ASGIApp:
     security = transport_security(settings)
     mcp_app = _mcp_app(gateway, security)
     front = settings.manifests.performance.http_server
-    sessions = SessionGuard.for_config(mcp_app, front, stateless=settings.stateless)
+    sessions = SessionGuard.for_config(mcp_app, front, stateless=settings.stateless, table=gateway.sessions)
     tasks: list[Task] = [sessions.sweep]
     if loop_watch:
         tasks.append(LoopWatch().run)

@@ -35,6 +35,7 @@ from mcp.server.context import ServerRequestContext
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 if TYPE_CHECKING:
+    from server.manifests import HTTPServerConfig
     from server.state import AppState
 
 SessionTransport = Literal["stdio", "streamable-http", "sse"]
@@ -92,6 +93,10 @@ class SessionLimits:
     per_principal: int = 64
     total: int = 4096
     idle_timeout_s: float = 600.0
+
+    @classmethod
+    def from_config(cls, config: HTTPServerConfig) -> SessionLimits:
+        return cls(config.max_sessions_per_principal, config.max_sessions, config.session_idle_timeout_s)
 
 
 class SessionTable:
@@ -200,6 +205,24 @@ class SessionTable:
         cutoff = self._clock() - self.limits.idle_timeout_s
         stale = [s for s in self._by_sid.values() if s.idle and s.last_active <= cutoff]
         return [self._drop(s) for s in stale]
+
+    def summary(self) -> dict[str, Any]:
+        """What health shows: how many sessions are open, busy and listening now, and the caps they live under."""
+        sessions = list(self._by_sid.values())
+        return {
+            "open": len(sessions),
+            "principals": len(self._by_principal),
+            "in_flight": sum(s.in_flight for s in sessions),
+            "streams": sum(s.streams for s in sessions),
+            "idle": sum(1 for s in sessions if s.idle),
+            "privacy_on": sum(1 for s in sessions if s.privacy),
+            "refused_foreign": self.refused_foreign,
+            "limits": {
+                "per_principal": self.limits.per_principal,
+                "total": self.limits.total,
+                "idle_timeout_s": self.limits.idle_timeout_s,
+            },
+        }
 
     def close_all(self) -> list[SessionState]:
         return [self._drop(s) for s in list(self._by_sid.values())]

@@ -109,9 +109,12 @@ class SessionGuard:
         self._messages_path = messages_path
 
     @classmethod
-    def for_config(cls, app: ASGIApp, config: HTTPServerConfig, *, stateless: bool) -> SessionGuard:
-        limits = SessionLimits(config.max_sessions_per_principal, config.max_sessions, config.session_idle_timeout_s)
-        return cls(app, SessionTable(limits), stateless=stateless)
+    def for_config(
+        cls, app: ASGIApp, config: HTTPServerConfig, *, stateless: bool, table: SessionTable | None = None
+    ) -> SessionGuard:
+        """`table`: the gateway's session table (health reads it), else a new one under the config's caps."""
+        table = table if table is not None else SessionTable(SessionLimits.from_config(config))
+        return cls(app, table, stateless=stateless)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

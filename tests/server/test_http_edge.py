@@ -223,3 +223,28 @@ async def test_a_client_that_hangs_up_mid_call_cancels_it_where_it_runs(tmp_path
                 await anyio.sleep(0.02)
             audit = [json.loads(line) for line in gw.get().audit.path.read_text().splitlines()]
     assert [r["outcome"] for r in audit if r["event"] == "finish"] == ["cancelled"]
+
+
+async def test_health_counts_the_sessions_open_now_and_their_switches(tmp_path: Path) -> None:
+    gw, _ = gateway(tmp_path, "streamable-http")
+    with anyio.fail_after(30):
+        async with serving_http(gw) as base:
+            async with Client(base + "/mcp", mode="legacy") as first, Client(base + "/mcp", mode="legacy") as second:
+                assert not (await first.call_tool("privacy", {"enable": True})).is_error
+                assert not (await second.call_tool("embed", {"input": "x"})).is_error
+                _, during = await anyio.to_thread.run_sync(get, base + "/health")
+                over_mcp = json.loads((await second.read_resource("gateway://health")).contents[0].text)  # type: ignore[union-attr]
+            _, after = await anyio.to_thread.run_sync(get, base + "/health")
+    sessions = json.loads(during)["sessions"]
+    assert sessions["transport"] == "streamable-http" and sessions["open"] == 2 and sessions["principals"] == 1
+    assert sessions["privacy_on"] == 1 and sessions["limits"]["per_principal"] == 64
+    assert over_mcp["sessions"]["open"] == 2
+    assert json.loads(after)["sessions"]["open"] == 0  # each client ended its session on the way out
+
+
+async def test_health_over_stdio_shows_the_one_local_session(tmp_path: Path) -> None:
+    server, _ = fake_server(tmp_path, {"a": FakeAdapter("a")})
+    async with Client(server) as c:
+        await c.call_tool("privacy", {"enable": True})
+        health = json.loads((await c.read_resource("gateway://health")).contents[0].text)  # type: ignore[union-attr]
+    assert health["sessions"] == {"transport": "stdio", "open": 1, "privacy_on": 1, "log_level": "warning"}
