@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,20 +25,11 @@ from server.router import Candidate
 from tests.support.fakes import FakeAdapter
 from tests.support.gateway import fake_server, settings_for
 from tests.support.processes import free_port
-from tests.support.redis_server import MISSING, redis_server, run_redis
 
 pytestmark = pytest.mark.anyio
 ROUTES = {"routes": {"embed": ["a/m"], "rerank": ["a/m"], "chat": ["a/m"]}}
 ON = {"response_cache": {"enabled": True}}
 OFF = {"response_cache": {"enabled": False}}
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if redis_server() is None:
-        pytest.skip(MISSING)
-    with run_redis(tmp_path_factory.mktemp("redis")) as url:
-        yield url
 
 
 def records(path: Path) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ And what a call gets when Redis is gone or hangs: the operator's choice, within 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,14 +24,6 @@ from tests.support.processes import free_port
 from tests.support.redis_server import MISSING, redis_server, run_redis, silent_listener
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if redis_server() is None:
-        pytest.skip(MISSING)
-    with run_redis(tmp_path_factory.mktemp("redis")) as url:
-        yield url
 
 
 @asynccontextmanager

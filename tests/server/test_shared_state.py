@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -17,14 +16,6 @@ from tests.support.processes import free_port
 from tests.support.redis_server import MISSING, redis_server, run_redis, silent_listener
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if redis_server() is None:
-        pytest.skip(MISSING)
-    with run_redis(tmp_path_factory.mktemp("redis")) as url:
-        yield url
 
 
 def errors(registry: CollectorRegistry, operation: str, error: str) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -15,18 +14,9 @@ from server.sharing import naming
 from server.state import open_state
 from tests.support.fakes import FakeAdapter
 from tests.support.gateway import settings_for
-from tests.support.redis_server import MISSING, redis_server, run_redis
 
 pytestmark = pytest.mark.anyio
 PROBES = "model_gateway_shared_state_call_duration_seconds_count"
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if redis_server() is None:
-        pytest.skip(MISSING)
-    with run_redis(tmp_path_factory.mktemp("redis")) as url:
-        yield url
 
 
 class CaseBlindAdapter(FakeAdapter):
