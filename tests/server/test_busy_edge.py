@@ -16,6 +16,7 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from pydantic import SecretStr
 
+from adapters.base import EmbedRequest, EmbedResult
 from server.app import Gateway
 from server.principal import token_digest
 from server.toolkit import GatewayTool
@@ -29,9 +30,22 @@ BUSY = "gateway busy: 1 calls in flight (limit 1); retry shortly"
 TOKENS = {"token-of-alice-0123456789": "alice", "token-of-bob-0123456789abc": "bob"}
 
 
-def gateway(tmp_path: Path, transport: str = "streamable-http", **settings: Any) -> tuple[Gateway, FakeAdapter]:
-    slow = FakeAdapter("a")
-    slow.delay_s = 30
+class HoldingAdapter(FakeAdapter):
+    """Embeds at once, except one of "hold", which waits until released."""
+
+    def __init__(self) -> None:
+        super().__init__("a")
+        self.release = anyio.Event()
+
+    async def embed(self, req: EmbedRequest) -> EmbedResult:
+        if req.texts[0] == "hold":
+            self.entered.set()
+            await self.release.wait()
+        return await super().embed(req)
+
+
+def gateway(tmp_path: Path, transport: str = "streamable-http", **settings: Any) -> tuple[Gateway, HoldingAdapter]:
+    slow = HoldingAdapter()
     perf = {"concurrency": {"max_in_flight": 1}, "batching": {"coalesce": False}, "response_cache": {"enabled": False}}
     base = settings_for(
         tmp_path, routes={"routes": {"embed": ["a/m"]}}, performance=perf, load={"transport": transport}
@@ -46,13 +60,13 @@ def counted(gw: Gateway, outcome: str) -> float:
 
 
 @asynccontextmanager
-async def one_call_held(client: Client, slow: FakeAdapter) -> AsyncIterator[None]:
-    """The gateway's only slot taken by a call that runs until the block ends."""
+async def one_call_held(client: Client, slow: HoldingAdapter) -> AsyncIterator[None]:
+    """The gateway's only slot taken by a call that is served when the block ends."""
     async with anyio.create_task_group() as tg:
-        tg.start_soon(client.call_tool, "embed", {"input": "hold the only slot"})
+        tg.start_soon(client.call_tool, "embed", {"input": "hold"})
         await slow.entered.wait()
         yield
-        tg.cancel_scope.cancel()
+        slow.release.set()
 
 
 @pytest.fixture
@@ -70,24 +84,30 @@ def in_tool(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("mode", "json_response"), [("auto", True), ("legacy", True), ("legacy", False)], ids=["2026", "json", "sse"]
+    ("mode", "settings"),
+    [
+        ("auto", {}),
+        ("legacy", {"json_response": True}),
+        ("legacy", {"json_response": False}),
+        ("legacy", {"stateless": True}),
+    ],
+    ids=["2026", "json", "sse", "stateless"],
 )
 async def test_at_the_limit_a_streamable_http_call_is_answered_busy_before_the_sdk_and_the_next_one_is_served(
-    tmp_path: Path, in_tool: list[str], mode: str, json_response: bool
+    tmp_path: Path, in_tool: list[str], mode: str, settings: dict[str, bool]
 ) -> None:
-    gw, slow = gateway(tmp_path, json_response=json_response)
+    gw, slow = gateway(tmp_path, **settings)
     with anyio.fail_after(30):
         async with serving_http(gw) as base, Client(base + "/mcp", mode=mode) as client:  # type: ignore[arg-type]
             async with one_call_held(client, slow):
                 answers = [await client.call_tool("embed", {"input": text}) for text in ("x", "y")]
                 bad = await client.call_tool("embed", {"input": 5})  # arguments are not even read
-            slow.delay_s = 0
             after = await client.call_tool("embed", {"input": "after the load"})
             busy = counted(gw, "busy")
         trail = [json.loads(line) for line in gw.settings.audit_path.read_text().splitlines()]
     assert [(r.is_error, r.content[0].text) for r in [*answers, bad]] == [(True, BUSY)] * 3  # type: ignore[union-attr]
     assert not after.is_error and after.structured_content is not None
-    assert busy == 3 and in_tool == [] and len(slow.calls) == 2
+    assert busy == 3 and in_tool == [] and slow.calls == [("embed", 1)] * 2
     shed = [r for r in trail if r["event"] == "shed"]
     assert sum(r["count"] for r in shed) == 3 and all(r["tools"] == {"embed": r["count"]} for r in shed)
 
@@ -122,6 +142,7 @@ async def test_a_busy_answer_keeps_the_id_and_another_principals_session_still_g
                 own = await mcp_http.post(http, url, call, alice, sid)
                 stolen = await mcp_http.post(http, url, call, bob, sid)
                 models = await mcp_http.post(http, url, mcp_http.tool_call("models", {}, 9), alice, sid)
+                slow.release.set()
                 tg.cancel_scope.cancel()
     assert own.status_code == 200 and own.headers["mcp-session-id"] == sid
     assert own.json() == {
@@ -153,6 +174,7 @@ async def test_at_the_limit_a_call_the_transport_would_refuse_still_gets_the_tra
                     json=mcp_http.tool_call("embed", {"input": "x"}, 4),
                     headers=mcp_http.headers(sid=sid, accept="text/html"),
                 )
+                slow.release.set()
                 tg.cancel_scope.cancel()
             busy = counted(gw, "busy")
     assert no_session.status_code == 400 and "busy" not in no_session.text
