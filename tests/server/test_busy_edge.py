@@ -87,11 +87,12 @@ def in_tool(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     ("mode", "settings"),
     [
         ("auto", {}),
+        ("auto", {"json_response": False}),
         ("legacy", {"json_response": True}),
         ("legacy", {"json_response": False}),
         ("legacy", {"stateless": True}),
     ],
-    ids=["2026", "json", "sse", "stateless"],
+    ids=["2026", "2026-sse", "json", "sse", "stateless"],
 )
 async def test_at_the_limit_a_streamable_http_call_is_answered_busy_before_the_sdk_and_the_next_one_is_served(
     tmp_path: Path, in_tool: list[str], mode: str, settings: dict[str, bool]
