@@ -30,6 +30,7 @@ from server.health import health_report
 from server.privacy import privacy_view
 from server.session import SessionLimits, SessionTable
 from server.state import AppState, open_state
+from server.toolkit import GatewayTool
 from server.tools import tool_list
 
 INSTRUCTIONS = (
@@ -49,7 +50,9 @@ class Gateway:
         self._state: AppState | None = None
         # the HTTP transports' sessions (server/session_guard.py); health reads it, stdio leaves it empty
         self.sessions = SessionTable(SessionLimits.from_config(settings.manifests.performance.http_server))
-        self.server = self._build_server()
+        tools = tool_list(settings.manifests.performance.limits)
+        self.shed_tools = frozenset(tool.name for tool in tools if tool.sheds)  # answered busy at max_in_flight
+        self.server = self._build_server(tools)
 
     @property
     def state(self) -> AppState | None:
@@ -74,7 +77,7 @@ class Gateway:
             finally:
                 self._state = None
 
-    def _build_server(self) -> MCPServer[AppState]:
+    def _build_server(self, tools: list[GatewayTool]) -> MCPServer[AppState]:
         server: MCPServer[AppState] = MCPServer(
             "model-gateway",
             title="brAInwav Model Gateway",
@@ -82,7 +85,7 @@ class Gateway:
             instructions=INSTRUCTIONS,
             lifespan=lambda _: self.running(),
             log_level=self.settings.log_level,  # type: ignore[arg-type]
-            tools=list(tool_list(self.settings.manifests.performance.limits)),
+            tools=list(tools),
         )
         register_log_handlers(server)
         self._register_resources(server)

@@ -8,7 +8,8 @@
           GET /health, /metrics
           RequestGuard       bounded bodies; each POSTed message parsed once and held to the envelope rules
             SessionGuard     a session answers only to the principal that opened it; caps, idle timeout
-              the SDK's Streamable HTTP app (/mcp) or legacy SSE app (/sse, /messages/)
+              BusyEdge       at max_in_flight, a model tool call over Streamable HTTP is answered busy here
+                the SDK's Streamable HTTP app (/mcp) or legacy SSE app (/sse, /messages/)
 
 Below ASGI, `server/http_server.py` bounds the time a client may take over its headers and
 tells a request when its client has gone. stdio's `--metrics-port` listener (`ops_app`) is
@@ -31,11 +32,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.app import Gateway
+from server.busy_edge import BusyEdge, BusyShape
 from server.config import Settings
 from server.health import health_report
 from server.http_guard import HostOriginGuard, RequestGuard
 from server.loopwatch import LoopWatch
 from server.principal import SCOPE_KEY, token_digest
+from server.sdk import lowlevel
 from server.session_guard import SessionGuard
 from server.telemetry import CONTENT_TYPE
 
@@ -155,7 +158,11 @@ def http_app(gateway: Gateway, *, loop_watch: bool = False) -> ASGIApp:
     security = transport_security(settings)
     mcp_app = _mcp_app(gateway, security)
     front = settings.manifests.performance.http_server
-    sessions = SessionGuard.for_config(mcp_app, front, stateless=settings.stateless, table=gateway.sessions)
+    shape = BusyShape(
+        gateway.shed_tools, settings.json_response, lowlevel(gateway.server).server_info_stamp, settings.stateless
+    )
+    busy = BusyEdge(mcp_app, lambda: gateway.state, shape)
+    sessions = SessionGuard.for_config(busy, front, stateless=settings.stateless, table=gateway.sessions)
     tasks: list[Task] = [sessions.sweep]
     if loop_watch:
         tasks.append(LoopWatch().run)

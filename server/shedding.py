@@ -1,7 +1,10 @@
 """Cheap shedding: over `max_in_flight`, a call gets a fast "busy" answer that costs almost nothing.
 
-A busy answer touches no upstream, no policy and no fsync of its own: the
-tool refuses it before its arguments are even validated. The trail stays
+A busy answer touches no upstream, no policy and no fsync of its own: over
+Streamable HTTP it is given at the HTTP edge, before the MCP SDK reads the
+request (server/busy_edge.py); elsewhere, and for a call that reaches the tool
+as the last slot is taken, the tool refuses it before its arguments are even
+validated. Either way it is counted here. The trail stays
 honest through counted summaries: the first busy answer of an interval
 appends one non-durable `shed` record (made durable by the next durable
 write, as every start record is), and the count of the ones after it rides in

@@ -2,7 +2,9 @@
 
 `GatewayTool` is the SDK's `Tool` with what the SDK leaves out of a tool call:
 over `max_in_flight` a model tool answers "busy" before even its arguments are
-validated (server/shedding.py); a call whose arguments fail validation is
+validated (server/shedding.py; over Streamable HTTP most such calls are answered
+before the SDK sees them, server/busy_edge.py, and this check covers stdio, legacy
+SSE and the race between the two); a call whose arguments fail validation is
 answered with one clear line naming each field and limit (never the input),
 counted and audited like every other refused call; what the call logs goes to
 its own session's log notifications only (server/client_logs.py); and a call
@@ -26,6 +28,7 @@ from mcp_types import CallToolResult
 from pydantic import Field, ValidationError
 
 from adapters.errors import safe_detail
+from server.busy_edge import refuse_busy
 from server.calls import Caller, Out, ToolCall
 from server.errors import GatewayError
 from server.http_guard import CLIENT_GONE, CLIENT_GONE_MESSAGE, request_state
@@ -120,11 +123,7 @@ class GatewayTool(Tool):
                 state.shedder.leave()
 
     async def _shed(self, state: AppState) -> None:
-        m = state.metrics
-        m.child(m.calls, self.name, "busy").inc()
-        m.child(m.errors, self.name, "busy").inc()
-        await state.shedder.shed(self.name, state.write_audit)
-        raise ToolError(state.shedder.message())
+        raise ToolError(await refuse_busy(state, self.name))
 
 
 def argument_problems(tool: str, exc: ValidationError) -> tuple[str, list[str]]:
