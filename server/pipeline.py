@@ -3,7 +3,7 @@
     1 limits        sizes, then the rate limiter (awaited: its buckets may be in Redis); over -> tool error
     2 route+policy  candidates from the router, each checked by policy; none allowed -> denial
     3 audit start   written before any backend is touched; fail-closed if it cannot write
-    4 cache         embed/rerank when switched on, never in privacy mode: a stored answer is a hit (response_cache.py)
+    4 cache         embed/rerank unless switched off, never in privacy mode: a stored answer is a hit
     5 router        ordered attempts under deadlines, fallback on retryable errors; a miss's answer is stored
     6 finish        shielded from cancellation: audit finish (with `cache`: hit | miss), metrics, span end
 
@@ -33,7 +33,7 @@ from server.calls import Out, ToolCall, new_call_id
 from server.errors import GatewayError, InternalError, LimitError, NoRouteError, PolicyDeniedError
 from server.limits import Size, check
 from server.policy import POLICY_ERROR, Decision, PolicyRequest
-from server.response_cache import CacheOutcome
+from server.response_cache import CacheOutcome, request_digest
 from server.router import Attempt, Candidate
 from server.schemas import _Result
 from server.state import AppState
@@ -224,15 +224,15 @@ async def _serve(run: _Run, candidates: list[Candidate], deadline_s: float) -> t
     state, call, cache = run.state, run.call, run.state.response_cache
     if not cache.holds(call):
         return await state.router.execute(call, candidates, deadline_s, run.attempts)
-    first, started = candidates[0], time.perf_counter()
-    found = await cache.lookup(call, first)
+    first, started, digest = candidates[0], time.perf_counter(), request_digest(call)
+    found = await cache.lookup(call, first, digest)
     run.cache = "miss" if found is None else "hit"
     if found is not None:
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         run.attempts.append(Attempt(first.adapter, first.model, "cached", elapsed_ms))
         return found, first
     value, chosen = await state.router.execute(call, candidates, deadline_s, run.attempts)
-    await cache.keep(call, chosen, value)
+    await cache.keep(call, chosen, value, digest)
     return value, chosen
 
 

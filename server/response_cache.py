@@ -15,8 +15,9 @@ cache holds the adapter's answer and the call formats it. The scope is the
 caller's principal, so one principal never reads another's answers, unless
 the model's `adapter/model` matches `response_cache.shared_models` (default:
 none). Inputs are never stored: a key is a hash, an entry holds vectors or
-scores. The cache is off unless `response_cache.enabled` is set, and a call
-in privacy mode never touches it.
+scores. The request is hashed once per call (`request_digest`), however many
+candidates are looked up or kept under. The cache is on unless
+`response_cache.enabled` is false, and a call in privacy mode never touches it.
 
 An entry is the answer encoded as JSON, read back through a schema (one that
 does not validate is a miss); one larger than `max_entry_bytes` is not stored.
@@ -199,6 +200,12 @@ class CacheMetrics:
             )
 
 
+def request_digest(call: ToolCall[Any]) -> str:
+    """sha256 of the call's canonical request without the caller's model name (the candidate names the model)."""
+    request = {k: v for k, v in call.canonical().items() if k != "model"}
+    return hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 class ResponseCache:
     def __init__(
         self, config: ResponseCacheConfig, store: CacheStore, registry: CollectorRegistry, naming: Naming
@@ -217,30 +224,30 @@ class ResponseCache:
         """
         return self.config.enabled and call.capability in CACHED and not call.caller.privacy
 
-    def key(self, call: ToolCall[Any], candidate: Candidate) -> str:
+    def key(self, call: ToolCall[Any], candidate: Candidate, digest: str | None = None) -> str:
+        """The entry's key; `digest`: the call's `request_digest`, when the caller already has it."""
         model = self._naming(candidate.adapter, candidate.model)
         shared = any(fnmatchcase(f"{candidate.adapter}/{model}", glob) for glob in self.config.shared_models)
-        request = {k: v for k, v in call.canonical().items() if k != "model"}
         material = {
             "v": FORMAT,
             "scope": "*" if shared else call.caller.principal,
             "tool": call.tool,
             "adapter": candidate.adapter,
             "model": model,
-            "request": request,
+            "request": digest or request_digest(call),
         }
         return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
-    async def lookup(self, call: ToolCall[Any], candidate: Candidate) -> Answer | None:
+    async def lookup(self, call: ToolCall[Any], candidate: Candidate, digest: str | None = None) -> Answer | None:
         """The stored answer to this call from this candidate, or None (counted as a hit or a miss)."""
-        blob = await self.store.get(self.key(call, candidate))
+        blob = await self.store.get(self.key(call, candidate, digest))
         found = decode(call.capability, blob) if blob is not None else None
         if blob is not None and found is None:
             self._count(call, "invalid")
         self._count(call, "miss" if found is None else "hit")
         return found
 
-    async def keep(self, call: ToolCall[Any], chosen: Candidate, value: object) -> None:
+    async def keep(self, call: ToolCall[Any], chosen: Candidate, value: object, digest: str | None = None) -> None:
         """Keep the answer `chosen` served, unless it is larger than one entry may be."""
         blob = encode(value)
         if blob is None:
@@ -248,7 +255,7 @@ class ResponseCache:
         if len(blob) > self.config.max_entry_bytes:
             self._count(call, "too_large")
             return
-        await self.store.put(self.key(call, chosen), blob, self.config.ttl_s)
+        await self.store.put(self.key(call, chosen, digest), blob, self.config.ttl_s)
         self._count(call, "store")
 
     def _count(self, call: ToolCall[Any], result: str) -> None:
