@@ -57,6 +57,8 @@ class ProbeResult:
     error: str | None = None
     # Free-form, bounded state for health (for example a model's load state).
     details: Mapping[str, str] = field(default_factory=dict)
+    # Models the manifest declares that the server did not list: health marks each one failed.
+    unlisted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

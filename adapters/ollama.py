@@ -86,7 +86,7 @@ class OllamaAdapter(HTTPAdapter):
         version, details = wire.version(answers.get("/api/version"))
         if missing:
             details["missing_models"] = safe_detail(", ".join(missing))
-        return ProbeResult(ok=True, models=models, version=version, details=details)
+        return ProbeResult(ok=True, models=models, version=version, details=details, unlisted=tuple(missing))
 
     async def _probe_get(self, path: str, answers: dict[str, object]) -> None:
         try:

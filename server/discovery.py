@@ -52,6 +52,7 @@ class AdapterStatus:
     probed_at: float | None = None
     version: str | None = None
     details: Mapping[str, str] = field(default_factory=dict)
+    unlisted: frozenset[str] = frozenset()  # canonical names of declared models the server did not list
 
     @property
     def capabilities(self) -> frozenset[Capability]:
@@ -116,6 +117,7 @@ def status_from_probe(adapter: Adapter, result: ProbeResult, latency_ms: float, 
         probed_at=time.time(),
         version=result.version,
         details=dict(result.details),
+        unlisted=frozenset(canonical_model(adapter, n) for n in result.unlisted),
     )
 
 
@@ -146,6 +148,7 @@ def snapshot_to_json(snap: Snapshot) -> dict[str, Any]:
             "probed_at": s.probed_at,
             "version": s.version,
             "details": dict(s.details),
+            "unlisted": sorted(s.unlisted),
         }
     return {"version": SNAPSHOT_VERSION, "created_at": snap.created_at, "adapters": adapters}
 
@@ -171,6 +174,7 @@ class _StatusJSON(BaseModel):
     probed_at: float | None = Field(default=None, allow_inf_nan=False)
     version: str | None = None
     details: dict[str, str] = Field(default_factory=dict)
+    unlisted: list[str] = Field(default_factory=list, max_length=_MAX_MODELS)
 
 
 class _SnapshotJSON(BaseModel):
@@ -205,6 +209,7 @@ def _status_from_json(name: str, raw: _StatusJSON) -> AdapterStatus:
         probed_at=raw.probed_at,
         version=raw.version,
         details=dict(raw.details),
+        unlisted=frozenset(raw.unlisted),
     )
 
 

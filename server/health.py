@@ -108,12 +108,11 @@ def _model_states(adapter: Adapter | None, s: AdapterStatus) -> dict[str, dict[s
     if isinstance(adapter, ReportsModelStates):
         live = adapter.model_states()
         return {name: {"state": st, "error": err} for name, (st, err) in live.items()}
-    missing = set(s.details.get("missing_models", "").split(", ")) - {""}
     found: dict[str, dict[str, str | None]] = {}
     for m in s.models:
         if s.status == "unknown":
             found[m.name] = {"state": "unknown", "error": None}
-        elif s.status == "down" or m.name in missing:
+        elif s.status == "down" or m.name in s.unlisted:
             found[m.name] = {"state": "failed", "error": s.error or "not listed by the server"}
         else:
             found[m.name] = {"state": "ready", "error": None}

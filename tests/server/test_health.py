@@ -8,9 +8,15 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
+from adapters.base import AdapterContext, AdapterLimits
 from adapters.errors import AdapterUnavailableError
+from adapters.manifest import ModelSpec, OllamaManifest
+from adapters.ollama import OllamaAdapter
+from server.discovery import Discovery, read_cached_snapshot
 from server.health import health_report, models_listing
+from server.manifests import DiscoveryConfig
 from server.state import open_state
+from tests.support.fake_ollama import FakeOllama
 from tests.support.fakes import FakeAdapter
 from tests.support.gateway import fake_server, settings_for
 
@@ -57,3 +63,29 @@ async def test_models_of_an_adapter_whose_probe_failed_show_failed_with_the_reas
         await state.discovery.refresh()
         report = health_report(state)
     assert report["adapters"]["a"]["model_states"] == {"e": {"state": "failed", "error": "refused"}}
+
+
+async def test_every_declared_model_the_server_does_not_list_shows_failed_however_many_there_are(
+    tmp_path: Path,
+) -> None:
+    # Enough long names that the probe's human-readable detail is cut short: health must not read it.
+    absent = [f"a-model-that-was-never-pulled-{i:02d}:latest" for i in range(40)]
+    models = [ModelSpec(name="all-minilm", capabilities=["embed"])]
+    models += [ModelSpec(name=n, capabilities=["chat"]) for n in absent]
+    with FakeOllama() as server:
+        manifest = OllamaManifest(kind="ollama", name="o", endpoint=server.url, models=models)
+        adapter = OllamaAdapter(manifest, AdapterContext(limits=AdapterLimits()))
+        try:
+            async with open_state(settings_for(tmp_path), {"o": adapter}) as state:
+                snap = await state.discovery.refresh()
+                report = health_report(state)
+                disk = tmp_path / "again.json"
+                await Discovery({"o": adapter}, DiscoveryConfig(), disk).refresh()
+            reread = read_cached_snapshot(disk, {"o": adapter})
+        finally:
+            await adapter.aclose()
+    assert len(snap.adapters["o"].details["missing_models"]) < len(", ".join(absent))
+    states = report["adapters"]["o"]["model_states"]
+    assert states["all-minilm:latest"] == {"state": "ready", "error": None}
+    assert {n: s["state"] for n, s in states.items() if n != "all-minilm:latest"} == dict.fromkeys(absent, "failed")
+    assert reread is not None and reread.adapters["o"].unlisted == frozenset(absent)
