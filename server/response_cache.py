@@ -6,9 +6,9 @@ call): `lookup()` under the first candidate policy and routing allow, and on a
 miss `keep()` under the candidate that served the answer.
 
 The key is sha256 over the canonical JSON of: the entry format, the scope, the
-tool, the adapter and its canonical spelling of the model
-(`adapters.naming.canonical_model`, so `LLAMA3` and `llama3:latest` share an
-entry on Ollama), and the call's canonical audit form without the caller's
+tool, the adapter and the candidate's model, which the router has already put
+in the adapter's canonical spelling (`adapters.naming.canonical_model`, so
+`LLAMA3` and `llama3:latest` share an entry on Ollama), and the call's canonical audit form without the caller's
 model name (texts, dimensions; query, documents, top_n). How an answer is
 published (float or base64, documents echoed or not) is not in the key: the
 cache holds the adapter's answer and the call formats it. The scope is the
@@ -49,7 +49,6 @@ FORMAT = 1
 CACHED: frozenset[Capability] = frozenset({"embed", "rerank"})
 CacheOutcome = Literal["hit", "miss"]
 Answer = EmbedResult | RerankResult
-Naming = Callable[[str, str], str]  # (adapter, model) -> the adapter's canonical spelling of the model
 
 
 class CacheStore(Protocol):
@@ -207,13 +206,10 @@ def request_digest(call: ToolCall[Any]) -> str:
 
 
 class ResponseCache:
-    def __init__(
-        self, config: ResponseCacheConfig, store: CacheStore, registry: CollectorRegistry, naming: Naming
-    ) -> None:
+    def __init__(self, config: ResponseCacheConfig, store: CacheStore, registry: CollectorRegistry) -> None:
         self.config = config
         self.store = store
         self.metrics = CacheMetrics(registry, store)
-        self._naming = naming
 
     def holds(self, call: ToolCall[Any]) -> bool:
         """Whether this call's answers are cached at all: switched on, embed or rerank, and not in privacy mode.
@@ -226,7 +222,7 @@ class ResponseCache:
 
     def key(self, call: ToolCall[Any], candidate: Candidate, digest: str | None = None) -> str:
         """The entry's key; `digest`: the call's `request_digest`, when the caller already has it."""
-        model = self._naming(candidate.adapter, candidate.model)
+        model = candidate.model
         shared = any(fnmatchcase(f"{candidate.adapter}/{model}", glob) for glob in self.config.shared_models)
         material = {
             "v": FORMAT,

@@ -7,18 +7,16 @@ and the Redis connection's health probe runs in the state's task group.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from adapters.base import Adapter
-from adapters.naming import canonical_model
 from server.config import Settings
 from server.ratelimit import Limiter, RateLimiter
-from server.response_cache import LocalStore, Naming, RedisStore, ResponseCache
+from server.response_cache import LocalStore, RedisStore, ResponseCache
 from server.shared_limits import RedisRateLimiter
 from server.shared_state import SharedState
 
@@ -30,28 +28,21 @@ class Sharing:
     shared: SharedState | None
 
 
-def naming(adapters: Mapping[str, Adapter]) -> Naming:
-    """(adapter, model) -> that adapter's canonical spelling of the model; names are kept for unknown adapters."""
-    return lambda adapter, model: canonical_model(adapters.get(adapter), model)
-
-
 @asynccontextmanager
-async def sharing(
-    settings: Settings, registry: CollectorRegistry, adapters: Mapping[str, Adapter]
-) -> AsyncIterator[Sharing]:
+async def sharing(settings: Settings, registry: CollectorRegistry) -> AsyncIterator[Sharing]:
     """The limiter and the cache, in this process or in Redis; the Redis connection is closed on exit."""
     perf = settings.manifests.performance
     cfg = perf.shared_state
     if settings.shared_state_url is None:
         store = LocalStore(perf.response_cache.max_entries, perf.response_cache.max_bytes)
-        cache = ResponseCache(perf.response_cache, store, registry, naming(adapters))
+        cache = ResponseCache(perf.response_cache, store, registry)
         yield Sharing(RateLimiter(perf.rate_limits), cache, None)
         return
     password = settings.secrets.get(cfg.password_env) if cfg.password_env else None
     shared = SharedState(settings.shared_state_url, cfg, registry, password)
     try:
         limiter = RedisRateLimiter(perf.rate_limits, shared, cfg)
-        cache = ResponseCache(perf.response_cache, RedisStore(shared, cfg.key_prefix), registry, naming(adapters))
+        cache = ResponseCache(perf.response_cache, RedisStore(shared, cfg.key_prefix), registry)
         yield Sharing(limiter, cache, shared)
     finally:
         await shared.aclose()

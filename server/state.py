@@ -117,7 +117,7 @@ async def open_state(settings: Settings, adapters: Mapping[str, Adapter] | None 
         stack.push_async_callback(_close_adapters, adapters)
         stack.push_async_callback(audit.aclose)
         coalescer = await stack.enter_async_context(Coalescer(perf.batching, metrics.observe_batch))
-        shared = await stack.enter_async_context(sharing(settings, metrics.registry, adapters))
+        shared = await stack.enter_async_context(sharing(settings, metrics.registry))
         tg = await stack.enter_async_context(tasks)
         coalescing = {n: CoalescingAdapter(a, coalescer) for n, a in adapters.items()}
         router = _router(settings, discovery, coalescing, metrics, redactor)

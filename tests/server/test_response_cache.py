@@ -177,9 +177,7 @@ async def test_a_session_in_privacy_mode_neither_reads_nor_fills_the_cache(tmp_p
 
 
 async def test_a_call_in_the_operators_privacy_mode_never_touches_the_cache(tmp_path: Path) -> None:
-    cache = ResponseCache(
-        ResponseCacheConfig(enabled=True), LocalStore(10, 10_000), CollectorRegistry(), lambda adapter, model: model
-    )
+    cache = ResponseCache(ResponseCacheConfig(enabled=True), LocalStore(10, 10_000), CollectorRegistry())
     assert cache.holds(EmbedCall(Caller("alice"), ("t",)))
     assert not cache.holds(EmbedCall(Caller("alice", privacy=True), ("t",)))
     adapter = FakeAdapter("a")
@@ -207,7 +205,7 @@ async def test_principals_never_share_entries_unless_the_model_is_declared_share
 
     def cache(**config: Any) -> ResponseCache:
         cfg = ResponseCacheConfig.model_validate({"enabled": True, **config})
-        return ResponseCache(cfg, LocalStore(10, 10_000), CollectorRegistry(), lambda adapter, model: model)
+        return ResponseCache(cfg, LocalStore(10, 10_000), CollectorRegistry())
 
     private = cache()
     assert [await ask(private, p) for p in ("alice", "bob", "alice")] == ["miss", "miss", "hit"]

@@ -10,25 +10,12 @@ import pytest
 from server.ratelimit import RateLimiter
 from server.response_cache import LocalStore, RedisStore
 from server.shared_limits import RedisRateLimiter
-from server.sharing import naming
 from server.state import open_state
 from tests.support.fakes import FakeAdapter
 from tests.support.gateway import settings_for
 
 pytestmark = pytest.mark.anyio
 PROBES = "model_gateway_shared_state_call_duration_seconds_count"
-
-
-class CaseBlindAdapter(FakeAdapter):
-    def canonical_model(self, name: str) -> str:
-        return name.lower()
-
-
-def test_model_names_are_spelled_as_each_adapter_spells_them() -> None:
-    spell = naming({"blind": CaseBlindAdapter("blind"), "plain": FakeAdapter("plain")})
-    assert spell("blind", "MiniLM") == "minilm"
-    assert spell("plain", "MiniLM") == "MiniLM"  # no rule: kept as given
-    assert spell("gone", "MiniLM") == "MiniLM"
 
 
 async def test_without_shared_state_limits_and_cache_live_in_the_process(tmp_path: Path) -> None:
