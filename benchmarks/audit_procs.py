@@ -70,9 +70,22 @@ def _run(folders: list[Path], mode: str, calls: int) -> tuple[list[dict[str, flo
     """Start one process per folder entry, release them together, collect what each measured."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.audit_procs", "--worker", str(folder / "audit.jsonl"),
-             "--index", str(i), "--mode", mode, "--calls", str(calls)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.audit_procs",
+                "--worker",
+                str(folder / "audit.jsonl"),
+                "--index",
+                str(i),
+                "--mode",
+                mode,
+                "--calls",
+                str(calls),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for i, folder in enumerate(folders)
     ]

@@ -125,8 +125,9 @@ DAMAGE: dict[str, Damage] = {
     "truncated": _rewrite(lambda name, b: b[: len(b) // 2]),
     "zero length": _rewrite(lambda name, b: b""),
     "wrong JSON shape": _rewrite(
-        lambda name, b: (b"[]" if name == "snapshot" else b'{"adapters": []}') if name in JSON_FILES
-        else _last_line(b, b"null")
+        lambda name, b: (
+            (b"[]" if name == "snapshot" else b'{"adapters": []}') if name in JSON_FILES else _last_line(b, b"null")
+        )
     ),
     "random byte flips": _rewrite(lambda name, b: _flip(b, len(name))),
     "mode 0666": lambda name, path: os.chmod(path, 0o666),
