@@ -1,14 +1,11 @@
-"""The BERT encoders' forward pass in numpy, for float32 on a CPU.
+"""The BERT encoders' forward pass in numpy, for float32 on a CPU (~0.8x the time of the MLX pass there).
 
-On a CPU the encoders' time went to what MLX does slowly there: its matrix products go to the system's
-OpenBLAS (0.3.21 on Debian 12), which ran these shapes up to ~1.4x slower than numpy's bundled OpenBLAS
-(0.3.31); its elementwise loops are scalar, so GELU over a batch's 1,536-wide feed-forward activation took
-~3-4 ms a layer; and each hand-over of a softmax to numpy cost a copy. Here the whole forward pass stays in
-numpy: products into buffers kept per batch shape, biases, residuals and layer norms in place, and GELU
-(erf by Eigen's rational approximation, within 1e-7 of erf) over row blocks that stay in the core's cache.
-
-Numpy's BLAS is a second thread pool beside MLX's; both are driven from the MLX owner thread, one job at a
-time, so they never compute at once.
+MLX's CPU elementwise loops are scalar (GELU over a batch's 1,536-wide feed-forward activation took ~3-4 ms
+a layer) and each of its products and softmax hand-overs carries overhead. Here the whole forward pass stays
+in numpy: products into buffers kept per batch shape with the biases and residuals already in them, layer
+norms in place, and GELU (erf by Eigen's rational approximation, within 1e-7 of erf) over row blocks that
+stay in the core's cache. The products themselves go where adapters/_gemm.py says: the OpenBLAS in front
+of MLX when there is one, so the process keeps one BLAS thread pool.
 """
 
 from __future__ import annotations
@@ -45,6 +42,9 @@ _GELU_NUM = tuple(np.float32(c * 0.5**k * 0.5 * _SQRT_HALF) for k, c in enumerat
 _GELU_DEN = tuple(np.float32(c * 0.5**k) for k, c in enumerate(_ERF_DEN))[::-1]
 _GELU_CLIP = np.float32(4.0 / _SQRT_HALF)
 _BLOCK_ELEMENTS = 1 << 15  # an activation block and its scratch stay in a core's L2 cache
+# Buffers kept between calls: a few batch shapes, this many bytes in all. A batch of long texts (64 x 256
+# tokens: ~200 MB of attention scores) gets buffers for that call only.
+_KEPT_SHAPES, _KEPT_BYTES = 8, 64 << 20
 
 
 def _horner(coefficients: tuple[np.float32, ...], x2: np.ndarray, out: np.ndarray) -> None:
@@ -163,21 +163,31 @@ class NumpyBert:
 
     def _buffers_for(self, batch: int, width: int) -> _Buffers:
         key = (batch, width)
-        if key not in self._buffers:
-            if len(self._buffers) >= 8:  # a few recent shapes: a batch of another shape reallocates
+        if key in self._buffers:
+            return self._buffers[key]
+        fresh = self._allocate(batch, width)
+        size = _nbytes(fresh)
+        if size <= _KEPT_BYTES:
+            # Oldest shapes first out, until the new one fits the count and the byte budget.
+            while self._buffers and (
+                len(self._buffers) >= _KEPT_SHAPES or sum(map(_nbytes, self._buffers.values())) + size > _KEPT_BYTES
+            ):
                 self._buffers.pop(next(iter(self._buffers)))
-            tokens, hidden = batch * width, self.word.shape[1]
-            inter = self.layers[0].ffn_in.shape[0]
-            self._buffers[key] = _Buffers(
-                x=np.empty((tokens, hidden), np.float32),
-                qkv=np.empty((tokens, 3 * hidden), np.float32),
-                scores=np.empty((batch, self.heads, width, width), np.float32),
-                context=np.empty((batch, width, self.heads, hidden // self.heads), np.float32),
-                inner=np.empty((tokens, inter), np.float32),
-                rows=np.empty((tokens, 1), np.float32),
-                maxima=np.empty((batch, self.heads, width, 1), np.float32),
-            )
-        return self._buffers[key]
+            self._buffers[key] = fresh
+        return fresh
+
+    def _allocate(self, batch: int, width: int) -> _Buffers:
+        tokens, hidden = batch * width, self.word.shape[1]
+        inter = self.layers[0].ffn_in.shape[0]
+        return _Buffers(
+            x=np.empty((tokens, hidden), np.float32),
+            qkv=np.empty((tokens, 3 * hidden), np.float32),
+            scores=np.empty((batch, self.heads, width, width), np.float32),
+            context=np.empty((batch, width, self.heads, hidden // self.heads), np.float32),
+            inner=np.empty((tokens, inter), np.float32),
+            rows=np.empty((tokens, 1), np.float32),
+            maxima=np.empty((batch, self.heads, width, 1), np.float32),
+        )
 
     def __call__(self, ids: np.ndarray, type_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Hidden states (batch, width, hidden) for int token ids, segment ids and a 0/1 mask of real tokens.
@@ -226,6 +236,10 @@ class NumpyBert:
         np.add(buf.x, w.ffn_out_bias, out=buf.x)
         self.gemm(buf.inner, w.ffn_out, buf.x, 1.0)
         layer_norm(buf.x, *w.ffn_norm, self.eps, buf.rows)
+
+
+def _nbytes(buffers: _Buffers) -> int:
+    return sum(getattr(buffers, name).nbytes for name in _Buffers.__slots__)
 
 
 def _view(array: object) -> np.ndarray:

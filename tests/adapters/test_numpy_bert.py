@@ -104,3 +104,22 @@ def test_batch_shapes_keep_a_bounded_set_of_buffers(tiny_dir: Path) -> None:
 def test_the_numpy_forward_pass_refuses_weights_that_are_not_float32(tiny_dir: Path) -> None:
     with pytest.raises(ModelLoadError, match="needs float32 weights"):
         SentenceEncoder.load(tiny_dir, forward="numpy", dtype="float16")
+
+
+def test_buffers_too_large_to_keep_serve_their_call_and_are_let_go(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import adapters.numpy_bert
+
+    enc = SentenceEncoder.load(tiny_dir, forward="numpy")
+    assert enc.numpy_model is not None
+    small = enc.encode(["rain"]).vectors[0]
+    kept = dict(enc.numpy_model._buffers)
+    assert len(kept) == 1
+    monkeypatch.setattr(adapters.numpy_bert, "_KEPT_BYTES", sum(map(adapters.numpy_bert._nbytes, kept.values())) + 1)
+    long_text = " ".join(["cat"] * 60)
+    vector = enc.encode([long_text] * 3).vectors[0]
+    assert enc.numpy_model._buffers == kept  # the larger shape's buffers were not kept
+    assert _cos(vector, reference_embedding(tiny_dir, enc.tokenizer.encode(long_text).ids[: enc.max_length])) > 0.99999
+    assert _cos(enc.encode(["rain"]).vectors[0], small) > 0.999999
+
