@@ -71,6 +71,7 @@ def _read_cpuinfo() -> str:
 
 _lock = threading.Lock()
 _state: str | None = None
+_loaded: Path | None = None  # the OpenBLAS put in front of MLX's BLAS, once it is
 
 
 def load_openblas(*, opt_out: bool = False, system: str = sys.platform) -> str:
@@ -103,4 +104,12 @@ def _load(opt_out: bool, system: str) -> str:
         ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
     except OSError as exc:
         return f"reference (OpenBLAS failed to load: {exc})"
+    global _loaded
+    _loaded = lib
     return f"openblas ({lib})"
+
+
+def loaded_openblas() -> Path | None:
+    """The OpenBLAS library load_openblas() put in front of MLX's BLAS, if it did."""
+    return _loaded
+

@@ -10,18 +10,20 @@ here runs on the MLX owner thread; nothing touches the event loop.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_flatten
 from tokenizers import Tokenizer
 
+from adapters._gemm import encoder_gemm
+from adapters.bert_batches import Batch, chunks, pad
+from adapters.bert_config import BertConfig, input_limit, read_json, rename
 from adapters.errors import ModelLoadError, safe_detail
 from adapters.mlx_activations import (
     Activation,
@@ -35,6 +37,7 @@ from adapters.mlx_activations import (
     residual,
 )
 from adapters.mlx_attention import softmax
+from adapters.numpy_bert import NumpyBert, from_weights, mean_pool_normalise, pooled_first_token
 
 __all__ = ["CrossEncoder", "SentenceEncoder", "erf_rational", "gelu_exact", "gelu_fast"]
 
@@ -42,41 +45,7 @@ ChunkFn = Callable[[int, int], None]  # (inputs done, inputs total)
 # Attention scores in one forward batch (inputs x heads x tokens^2) from which numpy computes the softmax.
 NUMPY_SOFTMAX_FROM = 8192
 Inputs = Sequence[str] | Sequence[tuple[str, str]]
-
-
-@dataclass(frozen=True, slots=True)
-class BertConfig:
-    vocab_size: int
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    intermediate_size: int
-    max_position_embeddings: int
-    type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
-    hidden_act: str = "gelu"
-    num_labels: int = 1
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> BertConfig:
-        if raw.get("model_type", "bert") != "bert":
-            raise ModelLoadError(f"config.json model_type is {raw.get('model_type')!r}, expected 'bert'")
-        try:
-            labels = raw.get("id2label")
-            return cls(
-                vocab_size=int(raw["vocab_size"]),
-                hidden_size=int(raw["hidden_size"]),
-                num_hidden_layers=int(raw["num_hidden_layers"]),
-                num_attention_heads=int(raw["num_attention_heads"]),
-                intermediate_size=int(raw["intermediate_size"]),
-                max_position_embeddings=int(raw["max_position_embeddings"]),
-                type_vocab_size=int(raw.get("type_vocab_size", 2)),
-                layer_norm_eps=float(raw.get("layer_norm_eps", 1e-12)),
-                hidden_act=str(raw.get("hidden_act", "gelu")),
-                num_labels=int(raw.get("num_labels", len(labels) if isinstance(labels, dict) else 1)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelLoadError(f"config.json is not a BERT config: missing or bad field {exc}") from exc
+Forward = Literal["auto", "mlx", "numpy"]  # "auto": numpy for float32 on a CPU (adapters/numpy_bert.py)
 
 
 class _Layer(nn.Module):
@@ -138,110 +107,23 @@ class BertModel(nn.Module):
         return x
 
 
-_HF_NAMES = [
-    (r"^embeddings\.word_embeddings\.", "word."),
-    (r"^embeddings\.position_embeddings\.", "position."),
-    (r"^embeddings\.token_type_embeddings\.", "token_type."),
-    (r"^embeddings\.LayerNorm\.", "embed_norm."),
-    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.attn_out."),
-    (r"^encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"layers.\1.attn_norm."),
-    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.ffn_in."),
-    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.ffn_out."),
-    (r"^encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"layers.\1.ffn_norm."),
-    (r"^pooler\.dense\.", "pooler."),
-]
-_QKV = re.compile(r"^encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)$")
-
-
-def _rename(weights: dict[str, mx.array], *, pooler: bool) -> dict[str, mx.array]:
-    """Map Hugging Face BERT tensor names onto BertModel's, fusing q/k/v."""
-    out: dict[str, mx.array] = {}
-    qkv: dict[tuple[str, str], dict[str, mx.array]] = {}
-    for raw, value in weights.items():
-        name = raw.removeprefix("bert.")
-        if name.endswith("position_ids") or (name.startswith("pooler.") and not pooler):
-            continue
-        if m := _QKV.match(name):
-            qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
-            continue
-        for pattern, repl in _HF_NAMES:
-            if re.match(pattern, name):
-                out[re.sub(pattern, repl, name)] = value
-                break
-    for (layer, kind), parts in qkv.items():
-        if set(parts) != {"query", "key", "value"}:
-            raise ModelLoadError(f"model.safetensors lacks part of layer {layer}'s attention {kind}")
-        out[f"layers.{layer}.qkv.{kind}"] = mx.concatenate([parts["query"], parts["key"], parts["value"]])
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    ids: np.ndarray
-    type_ids: np.ndarray
-    mask: np.ndarray
-    tokens: int
-    truncated: int
-
-
-def _pad(encodings: Sequence[Any], pad_id: int) -> Batch:
-    width = max(len(e.ids) for e in encodings)
-    ids = np.full((len(encodings), width), pad_id, dtype=np.int32)
-    type_ids = np.zeros((len(encodings), width), dtype=np.int32)
-    mask = np.zeros((len(encodings), width), dtype=np.int32)
-    for row, enc in enumerate(encodings):
-        n = len(enc.ids)
-        ids[row, :n], type_ids[row, :n], mask[row, :n] = enc.ids, enc.type_ids, 1
-    truncated = sum(1 for e in encodings if e.overflowing)
-    return Batch(ids, type_ids, mask, int(mask.sum()), truncated)
-
-
-_PAD_SLACK = 64  # padding a chunk may carry for free: below this, one more pass costs more than it saves
-
-
-def _chunks(lengths: Sequence[int], token_budget: int, batch_limit: int) -> list[list[int]]:
-    """Group input indices, shortest first, so each chunk stays under the token budget and mostly unpadded.
-
-    A chunk also closes when the next (longer) input would make more than half of it padding: one
-    256-token text padded into a batch of 8-token texts would otherwise multiply the work of all of them.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    chunks: list[list[int]] = []
-    current: list[int] = []
-    real = 0
-    for i in order:
-        # Sorted ascending, so the newest member is the chunk's longest and sets its padded width.
-        padded = (len(current) + 1) * lengths[i]
-        full = len(current) >= batch_limit or padded > token_budget
-        if current and (full or padded > 2 * (real + lengths[i]) + _PAD_SLACK):
-            chunks.append(current)
-            current, real = [], 0
-        current.append(i)
-        real += lengths[i]
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelLoadError(f"model directory {path.parent} has no {path.name}") from None
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} is not a JSON object")
-    return data
-
-
-def _max_length(path: Path, cfg: BertConfig) -> int:
-    """sentence-transformers' max_seq_length wins (256 for MiniLM); else the position table's size."""
-    st = path / "sentence_bert_config.json"
-    limit = cfg.max_position_embeddings
-    if st.is_file():
-        limit = min(limit, int(_read_json(st).get("max_seq_length", limit)))
-    return limit
+def _numpy_forward(model: BertModel, cfg: BertConfig, forward: Forward, *, pooler: bool) -> NumpyBert | None:
+    """The numpy forward pass over the model's weights where it is chosen: on a CPU in float32 by default."""
+    float32 = model.word.weight.dtype == mx.float32
+    if forward == "mlx" or (forward == "auto" and not (float32 and mx.default_device() == mx.cpu)):
+        return None
+    if not float32:
+        raise ModelLoadError("the numpy forward pass needs float32 weights (dtype 'float32' or 'auto' on a CPU)")
+    numpy_model = from_weights(
+        dict(tree_flatten(model.parameters())),
+        layers=cfg.num_hidden_layers,
+        heads=cfg.num_attention_heads,
+        eps=cfg.layer_norm_eps,
+        hidden_act=cfg.hidden_act,
+        pooler=pooler,
+    )
+    numpy_model.gemm, numpy_model.products = encoder_gemm()
+    return numpy_model
 
 
 def _resolve_dtype(dtype: str) -> mx.Dtype:
@@ -253,9 +135,18 @@ def _resolve_dtype(dtype: str) -> mx.Dtype:
 class _BertRunner:
     """Shared loading, tokenisation and chunked forward passes."""
 
-    def __init__(self, path: Path, model: BertModel, tokenizer: Tokenizer, cfg: BertConfig, max_length: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        model: BertModel,
+        tokenizer: Tokenizer,
+        cfg: BertConfig,
+        max_length: int,
+        numpy_model: NumpyBert | None = None,
+    ) -> None:
         self.path = path
         self.model = model
+        self.numpy_model = numpy_model  # the forward pass on a CPU; it reads `model`'s weights in place
         self.tokenizer = tokenizer
         self.config = cfg
         self.max_length = max_length
@@ -267,6 +158,8 @@ class _BertRunner:
         """The weights' dtype and device, for health."""
         dtype = str(self.model.word.weight.dtype).removeprefix("mlx.core.")
         device = "cpu" if mx.default_device() == mx.cpu else "gpu"
+        if self.numpy_model is not None:
+            return f"{dtype}, numpy forward pass, products in {self.numpy_model.products} ({device})"
         softmax = f", numpy softmax from {NUMPY_SOFTMAX_FROM} scores" if self.model.numpy_softmax else ""
         return f"{dtype}{softmax} ({device})"
 
@@ -274,9 +167,10 @@ class _BertRunner:
     def _load_parts(
         path: Path, *, fast_gelu: bool, dtype: str, pooler: bool
     ) -> tuple[BertModel, Tokenizer, BertConfig, dict[str, mx.array]]:
+        """The MLX model and its tokenizer; `fast_gelu` picks the rational erf (the numpy pass always uses it)."""
         if not path.is_dir():
             raise ModelLoadError(f"model directory {path} does not exist")
-        cfg = BertConfig.from_dict(_read_json(path / "config.json"))
+        cfg = BertConfig.from_dict(read_json(path / "config.json"))
         weights_file, tokenizer_file = path / "model.safetensors", path / "tokenizer.json"
         for needed in (weights_file, tokenizer_file):
             if not needed.is_file():
@@ -290,7 +184,7 @@ class _BertRunner:
         if pooler and "classifier.weight" not in raw:
             raise ModelLoadError(f"model.safetensors in {path} has no classifier head (classifier.weight/bias)")
         model = BertModel(cfg, act=activation(cfg.hidden_act, fast_gelu), pooler=pooler)
-        renamed = _rename(raw, pooler=pooler)
+        renamed = rename(raw, pooler=pooler)
         try:
             model.load_weights(list(renamed.items()), strict=True)
         except ValueError as exc:
@@ -304,10 +198,23 @@ class _BertRunner:
         tokenizer.no_padding()
         return model, tokenizer, cfg, raw
 
+    def _head(self, hidden: mx.array, mask: mx.array) -> mx.array:
+        raise NotImplementedError
+
+    def _numpy_head(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _rows(self, batch: Batch) -> np.ndarray:
+        """One padded batch through the encoder and the head: one row of output per input."""
+        if self.numpy_model is not None:
+            return self._numpy_head(self.numpy_model(batch.ids, batch.type_ids, batch.mask), batch.mask)
+        mask = mx.array(batch.mask)
+        hidden = self.model(mx.array(batch.ids), mx.array(batch.type_ids), mask)
+        return np.array(self._head(hidden, mask).astype(mx.float32))
+
     def _run(
         self,
         inputs: Inputs,
-        head: Callable[[mx.array, mx.array], mx.array],
         *,
         token_budget: int,
         batch_limit: int,
@@ -315,14 +222,12 @@ class _BertRunner:
     ) -> tuple[np.ndarray, int, int]:
         self.tokenizer.enable_truncation(self.max_length)
         encodings = self.tokenizer.encode_batch(list(inputs))
-        plan = _chunks([len(e.ids) for e in encodings], max(token_budget, self.max_length), max(batch_limit, 1))
+        plan = chunks([len(e.ids) for e in encodings], max(token_budget, self.max_length), max(batch_limit, 1))
         rows: list[np.ndarray] = [np.empty(0)] * len(encodings)
         tokens = truncated = done = 0
         for indices in plan:
-            batch = _pad([encodings[i] for i in indices], self._pad_id)
-            mask = mx.array(batch.mask)
-            hidden = self.model(mx.array(batch.ids), mx.array(batch.type_ids), mask)
-            out = np.array(head(hidden, mask).astype(mx.float32))
+            batch = pad([encodings[i] for i in indices], self._pad_id)
+            out = self._rows(batch)
             self.forward_passes += 1
             for row, i in zip(out, indices, strict=True):
                 rows[i] = row
@@ -358,9 +263,18 @@ class SentenceEncoder(_BertRunner):
     """Mean-pooled, L2-normalised sentence embeddings (sentence-transformers semantics)."""
 
     @classmethod
-    def load(cls, path: Path, *, fast_gelu: bool = True, dtype: str = "auto") -> SentenceEncoder:
+    def load(
+        cls, path: Path, *, fast_gelu: bool = True, dtype: str = "auto", forward: Forward = "auto"
+    ) -> SentenceEncoder:
         model, tokenizer, cfg, _ = cls._load_parts(path, fast_gelu=fast_gelu, dtype=dtype, pooler=False)
-        return cls(path, model, tokenizer, cfg, _max_length(path, cfg))
+        numpy_model = _numpy_forward(model, cfg, forward, pooler=False)
+        return cls(path, model, tokenizer, cfg, input_limit(path, cfg), numpy_model)
+
+    def _head(self, hidden: mx.array, mask: mx.array) -> mx.array:
+        return _mean_pool_normalise(hidden, mask)
+
+    def _numpy_head(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return mean_pool_normalise(hidden, mask)
 
     @property
     def dimensions(self) -> int:
@@ -377,7 +291,7 @@ class SentenceEncoder(_BertRunner):
         if not texts:
             return Encoded(np.zeros((0, self.dimensions), dtype=np.float32), 0, 0)
         vectors, tokens, truncated = self._run(
-            texts, _mean_pool_normalise, token_budget=token_budget, batch_limit=batch_limit, on_chunk=on_chunk
+            texts, token_budget=token_budget, batch_limit=batch_limit, on_chunk=on_chunk
         )
         return Encoded(vectors.astype(np.float32), tokens, truncated)
 
@@ -390,7 +304,9 @@ class CrossEncoder(_BertRunner):
         self.classifier = classifier
 
     @classmethod
-    def load(cls, path: Path, *, fast_gelu: bool = True, dtype: str = "auto") -> CrossEncoder:
+    def load(
+        cls, path: Path, *, fast_gelu: bool = True, dtype: str = "auto", forward: Forward = "auto"
+    ) -> CrossEncoder:
         model, tokenizer, cfg, raw = cls._load_parts(path, fast_gelu=fast_gelu, dtype=dtype, pooler=True)
         if cfg.num_labels != 1:
             raise ModelLoadError(f"cross-encoder in {path} has num_labels={cfg.num_labels}; only 1 is supported")
@@ -404,14 +320,21 @@ class CrossEncoder(_BertRunner):
             raise ModelLoadError(f"classifier head in {path} does not fit its config.json: {exc}") from exc
         classifier.set_dtype(_resolve_dtype(dtype))
         mx.eval(classifier.parameters())
-        return cls(path, model, tokenizer, cfg, _max_length(path, cfg), classifier=classifier)
+        numpy_model = _numpy_forward(model, cfg, forward, pooler=True)
+        return cls(path, model, tokenizer, cfg, input_limit(path, cfg), numpy_model, classifier=classifier)
 
-    def _logits(self, hidden: mx.array, mask: mx.array) -> mx.array:
+    def _head(self, hidden: mx.array, mask: mx.array) -> mx.array:
         return self.classifier(mx.tanh(self.model.pooler(hidden[:, 0]))).astype(mx.float32)[:, 0]
+
+    def _numpy_head(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        assert self.numpy_model is not None
+        pooled = pooled_first_token(self.numpy_model, hidden)
+        weight, bias = np.asarray(self.classifier.weight), np.asarray(self.classifier.bias)
+        return (pooled @ weight.T + bias).astype(np.float32)[:, 0]
 
     def logits(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Raw classifier outputs, before the sigmoid (for checks against a reference)."""
-        return self._run(pairs, self._logits, token_budget=1 << 30, batch_limit=1 << 30, on_chunk=None)[0]
+        return self._run(pairs, token_budget=1 << 30, batch_limit=1 << 30, on_chunk=None)[0]
 
     def score(
         self,
@@ -426,6 +349,6 @@ class CrossEncoder(_BertRunner):
             return Scored(np.zeros(0, dtype=np.float32), 0, 0)
         pairs = [(query, doc) for doc in documents]
         logits, tokens, truncated = self._run(
-            pairs, self._logits, token_budget=token_budget, batch_limit=batch_limit, on_chunk=on_chunk
+            pairs, token_budget=token_budget, batch_limit=batch_limit, on_chunk=on_chunk
         )
         return Scored((1.0 / (1.0 + np.exp(-logits))).astype(np.float32), tokens, truncated)

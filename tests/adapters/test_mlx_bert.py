@@ -52,7 +52,7 @@ def test_tiny_encoder_matches_a_float64_reference_bert(
 
     # Batches this small normally keep MLX's attention; from one score on, the numpy softmax serves them.
     monkeypatch.setattr(adapters.mlx_bert, "NUMPY_SOFTMAX_FROM", 1 if numpy_softmax else 1 << 20)
-    enc = SentenceEncoder.load(tiny_dir, fast_gelu=fast_gelu)
+    enc = SentenceEncoder.load(tiny_dir, fast_gelu=fast_gelu, forward="mlx")
     out = enc.encode(TEXTS)
     assert out.vectors.shape == (len(TEXTS), 32)
     for text, vector in zip(TEXTS, out.vectors, strict=True):
@@ -151,8 +151,8 @@ def _pack(name: str) -> Path:
 def test_minilm_matches_sentence_transformers_reference_vectors() -> None:
     ref = json.loads((DATA / "minilm_reference.json").read_text(encoding="utf-8"))
     expected = [np.array(v) for v in ref["vectors"]]
-    for fast_gelu in (False, True):
-        enc = SentenceEncoder.load(_pack("all-minilm-l6-v2"), fast_gelu=fast_gelu)
+    for fast_gelu, forward in ((False, "mlx"), (True, "mlx"), (True, "numpy")):
+        enc = SentenceEncoder.load(_pack("all-minilm-l6-v2"), fast_gelu=fast_gelu, forward=forward)
         out = enc.encode(ref["sentences"])
         assert min(_cos(a, b) for a, b in zip(out.vectors, expected, strict=True)) >= 0.9999
         assert out.truncated == 1  # the 300-word sentence
@@ -176,10 +176,11 @@ def test_cross_encoder_loads_minilm_weights_in_the_sequence_classification_layou
     weights["classifier.weight"] = mx.array((rng.standard_normal((1, 384)) * 0.1).astype(np.float32))
     weights["classifier.bias"] = mx.array(np.array([0.05], dtype=np.float32))
     mx.save_safetensors(str(tmp_path / "model.safetensors"), weights)
-    ce = CrossEncoder.load(tmp_path, fast_gelu=False)
-    enc = ce.tokenizer.encode("how do i reset my password", "click forgot password on the login page")
-    (logit,) = ce.logits([("how do i reset my password", "click forgot password on the login page")])
-    assert logit == pytest.approx(reference_logit(tmp_path, enc.ids, enc.type_ids), abs=1e-4)
+    enc = CrossEncoder.load(tmp_path).tokenizer.encode("how do i reset my password", "click forgot password")
+    for forward in ("mlx", "numpy"):
+        ce = CrossEncoder.load(tmp_path, fast_gelu=False, forward=forward)
+        (logit,) = ce.logits([("how do i reset my password", "click forgot password")])
+        assert logit == pytest.approx(reference_logit(tmp_path, enc.ids, enc.type_ids), abs=1e-4)
     assert reference_hidden(tmp_path, enc.ids, enc.type_ids).shape == (len(enc.ids), 384)
 
 
@@ -188,7 +189,7 @@ def test_the_numpy_softmax_serves_a_batch_by_its_count_of_scores_not_by_its_leng
 ) -> None:
     import adapters.mlx_bert
 
-    enc = SentenceEncoder.load(tiny_dir)
+    enc = SentenceEncoder.load(tiny_dir, forward="mlx")
     width = len(enc.tokenizer.encode("rain").ids)
     heads, layers = enc.config.num_attention_heads, enc.config.num_hidden_layers
     monkeypatch.setattr(adapters.mlx_bert, "NUMPY_SOFTMAX_FROM", 2 * heads * width * width)

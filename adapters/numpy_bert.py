@@ -1,0 +1,308 @@
+"""The BERT encoders' forward pass in numpy, for float32 on a CPU (~0.8x the time of the MLX pass there).
+
+MLX's CPU elementwise loops are scalar (GELU over a batch's 1,536-wide feed-forward activation took ~3-4 ms
+a layer) and each of its products and softmax hand-overs carries overhead. Here the whole forward pass stays
+in numpy: products into buffers kept per batch shape with the biases and residuals already in them, layer
+norms in place, and GELU (erf by Eigen's rational approximation, within 1e-7 of erf) over row blocks that
+stay in the core's cache. The products themselves go where adapters/_gemm.py says: the OpenBLAS in front
+of MLX when there is one, so the process keeps one BLAS thread pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from adapters._gemm import Gemm, numpy_gemm
+from adapters.errors import ModelLoadError
+
+_SQRT_HALF = 0.7071067811865476
+# Eigen's rational erf(z) = z * P(z^2) / Q(z^2) on [-4, 4] (beyond it erf is +/-1 in float32), lowest power
+# first. GELU(x) = x * (0.5 + 0.5 * erf(x / sqrt 2)) is evaluated on x itself: z = x / sqrt 2, so the k-th
+# coefficient of P takes 0.5^k (z^2 = x^2 / 2) and P also takes the 0.5 / sqrt 2 in front.
+_ERF_NUM = (
+    -1.60960333262415e-02,
+    -2.95459980854025e-03,
+    -7.34990630326855e-04,
+    -5.69250639462346e-05,
+    -2.10102402082508e-06,
+    2.77068142495902e-08,
+    -2.72614225801306e-10,
+)
+_ERF_DEN = (
+    -1.42647390514189e-02,
+    -7.37332916720468e-03,
+    -1.68282697438203e-03,
+    -2.13374055278905e-04,
+    -1.45660718464996e-05,
+)
+_GELU_NUM = tuple(np.float32(c * 0.5**k * 0.5 * _SQRT_HALF) for k, c in enumerate(_ERF_NUM))[::-1]
+_GELU_DEN = tuple(np.float32(c * 0.5**k) for k, c in enumerate(_ERF_DEN))[::-1]
+_GELU_CLIP = np.float32(4.0 / _SQRT_HALF)
+_BLOCK_ELEMENTS = 1 << 15  # an activation block and its scratch stay in a core's L2 cache
+# Buffers kept between calls: a few batch shapes, this many bytes in all. A batch of long texts (64 x 256
+# tokens: ~200 MB of attention scores) gets buffers for that call only.
+_KEPT_SHAPES, _KEPT_BYTES = 8, 64 << 20
+
+
+def _horner(coefficients: tuple[np.float32, ...], x2: np.ndarray, out: np.ndarray) -> None:
+    """out <- polynomial in x2, highest power first."""
+    np.multiply(x2, coefficients[0], out=out)
+    for c in coefficients[1:-1]:
+        out += c
+        out *= x2
+    out += coefficients[-1]
+
+
+class Gelu:
+    """Exact (erf) GELU in place, block by block, with scratch reused across calls."""
+
+    def __init__(self) -> None:
+        self._scratch = np.empty((4, _BLOCK_ELEMENTS), dtype=np.float32)
+
+    def __call__(self, y: np.ndarray) -> None:
+        flat = y.reshape(-1)
+        for start in range(0, flat.size, _BLOCK_ELEMENTS):
+            block = flat[start : start + _BLOCK_ELEMENTS]
+            z, z2, num, den = (s[: block.size] for s in self._scratch)
+            np.clip(block, -_GELU_CLIP, _GELU_CLIP, out=z)
+            np.multiply(z, z, out=z2)
+            _horner(_GELU_NUM, z2, num)
+            _horner(_GELU_DEN, z2, den)
+            num *= z
+            num /= den
+            num += np.float32(0.5)
+            block *= num
+
+
+def _gelu_tanh(y: np.ndarray) -> None:
+    inner = y * y
+    inner *= np.float32(0.044715)
+    inner += np.float32(1.0)
+    inner *= y
+    inner *= np.float32(np.sqrt(2.0 / np.pi))
+    np.tanh(inner, out=inner)
+    inner += np.float32(1.0)
+    inner *= np.float32(0.5)
+    y *= inner
+
+
+def _relu(y: np.ndarray) -> None:
+    np.maximum(y, np.float32(0.0), out=y)
+
+
+def activation(hidden_act: str) -> Callable[[np.ndarray], None]:
+    """The config's activation, applied in place."""
+    if hidden_act == "gelu":
+        return Gelu()
+    if hidden_act in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return _gelu_tanh
+    if hidden_act == "relu":
+        return _relu
+    raise ModelLoadError(f"unsupported hidden_act {hidden_act!r} in config.json (supported: gelu, gelu_new, relu)")
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, scratch: np.ndarray) -> None:
+    """x <- LayerNorm(x) over the last axis, in place; `scratch` holds one value per row."""
+    np.mean(x, axis=-1, keepdims=True, out=scratch)
+    x -= scratch
+    np.einsum("ij,ij->i", x, x, out=scratch[:, 0])
+    scratch *= np.float32(1.0 / x.shape[-1])
+    scratch += np.float32(eps)
+    np.sqrt(scratch, out=scratch)
+    x /= scratch
+    x *= weight
+    x += bias
+
+
+@dataclass(frozen=True, slots=True)
+class LayerWeights:
+    qkv: np.ndarray  # (3 * hidden, hidden), (out, in) like every linear weight: queries, keys, values
+    qkv_bias: np.ndarray
+    attn_out: np.ndarray  # (hidden, hidden)
+    attn_out_bias: np.ndarray
+    attn_norm: tuple[np.ndarray, np.ndarray]
+    ffn_in: np.ndarray  # (intermediate, hidden)
+    ffn_in_bias: np.ndarray
+    ffn_out: np.ndarray  # (hidden, intermediate)
+    ffn_out_bias: np.ndarray
+    ffn_norm: tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class _Buffers:
+    """Everything one forward pass of a (batch, width) shape writes, allocated once for that shape."""
+
+    x: np.ndarray  # (tokens, hidden): the hidden states, updated layer by layer
+    qkv: np.ndarray  # (tokens, 3 * hidden)
+    scores: np.ndarray  # (batch, heads, width, width)
+    context: np.ndarray  # (batch, width, heads, head size)
+    inner: np.ndarray  # (tokens, intermediate)
+    rows: np.ndarray  # (tokens, 1): per-row statistics
+    maxima: np.ndarray  # (batch, heads, width, 1)
+
+
+@dataclass(eq=False)
+class NumpyBert:
+    """BertModel's forward pass (embeddings, then post-norm transformer layers) over float32 numpy arrays."""
+
+    word: np.ndarray
+    position: np.ndarray
+    token_type: np.ndarray
+    embed_norm: tuple[np.ndarray, np.ndarray]
+    layers: list[LayerWeights]
+    heads: int
+    eps: float
+    act: Callable[[np.ndarray], None]
+    pooler: tuple[np.ndarray, np.ndarray] | None = None
+    gemm: Gemm = numpy_gemm
+    products: str = "numpy"  # what computes the matrix products, for health
+    _buffers: dict[tuple[int, int], _Buffers] = field(default_factory=dict)
+
+    def _buffers_for(self, batch: int, width: int) -> _Buffers:
+        key = (batch, width)
+        if key in self._buffers:
+            return self._buffers[key]
+        fresh = self._allocate(batch, width)
+        size = _nbytes(fresh)
+        if size <= _KEPT_BYTES:
+            # Oldest shapes first out, until the new one fits the count and the byte budget.
+            while self._buffers and (
+                len(self._buffers) >= _KEPT_SHAPES or sum(map(_nbytes, self._buffers.values())) + size > _KEPT_BYTES
+            ):
+                self._buffers.pop(next(iter(self._buffers)))
+            self._buffers[key] = fresh
+        return fresh
+
+    def _allocate(self, batch: int, width: int) -> _Buffers:
+        tokens, hidden = batch * width, self.word.shape[1]
+        inter = self.layers[0].ffn_in.shape[0]
+        return _Buffers(
+            x=np.empty((tokens, hidden), np.float32),
+            qkv=np.empty((tokens, 3 * hidden), np.float32),
+            scores=np.empty((batch, self.heads, width, width), np.float32),
+            context=np.empty((batch, width, self.heads, hidden // self.heads), np.float32),
+            inner=np.empty((tokens, inter), np.float32),
+            rows=np.empty((tokens, 1), np.float32),
+            maxima=np.empty((batch, self.heads, width, 1), np.float32),
+        )
+
+    def __call__(self, ids: np.ndarray, type_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Hidden states (batch, width, hidden) for int token ids, segment ids and a 0/1 mask of real tokens.
+
+        The array returned is a buffer reused by the next call of the same shape."""
+        batch, width = ids.shape
+        buf = self._buffers_for(batch, width)
+        x = buf.x.reshape(batch, width, -1)
+        np.take(self.word, ids, axis=0, out=x)
+        x += self.position[:width]
+        x += np.take(self.token_type, type_ids, axis=0)
+        layer_norm(buf.x, *self.embed_norm, self.eps, buf.rows)
+        # Additive mask over keys: padded positions get a large negative score before the softmax.
+        key_bias = ((mask.astype(np.float32) - 1.0) * 1e4)[:, None, None, :] if not mask.all() else None
+        for layer in self.layers:
+            self._attention(layer, buf, key_bias)
+            self._feed_forward(layer, buf)
+        return x
+
+    def _attention(self, w: LayerWeights, buf: _Buffers, key_bias: np.ndarray | None) -> None:
+        batch, heads, width, _ = buf.scores.shape
+        # Biases (and residuals) are in the output before the product adds to it: one pass fewer each.
+        np.copyto(buf.qkv, w.qkv_bias)
+        self.gemm(buf.x, w.qkv, buf.qkv, 1.0)
+        queries = buf.qkv[:, : buf.x.shape[1]]
+        np.multiply(queries, np.float32(buf.context.shape[-1] ** -0.5), out=queries)
+        q, k, v = buf.qkv.reshape(batch, width, 3, heads, -1).transpose(2, 0, 3, 1, 4)
+        np.matmul(q, k.swapaxes(-1, -2), out=buf.scores)
+        s = buf.scores
+        if key_bias is not None:
+            s += key_bias
+        np.max(s, axis=-1, keepdims=True, out=buf.maxima)
+        s -= buf.maxima
+        np.exp(s, out=s)
+        np.sum(s, axis=-1, keepdims=True, out=buf.maxima)
+        s /= buf.maxima
+        np.matmul(s, v, out=buf.context.transpose(0, 2, 1, 3))
+        np.add(buf.x, w.attn_out_bias, out=buf.x)
+        self.gemm(buf.context.reshape(buf.x.shape), w.attn_out, buf.x, 1.0)
+        layer_norm(buf.x, *w.attn_norm, self.eps, buf.rows)
+
+    def _feed_forward(self, w: LayerWeights, buf: _Buffers) -> None:
+        np.copyto(buf.inner, w.ffn_in_bias)
+        self.gemm(buf.x, w.ffn_in, buf.inner, 1.0)
+        self.act(buf.inner)
+        np.add(buf.x, w.ffn_out_bias, out=buf.x)
+        self.gemm(buf.inner, w.ffn_out, buf.x, 1.0)
+        layer_norm(buf.x, *w.ffn_norm, self.eps, buf.rows)
+
+
+def _nbytes(buffers: _Buffers) -> int:
+    return sum(getattr(buffers, name).nbytes for name in _Buffers.__slots__)
+
+
+def _view(array: object) -> np.ndarray:
+    """A float32 numpy view of a parameter (MLX arrays share their memory; nothing is copied)."""
+    view = np.asarray(array)
+    if view.dtype != np.float32:
+        raise ModelLoadError(f"the numpy forward pass needs float32 weights, not {view.dtype}")
+    return view
+
+
+def from_weights(
+    weights: Mapping[str, object],
+    *,
+    layers: int,
+    heads: int,
+    eps: float,
+    hidden_act: str,
+    pooler: bool,
+) -> NumpyBert:
+    """A NumpyBert over BertModel's parameters (adapters/mlx_bert.py names; linear weights are (out, in))."""
+
+    def norm(name: str) -> tuple[np.ndarray, np.ndarray]:
+        return _view(weights[f"{name}.weight"]), _view(weights[f"{name}.bias"])
+
+    def linear(name: str) -> tuple[np.ndarray, np.ndarray]:
+        return _view(weights[f"{name}.weight"]), _view(weights[f"{name}.bias"])
+
+    stack = [
+        LayerWeights(
+            *linear(f"layers.{i}.qkv"),
+            *linear(f"layers.{i}.attn_out"),
+            norm(f"layers.{i}.attn_norm"),
+            *linear(f"layers.{i}.ffn_in"),
+            *linear(f"layers.{i}.ffn_out"),
+            norm(f"layers.{i}.ffn_norm"),
+        )
+        for i in range(layers)
+    ]
+    return NumpyBert(
+        word=_view(weights["word.weight"]),
+        position=_view(weights["position.weight"]),
+        token_type=_view(weights["token_type.weight"]),
+        embed_norm=norm("embed_norm"),
+        layers=stack,
+        heads=heads,
+        eps=eps,
+        act=activation(hidden_act),
+        pooler=linear("pooler") if pooler else None,
+    )
+
+
+def mean_pool_normalise(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of each row's real tokens' hidden states, L2-normalised (sentence-transformers' pooling)."""
+    weights = mask.astype(np.float32)
+    pooled = np.einsum("bnh,bn->bh", hidden, weights)
+    pooled /= np.maximum(weights.sum(axis=1, keepdims=True), np.float32(1e-9))
+    pooled /= np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), np.float32(1e-12))
+    return np.asarray(pooled, dtype=np.float32)
+
+
+def pooled_first_token(model: NumpyBert, hidden: np.ndarray) -> np.ndarray:
+    """BERT's pooler: tanh of a linear layer over each row's first ([CLS]) hidden state."""
+    if model.pooler is None:
+        raise ValueError("this encoder was loaded without its pooler")
+    weight, bias = model.pooler
+    return np.asarray(np.tanh(hidden[:, 0] @ weight.T + bias), dtype=np.float32)
