@@ -1,11 +1,14 @@
 """The one module that imports httpx2, and the one way HTTP backends talk to their upstream.
 
-`HTTPUpstream` is the kit's helper family: ONE pooled client per adapter (building
-one costs ~26 ms; a request on a warm keep-alive connection under 1 ms), built on
-first use; answers read under a size cap while they arrive (a larger answer is
-refused without being buffered); JSON decoded by the bounded decoder, off the event
-loop when large; provider text redacted before it is cut; the kit's retry policy;
-every httpx2 failure translated into the adapter error tree with `raise ... from exc`.
+`HTTPUpstream` is the kit's helper family: ONE pooled client per adapter, built on first
+use: for a plain-http upstream the lean keep-alive client of adapters/_http1.py (a request
+on a warm connection ~0.1 ms of CPU), for https or HTTP/2 an httpx2 client (building one
+costs ~26 ms; a request on a warm keep-alive connection ~0.6 ms of CPU); both behind one
+small `Answer` interface, with the same limits and the same errors. Answers are read
+under a size cap while they arrive (a larger answer is refused without being buffered);
+JSON decoded by the bounded decoder, off the event loop when large; provider text
+redacted before it is cut; the kit's retry policy; every transport failure translated
+into the adapter error tree with `raise ... from exc`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -23,6 +26,7 @@ import anyio.to_thread
 import httpx2
 import orjson
 
+from adapters import _http1
 from adapters._json import DecodeLimits, decode
 from adapters._retry import RETRY, RetryPolicy
 from adapters.base import AdapterLimits
@@ -115,8 +119,12 @@ def _h2_available() -> bool:
     return True
 
 
-def map_transport_error(exc: httpx2.HTTPError, what: str) -> AdapterError:
-    """Translate an httpx2 exception; the message names the operation, never the URL's secrets."""
+def map_transport_error(exc: httpx2.HTTPError | _http1.TransportError, what: str) -> AdapterError:
+    """Translate a transport failure; the message names the operation, never the URL's secrets."""
+    if isinstance(exc, _http1.TransportError):
+        if exc.timeout:
+            return AdapterTimeoutError(f"{what}: upstream timed out ({exc.kind})")
+        return AdapterUnavailableError(f"{what}: upstream unreachable ({exc})")
     if isinstance(exc, httpx2.TimeoutException):
         return AdapterTimeoutError(f"{what}: upstream timed out ({type(exc).__name__})")
     if isinstance(exc, httpx2.ConnectError | httpx2.NetworkError | httpx2.RemoteProtocolError):
@@ -185,6 +193,39 @@ class UpstreamOptions:
     max_response_bytes: int | None = None
 
 
+class Answer(Protocol):
+    """An answer with its head read: what `HTTPUpstream` needs of either client."""
+
+    status: int
+
+    def header(self, name: str) -> str | None: ...
+
+    async def read(self) -> bytes:
+        """The next piece of the body as it arrives; b"" at its end."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class _HttpxAnswer:
+    def __init__(self, response: httpx2.Response) -> None:
+        self.status = response.status_code
+        self._response = response
+        self._pieces = response.aiter_bytes()
+
+    def header(self, name: str) -> str | None:
+        return self._response.headers.get(name)
+
+    async def read(self) -> bytes:
+        try:
+            return await anext(self._pieces)
+        except StopAsyncIteration:
+            return b""
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
 class HTTPUpstream:
     """One upstream over HTTP: the pooled client and every request an adapter makes to it."""
 
@@ -202,21 +243,40 @@ class HTTPUpstream:
         self._redact = opts.redact
         self._status = opts.status
         self._retry = opts.retry
+        self._lean = _http1.usable(endpoint)
         self._client: httpx2.AsyncClient | None = None
+        self._pool: _http1.Pool | None = None
         self._closed = False
         self._decoders: anyio.CapacityLimiter | None = None
 
     @property
     def client(self) -> httpx2.AsyncClient:
-        if self._closed:
-            raise AdapterUnavailableError(f"{self._describe}: adapter is closed")
+        """The httpx2 client of an https (or HTTP/2) upstream."""
+        self._check_open()
         if self._client is None:
             self._client = build_client(self.endpoint, self._limits, headers=self._headers(), http2=self._http2)
         return self._client
 
+    @property
+    def pool(self) -> _http1.Pool:
+        """The lean client of a plain-http upstream."""
+        self._check_open()
+        if self._pool is None:
+            global CLIENTS_BUILT
+            CLIENTS_BUILT += 1
+            self._pool = _http1.Pool(self.endpoint, self._headers(), self._limits)
+        return self._pool
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AdapterUnavailableError(f"{self._describe}: adapter is closed")
+
     async def aclose(self) -> None:
         self._closed = True
         client, self._client = self._client, None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         if client is not None:
             await client.aclose()
 
@@ -230,22 +290,22 @@ class HTTPUpstream:
         self, method: str, path: str, what: str, *, body: object = None
     ) -> AsyncIterator[AsyncIterator[str]]:
         """A streamed answer as text lines, each and all of them size-capped; a non-2xx answer raises first."""
-        response = await self._retry.run(lambda: self._open(method, path, what, body))
-        lines = self._lines(response, what)
+        answer = await self._retry.run(lambda: self._open(method, path, what, body))
+        lines = self._lines(answer, what)
         try:
             yield lines
         finally:
             await lines.aclose()
-            await response.aclose()
+            await answer.aclose()
 
     # --- one exchange -------------------------------------------------------------
 
     async def _once(self, method: str, path: str, what: str, body: object, parse: Callable[[Any], T]) -> T:
-        response = await self._open(method, path, what, body)
+        answer = await self._open(method, path, what, body)
         try:
-            data = await self._read_capped(response, what)
+            data = await self._read_capped(answer, what)
         finally:
-            await response.aclose()
+            await answer.aclose()
         limits = self.decode_limits
 
         def decoded() -> T:
@@ -257,61 +317,66 @@ class HTTPUpstream:
             self._decoders = anyio.CapacityLimiter(2)
         return await anyio.to_thread.run_sync(decoded, limiter=self._decoders)
 
-    async def _open(self, method: str, path: str, what: str, body: object) -> httpx2.Response:
-        """The response with its headers read and its body not yet; a non-2xx answer becomes its error."""
-        content = None if body is None else orjson.dumps(body)
+    async def _send(self, method: str, path: str, content: bytes | None) -> Answer:
+        if self._lean:
+            return await self.pool.request(method, path, content)
         headers = None if content is None else {"Content-Type": "application/json"}
-        try:
-            request = self.client.build_request(method, path, content=content, headers=headers)
-            response = await self.client.send(request, stream=True)
-        except httpx2.HTTPError as exc:
-            raise map_transport_error(exc, what) from exc
-        if response.is_success:
-            return response
-        try:
-            text = await self._error_text(response, what)
-        finally:
-            await response.aclose()
-        detail = safe_detail(self._redact(provider_message(text)))
-        message = f"{what}: upstream returned HTTP {response.status_code}" + (f": {detail}" if detail else "")
-        raise self._status(response.status_code, message, retry_after_seconds(response.headers.get("retry-after")))
+        request = self.client.build_request(method, path, content=content, headers=headers)
+        return _HttpxAnswer(await self.client.send(request, stream=True))
 
-    async def _read_capped(self, response: httpx2.Response, what: str) -> bytes:
+    async def _open(self, method: str, path: str, what: str, body: object) -> Answer:
+        """The answer with its head read and its body not yet; a non-2xx answer becomes its error."""
+        content = None if body is None else orjson.dumps(body)
+        try:
+            answer = await self._send(method, path, content)
+        except (httpx2.HTTPError, _http1.TransportError) as exc:
+            raise map_transport_error(exc, what) from exc
+        if 200 <= answer.status < 300:
+            return answer
+        try:
+            text = await self._error_text(answer, what)
+        finally:
+            await answer.aclose()
+        detail = safe_detail(self._redact(provider_message(text)))
+        message = f"{what}: upstream returned HTTP {answer.status}" + (f": {detail}" if detail else "")
+        raise self._status(answer.status, message, retry_after_seconds(answer.header("retry-after")))
+
+    async def _read_capped(self, answer: Answer, what: str) -> bytes:
         limit = self.max_response_bytes
-        declared = response.headers.get("content-length", "")
+        declared = answer.header("content-length") or ""
         if declared.isdigit() and int(declared) > limit:
             raise too_large(what, limit)
         data = bytearray()
         try:
-            async for chunk in response.aiter_bytes():
-                data += chunk
+            while piece := await answer.read():
+                data += piece
                 if len(data) > limit:
                     raise too_large(what, limit)
-        except httpx2.HTTPError as exc:
+        except (httpx2.HTTPError, _http1.TransportError) as exc:
             raise map_transport_error(exc, what) from exc
         return bytes(data)
 
-    async def _error_text(self, response: httpx2.Response, what: str) -> str:
+    async def _error_text(self, answer: Answer, what: str) -> str:
         """The first ERROR_BODY_BYTES of an error answer, never ending inside a word: a secret cut in two
         would slip past redaction, so a truncated tail is dropped back to the last whitespace."""
         data = bytearray()
         try:
-            async for chunk in response.aiter_bytes():
-                data += chunk
+            while piece := await answer.read():
+                data += piece
                 if len(data) > ERROR_BODY_BYTES:
                     cut = max(data.rfind(b" ", 0, ERROR_BODY_BYTES), data.rfind(b"\n", 0, ERROR_BODY_BYTES))
                     del data[max(cut, 0) :]
                     break
-        except httpx2.HTTPError as exc:
+        except (httpx2.HTTPError, _http1.TransportError) as exc:
             raise map_transport_error(exc, what) from exc
         return data.decode("utf-8", errors="replace")
 
-    async def _lines(self, response: httpx2.Response, what: str) -> AsyncGenerator[str, None]:
+    async def _lines(self, answer: Answer, what: str) -> AsyncGenerator[str, None]:
         limit = self.max_response_bytes
         total = 0
         pending = b""
         try:
-            async for chunk in response.aiter_bytes():
+            while chunk := await answer.read():
                 total += len(chunk)
                 if total > limit:
                     raise too_large(what, limit)
@@ -320,7 +385,7 @@ class HTTPUpstream:
                     raise UpstreamProtocolError(f"{what}: a streamed line exceeds {MAX_LINE_BYTES} bytes")
                 for line in complete:
                     yield _text(line, what)
-        except httpx2.HTTPError as exc:
+        except (httpx2.HTTPError, _http1.TransportError) as exc:
             raise map_transport_error(exc, what) from exc
         if pending:
             yield _text(pending, what)

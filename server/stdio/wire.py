@@ -2,14 +2,18 @@
 
 `LineReader` and `LineWriter` wait on the event loop for a pipe or socket to be ready and
 then read or write without blocking, instead of handing every line to a worker thread (the
-SDK's default, ~0.1 ms a hop on this kind of machine, twice per response). Regular files and
-character devices, which cannot be polled, and writes larger than one pipe buffer still go
-through a worker thread. Lines are split and capped by `server.stdio.lines`.
+SDK's default, ~0.1 ms a hop on this kind of machine, twice per response). A line is written
+in pieces no larger than what a ready descriptor always takes whole, each after a zero-wait
+poll (waiting on the event loop only when the client is behind), so an answer of a few pages,
+such as an embedding, needs no thread either. Regular files and character devices, which
+cannot be polled, and lines over INLINE_LINE_MAX still go through a worker thread. Lines are
+split and capped by `server.stdio.lines`.
 """
 
 from __future__ import annotations
 
 import os
+import select
 from collections import deque
 
 import anyio
@@ -21,6 +25,8 @@ from server.stdio.lines import LineSplitter, TooLong
 READ_CHUNK = 1 << 16
 # Linux reports a pipe writable while one page slot is free: a write this small then never blocks.
 INLINE_WRITE_MAX = 4096
+# Longer lines go to a worker thread: written piece by piece on the loop they would hold it too long.
+INLINE_LINE_MAX = 64 << 10
 
 
 class LineReader:
@@ -63,13 +69,17 @@ class LineWriter:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._pollable = pollable(fd)
+        self._poll: select.poll | None = None
+        if pollable(fd):
+            self._poll = select.poll()
+            self._poll.register(fd, select.POLLOUT)
 
     async def write(self, data: bytes) -> None:
-        if self._pollable and len(data) <= INLINE_WRITE_MAX:
-            await anyio.wait_writable(self._fd)
-            written = os.write(self._fd, data)
-            if written == len(data):
-                return
-            data = data[written:]
-        await anyio.to_thread.run_sync(write_all, self._fd, data)
+        if self._poll is None or len(data) > INLINE_LINE_MAX:
+            await anyio.to_thread.run_sync(write_all, self._fd, data)
+            return
+        view = memoryview(data)
+        while view:
+            if not self._poll.poll(0):
+                await anyio.wait_writable(self._fd)
+            view = view[os.write(self._fd, view[:INLINE_WRITE_MAX]) :]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import threading
@@ -178,3 +179,17 @@ async def test_a_stale_early_answer_to_a_2026_era_client_is_published_to_listen_
     os.close(out_r)
     assert written == b""  # the private answer never reaches the client
     assert [type(event).__name__ for event in heard] == ["ToolsListChanged"]
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"content": [{"type": "text", "text": "é \u2028 \x01"}], "structuredContent": {"v": [0.1, 1e-7, -0.0, 3.0]}},
+        {"when": datetime.datetime(2026, 1, 2, 3, 4, 5), "big": 2**70},
+    ],
+)
+def test_an_answer_line_is_the_json_of_the_sdk_message_whichever_encoder_writes_it(result: dict[str, Any]) -> None:
+    message = mcp_types.JSONRPCResponse(jsonrpc="2.0", id=7, result=result)
+    line = session_module._dump(message)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line) == json.loads(message.model_dump_json(by_alias=True, exclude_unset=True))

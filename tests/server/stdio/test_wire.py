@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -68,3 +69,47 @@ async def test_line_writer_writes_small_lines_inline_and_large_ones_whole() -> N
     reader.join(5)
     os.close(r)
     assert bytes(received) == b"small\n" + big
+
+
+async def test_a_line_of_a_few_pages_is_written_on_the_loop_and_waits_there_while_the_client_is_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def no_thread(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a line of a few pages went to a worker thread")
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", no_thread)
+    r, w = os.pipe()
+    stuffed = 0
+    os.set_blocking(w, False)
+    try:  # fill the pipe: the client is behind
+        while True:
+            stuffed += os.write(w, b"." * 4096)
+    except BlockingIOError:
+        os.set_blocking(w, True)
+    line = b"y" * 15_000 + b"\n"
+    ticks = 0
+    received = bytearray()
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.sleep(0.005)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tick)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as inner:
+                inner.start_soon(LineWriter(w).write, line)
+                await anyio.sleep(0.05)
+                before = ticks
+                os.set_blocking(r, False)
+                while len(received) < stuffed + len(line):
+                    with contextlib.suppress(BlockingIOError):
+                        received.extend(os.read(r, 1 << 16))
+                    await anyio.sleep(0.001)
+        tg.cancel_scope.cancel()
+    os.close(w)
+    os.close(r)
+    assert before >= 3  # the event loop kept running while the write waited
+    assert bytes(received[stuffed:]) == line
