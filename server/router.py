@@ -280,8 +280,10 @@ class Router:
     async def _call(self, adapter: Adapter, call: Routable, c: Candidate, deadline_s: float) -> _Success | AdapterError:
         dispatch = DISPATCH[call.capability]
         try:
-            with anyio.fail_after(deadline_s):
+            # a bare cancel scope, not fail_after(): the same deadline without a generator and a backend lookup
+            with anyio.CancelScope(deadline=anyio.current_time() + deadline_s):
                 return _Success(await dispatch(adapter, call.adapter_request(c.model)))
+            return AdapterTimeoutError(f"timed out after {deadline_s:g}s")  # reached only when the deadline hit
         except TimeoutError:
             return AdapterTimeoutError(f"timed out after {deadline_s:g}s")
         except AdapterError as exc:
