@@ -40,9 +40,9 @@ class NamesModels(Protocol):
 
 def canonical_model(adapter: object, name: str) -> str:
     """The adapter's canonical spelling of `name` (idempotent); names are kept as given when it has no rule."""
-    if isinstance(adapter, NamesModels):
-        return adapter.canonical_model(name)
-    return name
+    # a lookup, not isinstance(adapter, NamesModels): a runtime Protocol check costs ~10 us per call
+    rule: Callable[[str], str] | None = getattr(adapter, "canonical_model", None)
+    return rule(name) if callable(rule) else name
 
 
 def canonical_for_kind(kind: str, name: str) -> str:

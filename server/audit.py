@@ -36,6 +36,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,10 +81,15 @@ KeySource = Callable[[], bytes]
 RETRY_AFTER_ERROR_S = 5.0
 LOCK_TIMEOUT_S = 5.0
 LOCK_SPIN_S = 0.0002
-# A lone writer syncs on the event loop while syncs take less than this: handing fdatasync to a
-# worker thread costs a thread wake-up (~150 us here, about what the sync itself costs), and with
-# nobody else in flight there is no one to group with. Slower disks always sync in the thread.
+# A lone writer syncs on the event loop while its disk's typical sync takes less than this: handing
+# fdatasync to a worker thread costs a thread wake-up (~150 us here when the machine is quiet, up to
+# milliseconds when it is busy; more than the sync itself), and with nobody else in flight there is no
+# one to group with. Disks whose typical sync is slower always sync in the thread.
 INLINE_SYNC_MAX_S = 0.001
+# "Typical" is the median of the last SYNC_WINDOW syncs, each timed without the thread hop: a lone
+# spike (a busy disk's p99 here is ~1-3 ms against a ~60 us median) does not send every later call
+# through the thread, while a disk that turns slow for half a window does.
+SYNC_WINDOW = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +134,8 @@ class AuditLog:
         self._synced_gen = 0
         self._sync_done: anyio.Event | None = None
         self._leader = False
-        self.sync_s = 0.0  # recent fsync latency: jumps up at once, decays slowly
+        self.sync_s = 0.0  # the typical recent fsync latency (see SYNC_WINDOW)
+        self._sync_times: deque[float] = deque(maxlen=SYNC_WINDOW)
         self.inline_syncs = 0
         self._open()
 
@@ -271,15 +278,15 @@ class AuditLog:
     async def _fsync_fd(self, fd: int, inline: bool) -> None:
         if self.fsync == "never":
             return
-        started = time.perf_counter()
         if inline:
-            _sync_data(fd)
+            took = _timed_sync(fd)
             self.inline_syncs += 1
         else:
             # a duplicate, because rotation may close the original while the thread syncs
-            await anyio.to_thread.run_sync(_fsync_owned, os.dup(fd))
-        took = time.perf_counter() - started
-        self.sync_s = took if took > self.sync_s else 0.9 * self.sync_s + 0.1 * took
+            took = await anyio.to_thread.run_sync(_fsync_owned, os.dup(fd))
+        times = self._sync_times
+        times.append(took)
+        self.sync_s = sorted(times)[len(times) // 2]
 
     async def _group_commit(self, gen: int) -> None:
         while self._synced_gen < gen:
@@ -334,8 +341,15 @@ def _given(key: bytes) -> KeySource:
 _sync_data = getattr(os, "fdatasync", os.fsync)
 
 
-def _fsync_owned(fd: int) -> None:
+def _timed_sync(fd: int) -> float:
+    started = time.perf_counter()
+    _sync_data(fd)
+    return time.perf_counter() - started
+
+
+def _fsync_owned(fd: int) -> float:
+    """Sync a duplicate descriptor and close it; how long the sync itself took (not the thread hop)."""
     try:
-        _sync_data(fd)
+        return _timed_sync(fd)
     finally:
         os.close(fd)

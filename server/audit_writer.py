@@ -126,10 +126,13 @@ class TrailWriter:
 
     def _line(self, body: dict[str, Any], prev: str) -> tuple[bytes, int, str]:
         seq = self.seq + 1
-        head = {"seq": seq, "ts": round(time.time(), 6)}
-        raw = canonical({**head, **body})
+        record = {"seq": seq, "ts": round(time.time(), 6)}
+        record.update(body)
+        raw = canonical(record)
         if self._needs_redaction(raw.decode()):
-            raw = canonical({**head, **self._redact(body)})
+            record = {"seq": seq, "ts": record["ts"]}
+            record.update(self._redact(body))
+            raw = canonical(record)
         mac = mac_of(self.key, prev, raw)
         # the MAC covers the canonical record; `prev` and `mac` ride along (verifiers re-canonicalise)
         tail = f',"prev":"{prev}","mac":"{mac}"}}\n'.encode()

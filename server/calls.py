@@ -10,8 +10,8 @@ candidate model, and how an adapter's answer becomes the published result
 from __future__ import annotations
 
 import base64
+import os
 import sys
-import uuid
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,7 +40,8 @@ Out = TypeVar("Out", bound=_Result, covariant=True)
 
 
 def new_call_id() -> str:
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID (~1 vs ~3 us)
+    return os.urandom(16).hex()
 
 
 @dataclass(frozen=True, slots=True)

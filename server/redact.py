@@ -22,7 +22,8 @@ _SHAPES = (
     ),
 )
 
-# one pass for the common "nothing to mask" answer; (?i) is scoped per branch
+# one pass for the common "nothing to mask" answer; (?i) is scoped per branch. Each word is one a shape
+# cannot match without (`api[_-]?key`, not `api`: every start record names its `capability`)
 _SHAPE_WORDS = (
     "sk-",
     "sk_",
@@ -34,7 +35,9 @@ _SHAPE_WORDS = (
     "gho",
     "xox",
     "bearer",
-    "api",
+    "apikey",
+    "api_key",
+    "api-key",
     "token",
     "secret",
     "password",

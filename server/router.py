@@ -280,8 +280,9 @@ class Router:
     async def _call(self, adapter: Adapter, call: Routable, c: Candidate, deadline_s: float) -> _Success | AdapterError:
         dispatch = DISPATCH[call.capability]
         try:
-            with anyio.fail_after(deadline_s):
+            with attempt_deadline(deadline_s):
                 return _Success(await dispatch(adapter, call.adapter_request(c.model)))
+            return AdapterTimeoutError(f"timed out after {deadline_s:g}s")  # reached only when the deadline hit
         except TimeoutError:
             return AdapterTimeoutError(f"timed out after {deadline_s:g}s")
         except AdapterError as exc:
@@ -295,6 +296,11 @@ class Router:
         if breaker is not None:
             breaker.record(ok)
         self.discovery.observe_call(adapter, ok)
+
+
+def attempt_deadline(seconds: float) -> anyio.CancelScope:
+    """The one deadline an attempt runs under: a bare cancel scope (fail_after() adds a generator and a lookup)."""
+    return anyio.CancelScope(deadline=anyio.current_time() + seconds)
 
 
 @dataclass(frozen=True, slots=True)

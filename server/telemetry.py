@@ -9,7 +9,7 @@ unless the user installs and configures an SDK.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from opentelemetry import trace
@@ -31,12 +31,19 @@ def tracing_configured() -> bool:
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
-@contextmanager
-def call_span(tool: str, capability: str, model: str | None) -> Iterator[Span]:
+# With no tracer installed, a span is this shared no-op context: no generator frame per call.
+_NO_SPAN: AbstractContextManager[Span] = nullcontext(trace.INVALID_SPAN)
+
+
+def call_span(tool: str, capability: str, model: str | None) -> AbstractContextManager[Span]:
     """execute_tool span; a child of the SDK's `tools/call` server span (which honours `_meta` trace context)."""
     if not tracing_configured():
-        yield trace.INVALID_SPAN
-        return
+        return _NO_SPAN
+    return _call_span(tool, capability, model)
+
+
+@contextmanager
+def _call_span(tool: str, capability: str, model: str | None) -> Iterator[Span]:
     with tracer.start_as_current_span(f"execute_tool {tool}", kind=SpanKind.INTERNAL) as span:
         span.set_attribute("mcp.method.name", "tools/call")
         span.set_attribute("gen_ai.operation.name", "execute_tool")
@@ -47,12 +54,15 @@ def call_span(tool: str, capability: str, model: str | None) -> Iterator[Span]:
         yield span
 
 
-@contextmanager
-def attempt_span(adapter: str, kind: str, capability: str, model: str) -> Iterator[Span]:
+def attempt_span(adapter: str, kind: str, capability: str, model: str) -> AbstractContextManager[Span]:
     """One adapter attempt, named `{operation} {model}` as the GenAI conventions ask."""
     if not tracing_configured():
-        yield trace.INVALID_SPAN
-        return
+        return _NO_SPAN
+    return _attempt_span(adapter, kind, capability, model)
+
+
+@contextmanager
+def _attempt_span(adapter: str, kind: str, capability: str, model: str) -> Iterator[Span]:
     operation = OPERATION.get(capability, capability)
     with tracer.start_as_current_span(f"{operation} {model}", kind=SpanKind.CLIENT) as span:
         span.set_attribute("gen_ai.operation.name", operation)

@@ -80,6 +80,31 @@ async def test_a_lone_writer_on_a_fast_disk_syncs_inline_and_concurrent_writers_
     assert verify(log.path, KEY).ok
 
 
+async def test_one_slow_sync_leaves_a_lone_writer_inline_and_a_disk_that_stays_slow_moves_it_to_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server.audit as audit_module
+
+    durations = iter([0.00005] * 8 + [0.05] + [0.00005] * 4 + [0.05] * 12)
+    real = audit_module._timed_sync
+
+    def timed(fd: int) -> float:
+        real(fd)
+        return next(durations, 0.05)  # what the disk is made to take: fast, one spike, then slow for good
+
+    monkeypatch.setattr(audit_module, "_timed_sync", timed)
+    log = AuditLog(tmp_path / "audit.jsonl", KEY, AuditOptions(fsync="group", checkpoint_every=10**6))
+    modes = []
+    for i in range(25):
+        before = log.inline_syncs
+        await log.write({"event": "finish", "call_id": str(i)}, alone=True)
+        modes.append("inline" if log.inline_syncs > before else "thread")
+    await log.aclose()
+    assert modes[:14] == ["inline"] * 14  # the spike at the 9th sync changed nothing
+    assert modes[-1] == "thread" and log.sync_s == 0.05  # half a window of slow syncs did
+    assert verify(log.path, KEY).ok
+
+
 async def test_a_failing_inline_sync_refuses_the_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import server.audit as audit_module
 

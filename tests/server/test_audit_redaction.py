@@ -87,6 +87,9 @@ async def test_planted_secrets_appear_in_no_record_log_or_tool_error(
         '{"input_tokens":12,"token":"abcdefgh12"}',
         "access_token=abcdefgh12",
         "capability adapter usage",
+        '{"capability":"embed","candidates":["api/m"],"rapid":"apiary"}',
+        "APIKEY=abcdefgh12",
+        "x-Api-Key: abcdefgh12",
         "the known secret sk-live-not-a-shape xyz",
     ],
 )

@@ -90,3 +90,45 @@ async def test_chat_sends_progress_when_the_client_asks(tmp_path: Path) -> None:
         )
     assert not r.is_error
     assert [d for d, _, _ in seen] == [1, 2, 3]
+
+
+ODD_STRINGS = [
+    "the quick brown fox",
+    "true",
+    " false\n",
+    "null",
+    "nullish",
+    "5",
+    '"quoted"',
+    '["a", "b"]',
+    '\t{"role": "user"}',
+    "[not json",
+    "{",
+    "",
+    "\u00a0[1]",  # a no-break space is not JSON whitespace: the SDK's parse fails on it, and so is skipped
+]
+
+
+@pytest.mark.parametrize("text", ODD_STRINGS)
+def test_argument_pre_parsing_gives_what_the_sdk_gives_for_every_kind_of_string(text: str) -> None:
+    from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
+
+    from server.manifests import RequestLimits
+    from server.tools import tool_list
+
+    for tool in tool_list(RequestLimits()):
+        ours = tool.fn_metadata
+        theirs = FuncMetadata.model_construct(**dict(ours))
+        for name in ours.arg_model.model_fields:
+            data = {name: text, "unknown": text}
+            assert ours.pre_parse_json(data) == theirs.pre_parse_json(data), (tool.name, name)
+
+
+async def test_a_list_sent_as_a_json_string_is_still_a_list(tmp_path: Path) -> None:
+    adapter = FakeAdapter("a")
+    server, _ = fake_server(tmp_path, {"a": adapter})
+    async with Client(server) as client:
+        one = await client.call_tool("embed", {"input": '["x", "y"]'})
+        plain = await client.call_tool("embed", {"input": "the quick brown fox"})
+    assert one.structured_content is not None and one.structured_content["count"] == 2
+    assert plain.structured_content is not None and plain.structured_content["count"] == 1
