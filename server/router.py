@@ -119,7 +119,10 @@ class Router:
         status = self._status(adapter)
         if status is None:
             return None
-        return next((m.name for m in status.models if capability in m.capabilities), None)
+        # A model its server did not list is the default only when no declared model is listed: then the
+        # server's own answer (e.g. "model not found, try pulling it") says what is wrong.
+        serving = [m.name for m in status.models if capability in m.capabilities]
+        return next((n for n in serving if n not in status.unlisted), serving[0] if serving else None)
 
     def _expand(self, target: str, capability: Capability) -> list[Candidate]:
         adapter, sep, model = target.partition("/")

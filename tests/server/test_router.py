@@ -52,6 +52,17 @@ async def test_names_resolve_as_adapter_slash_model_bare_model_alias_and_default
     assert [c.label for c in router.resolve("embed", None)] == ["b/small", "a/small"]
 
 
+async def test_an_adapters_default_model_is_one_its_server_lists_when_it_lists_any() -> None:
+    a = FakeAdapter("a", {"gone": {"embed"}, "here": {"embed"}})
+    a.unlisted = ("gone",)
+    router = await make_router({"a": a}, {"routes": {"embed": ["a"]}})
+    assert [c.label for c in router.resolve("embed", None)] == ["a/here"]
+    assert [c.label for c in router.resolve("embed", "a/gone")] == ["a/gone"]
+    a.unlisted = ("gone", "here")  # none listed: the first declared one, and its server says what is wrong
+    await router.discovery.refresh()
+    assert [c.label for c in router.resolve("embed", None)] == ["a/gone"]
+
+
 async def test_unknown_model_and_unknown_adapter_errors_name_what_exists() -> None:
     router = await make_router({"a": FakeAdapter("a", {"small": {"embed"}})})
     with pytest.raises(NoRouteError, match=r"model 'nope'.*available: a/small"):

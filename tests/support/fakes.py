@@ -60,12 +60,14 @@ class FakeAdapter:
         self.entered = anyio.Event()
         self.cancelled = 0
         self.cancel_seen = anyio.Event()
+        self.unlisted: tuple[str, ...] = ()  # declared models the probe says the server does not list
 
     async def probe(self) -> ProbeResult:
         self.probes += 1
         self.probe_started.set()
         await anyio.sleep(self.probe_delay_s)
-        return ProbeResult(ok=self.probe_ok, models=self.info.models, error=None if self.probe_ok else "refused")
+        error = None if self.probe_ok else "refused"
+        return ProbeResult(ok=self.probe_ok, models=self.info.models, error=error, unlisted=self.unlisted)
 
     async def _enter(self, capability: Capability, model: str, n: int) -> None:
         self.calls.append((capability, n))
