@@ -2,8 +2,10 @@
 
 MLX's CPU backend has no fast kernel for quantized matrices, while float32 matrix products go to BLAS: on
 a CPU a quantized model is dequantized to float32 in memory (SmolLM2-135M: ~14x faster prompt reading and
-~2x faster generation here, for ~540 MB instead of ~100 MB) and its attention softmax moves to numpy
-(adapters/mlx_attention.py). On Metal or CUDA the quantized kernels are fast and the weights stay as stored.
+~2x faster generation here, for ~540 MB instead of ~100 MB), its attention softmax and SwiGLU activation
+move to numpy (adapters/mlx_attention.py, adapters/mlx_mlp.py) and, with OpenBLAS in front of MLX, its
+one-row products (every generated token) go to cblas_sgemv (adapters/mlx_gemv.py). On Metal or CUDA the
+quantized kernels are fast and the weights stay as stored.
 
 Dequantizing takes a couple of seconds on a small CPU, so it goes one matrix at a time and calls
 `between()` after each: the owner thread serves the embeddings waiting meanwhile.
@@ -18,7 +20,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
+from adapters._blas import loaded_openblas
 from adapters.mlx_attention import use_numpy_softmax
+from adapters.mlx_gemv import load_sgemv, use_sgemv_for_one_row
+from adapters.mlx_mlp import use_numpy_swiglu
 
 
 def _nothing() -> object:
@@ -41,8 +46,13 @@ def choose_layout(model: nn.Module, between: Callable[[], object] = _nothing) ->
         model.set_dtype(mx.float32)
     mx.eval(model.parameters())
     weights = "float32 as stored" if stored == "float32" else f"float32 converted from {stored} at load"
-    softmax = "numpy softmax" if use_numpy_softmax(model) else "mlx attention"
-    return model, f"{weights}, {softmax} (cpu)"
+    switched = (("softmax", use_numpy_softmax(model)), ("SwiGLU", use_numpy_swiglu(model)))
+    numpy_parts = [part for part, n in switched if n]
+    computed = f"numpy {' and '.join(numpy_parts)}" if numpy_parts else "mlx attention"
+    library = loaded_openblas()
+    if library is not None and use_sgemv_for_one_row(model, load_sgemv(library)):
+        computed += ", sgemv for one row"
+    return model, f"{weights}, {computed} (cpu)"
 
 
 _QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
