@@ -138,7 +138,8 @@ def test_a_quantized_model_is_refused_until_it_is_float32() -> None:
 
 
 @pytest.mark.packs
-def test_the_numpy_decoder_generates_smollm2s_greedy_tokens_with_its_logits(products: Products) -> None:
+def test_the_numpy_decoder_generates_smollm2s_greedy_tokens_with_its_logits() -> None:
+    products = products_for(find_openblas())  # what a CPU load picks here
     path = default_models_dir(os.environ) / "smollm2-135m-instruct"
     if not (path / "config.json").is_file():
         pytest.skip(f"model pack smollm2-135m-instruct is not installed in {path.parent}")
@@ -147,14 +148,14 @@ def test_the_numpy_decoder_generates_smollm2s_greedy_tokens_with_its_logits(prod
         model.update_modules(tree_unflatten([(name, _float32(module))]))
     mx.eval(model.parameters())
     decoder = _decoder(model, products)
-    prompt = tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 12)[:123]
+    prompt = tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 6)[:41]
     theirs, ours = make_prompt_cache(model), decoder.make_cache()
     expected = _logits(model, prompt, theirs)
-    decoder.read(mx.array(prompt[:61])[None], ours)
-    got = _logits(decoder, prompt[61:], ours)
+    decoder.read(mx.array(prompt[:23])[None], ours)
+    got = _logits(decoder, prompt[23:], ours)
     assert np.abs(got - expected).max() < 1e-3 * max(1.0, float(np.abs(expected).max()))
     token = int(expected.argmax())
-    for _ in range(8):
+    for _ in range(5):
         expected, got = _logits(model, [token], theirs), _logits(decoder, [token], ours)
         assert got.argmax() == expected.argmax()
         assert np.abs(got - expected).max() < 1e-3 * max(1.0, float(np.abs(expected).max()))
