@@ -12,7 +12,8 @@ serves the jobs waiting and says whether the caller is gone. A prompt that
 cannot be read before the call's deadline, at the rate this model has been
 measured to read prompts here, is refused before any work.
 
-The weights run in the layout that is fast on this device (adapters/mlx_layout.py).
+The weights run in the layout that is fast on this device (adapters/mlx_layout.py); on a CPU that may be
+a numpy decoder called like mlx-lm's model, with a `read` method that extends the cache without logits.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class ChatModel:
             raise ModelLoadError(f"chat model at {path} has no chat template in tokenizer_config.json")
         between()
         model, layout = choose_layout(model, between)
+        mx.clear_cache()  # MLX's buffers the numpy decoder copied (fused) are free now: give them back
         context = config.get("max_position_embeddings")
         chat = cls(model, tokenizer, path=path, context_length=int(context) if context else None, layout=layout)
         chat.calibrate()
@@ -112,8 +114,7 @@ class ChatModel:
         for _ in range(2):
             cache = make_prompt_cache(self._model)
             started = time.perf_counter()
-            self._model(tokens[None], cache=cache)
-            mx.eval([c.state for c in cache])
+            self._read(tokens, cache)
             seconds = time.perf_counter() - started
         self.prefill_tps = 0.0
         self._observe(CALIBRATION_TOKENS, seconds)
@@ -195,13 +196,21 @@ class ChatModel:
         while read < last:
             step = min(self.prefill_step, last - read)
             started = time.perf_counter()
-            self._model(ids[read : read + step][None], cache=cache)
-            mx.eval([c.state for c in cache])
+            self._read(ids[read : read + step], cache)
             self._observe(step, time.perf_counter() - started)
             read += step
             if stop_now():
                 raise _PrefillStopped(read)
         return read
+
+    def _read(self, tokens: mx.array, cache: list[Any]) -> None:
+        """Extend the cache by prompt tokens; the numpy decoder computes no logits for them, MLX evaluates none."""
+        read = getattr(self._model, "read", None)
+        if read is not None:
+            read(tokens[None], cache)
+            return
+        self._model(tokens[None], cache=cache)
+        mx.eval([c.state for c in cache])
 
     def _shared_prefix(self, prompt: list[int]) -> int:
         if self._cache is None or not can_trim_prompt_cache(self._cache):

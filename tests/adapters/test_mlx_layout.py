@@ -6,6 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 from mlx_lm import load as mlx_lm_load
 from mlx_lm.utils import dequantize_model
 
@@ -25,23 +26,43 @@ def quantized_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_quantized_model_runs_in_float32_on_a_cpu_with_the_quantized_models_outputs(quantized_dir: Path) -> None:
     model, _ = mlx_lm_load(str(quantized_dir))
-    expected = np.array(model(PROMPT))
+    expected = np.array(model(PROMPT))[:, -1]
     quantized = sum(isinstance(m, nn.QuantizedLinear | nn.QuantizedEmbedding) for _, m in model.named_modules())
     calls: list[int] = []
     converted, layout = choose_layout(model, lambda: calls.append(1))
-    assert layout == "float32 converted from 4-bit quantized at load, numpy softmax (cpu)"
+    assert layout.startswith("float32 converted from 4-bit quantized at load, numpy decoder, products by ")
+    assert layout.endswith(" (cpu)")
     assert len(calls) == quantized > 0  # the owner thread may serve others after every matrix
-    assert not any(isinstance(m, nn.QuantizedLinear | nn.QuantizedEmbedding) for _, m in converted.named_modules())
-    got = np.array(converted(PROMPT))
+    assert not any(isinstance(m, nn.QuantizedLinear | nn.QuantizedEmbedding) for _, m in model.named_modules())
+    got = np.array(converted(PROMPT, cache=converted.make_cache()))[:, -1]
     reference, _ = mlx_lm_load(str(quantized_dir))
-    assert np.array_equal(got, np.array(dequantize_model(reference)(PROMPT)))  # mlx-lm's own dequantization
+    dequantized = dequantize_model(reference)
+    ours, theirs = dict(tree_flatten(model.parameters())), dict(tree_flatten(dequantized.parameters()))
+    assert ours.keys() == theirs.keys()
+    assert all(np.array_equal(np.array(ours[k]), np.array(theirs[k])) for k in ours)  # mlx-lm's own dequantization
+    assert np.allclose(got, np.array(dequantized(PROMPT))[:, -1], atol=1e-4)  # the numpy decoder: same to rounding
     # MLX's quantized kernel computes in a lower precision; the predictions stay the same.
     assert np.abs(got - expected).max() < 0.05 and (got.argmax(-1) == expected.argmax(-1)).all()
 
 
-def test_a_float32_model_keeps_its_weights_and_gets_the_numpy_softmax(tmp_path: Path) -> None:
+def test_a_float32_model_keeps_its_weights_in_the_numpy_decoder(tmp_path: Path) -> None:
+    model, _ = mlx_lm_load(str(build_tiny_lm(tmp_path / "lm")))
+    expected = np.array(model(PROMPT))[:, -1]
+    converted, layout = choose_layout(model)
+    assert layout.startswith("float32 as stored, numpy decoder, products by ")
+    assert np.allclose(np.array(converted(PROMPT))[:, -1], expected, atol=1e-4)
+
+
+def test_a_config_the_numpy_decoder_does_not_compute_keeps_mlx_lms_model_with_numpy_softmax_and_swiglu(
+    tmp_path: Path,
+) -> None:
     model, _ = mlx_lm_load(str(build_tiny_lm(tmp_path / "lm")))
     expected = np.array(model(PROMPT))
+    model.args.attention_bias = True  # what the decoder checks; the model itself is unchanged
     converted, layout = choose_layout(model)
-    assert layout == "float32 as stored, numpy softmax (cpu)"
+    assert layout.startswith(
+        "float32 as stored, mlx-lm model (numpy decoder: attention or MLP biases not supported), "
+        "numpy softmax and SwiGLU"
+    )
+    assert converted is model
     assert np.allclose(np.array(converted(PROMPT)), expected, atol=1e-5)

@@ -378,11 +378,12 @@ async def test_the_shipped_mlx_manifest_serves_the_default_packs() -> None:
         layouts = {k: details.pop(k) for k in list(details) if k.endswith(" layout")}
         assert details == {"all-minilm-l6-v2": "ready", "smollm2-135m-instruct": "ready"}
         if "cpu" in layouts["smollm2-135m-instruct layout"]:
-            # With OpenBLAS in front of MLX, the encoder's products use it; otherwise numpy's own BLAS.
+            # With OpenBLAS in front of MLX, the encoder's and the decoder's products use it; otherwise numpy's.
             blas = "OpenBLAS" if details_blas.startswith("openblas") else "numpy's"
             assert layouts["all-minilm-l6-v2 layout"].startswith(f"float32, numpy forward pass, products in {blas}")
+            products = "OpenBLAS (libopenblas.so.0)" if details_blas.startswith("openblas") else "numpy"
             assert layouts["smollm2-135m-instruct layout"] == (
-                "float32 converted from 4/8-bit quantized at load, numpy softmax (cpu)"
+                f"float32 converted from 4/8-bit quantized at load, numpy decoder, products by {products} (cpu)"
             )
     finally:
         await adapter.aclose()
@@ -434,21 +435,34 @@ async def test_chat_progress_reports_model_loading_first_token_and_tokens_so_far
 
 
 class GatedForward:
-    """Wraps an mlx-lm model: forward call n blocks until gates[n] is set (after `reached[n]` is set)."""
+    """Wraps a chat model: forward call n blocks until gates[n] is set (after `reached[n]` is set).
+
+    A forward call is a call of the model or of its `read` (the numpy decoder reads prompt chunks that way)."""
 
     def __init__(self, inner: Any, gates: dict[int, threading.Event]) -> None:
         self.inner, self.gates, self.calls = inner, gates, 0
         self.reached = {n: threading.Event() for n in gates}
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def _gate(self) -> None:
         self.calls += 1
         if self.calls in self.gates:
             self.reached[self.calls].set()
             assert self.gates[self.calls].wait(30)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self._gate()
         return self.inner(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+        attr = getattr(self.inner, name)
+        if name != "read":
+            return attr
+
+        def gated_read(*args: Any, **kwargs: Any) -> Any:
+            self._gate()
+            return attr(*args, **kwargs)
+
+        return gated_read
 
 
 def _recording_chat() -> type:
