@@ -86,15 +86,6 @@ def load_openblas(*, opt_out: bool = False, system: str = sys.platform) -> str:
         return _state
 
 
-def loaded_openblas() -> Path | None:
-    """The OpenBLAS library that load_openblas put in front of MLX's BLAS, if it did."""
-    with _lock:
-        state = _state
-    if state is None or not state.startswith("openblas (") or not state.endswith(")"):
-        return None
-    return Path(state.removeprefix("openblas (").removesuffix(")"))
-
-
 def _load(opt_out: bool, system: str) -> str:
     if opt_out:
         return "reference (opted out)"

@@ -62,6 +62,12 @@ class CblasProducts:
         self._sgemv.argtypes = [i32, i32, i32, i32, f32, ptr, i32, ptr, i32, f32, ptr, i32]
         self._sgemv.restype = None
         self.name = f"OpenBLAS ({library.name})"
+        # The library's own words where it has them (e.g. "OpenBLAS 0.3.21"), for health.
+        self.library_name = "OpenBLAS"
+        config = getattr(handle, "openblas_get_config", None)
+        if config is not None:
+            config.restype = ctypes.c_char_p
+            self.library_name = " ".join(bytes(config()).decode(errors="replace").split()[:2])
 
     def linear(self, a: np.ndarray, w: np.ndarray, out: np.ndarray, beta: float) -> None:
         m, k = a.shape
@@ -72,8 +78,20 @@ class CblasProducts:
             self._sgemv(_ROW_MAJOR, _NO_TRANS, n, k, 1.0, w.ctypes.data, ldw, x, 1, beta, y, 1)
             return
         self._sgemm(
-            _ROW_MAJOR, _NO_TRANS, _TRANS, m, n, k, 1.0, a.ctypes.data, lda, w.ctypes.data, ldw, beta,
-            out.ctypes.data, ldo,
+            _ROW_MAJOR,
+            _NO_TRANS,
+            _TRANS,
+            m,
+            n,
+            k,
+            1.0,
+            a.ctypes.data,
+            lda,
+            w.ctypes.data,
+            ldw,
+            beta,
+            out.ctypes.data,
+            ldo,
         )
 
     def matmul(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
@@ -86,8 +104,20 @@ class CblasProducts:
             self._sgemv(_ROW_MAJOR, _TRANS, k, n, 1.0, b.ctypes.data, ldb, x, 1, 0.0, y, 1)
             return
         self._sgemm(
-            _ROW_MAJOR, _NO_TRANS, _NO_TRANS, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb, 0.0,
-            out.ctypes.data, ldo,
+            _ROW_MAJOR,
+            _NO_TRANS,
+            _NO_TRANS,
+            m,
+            n,
+            k,
+            1.0,
+            a.ctypes.data,
+            lda,
+            b.ctypes.data,
+            ldb,
+            0.0,
+            out.ctypes.data,
+            ldo,
         )
 
 

@@ -9,14 +9,13 @@ attention's small per-head products, is held to one thread.
 
 from __future__ import annotations
 
-import ctypes
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
 from adapters._blas import loaded_openblas
+from adapters._cblas import CblasProducts, NumpyProducts, products_for
 
 
 def numpy_blas() -> str:
@@ -29,65 +28,19 @@ def numpy_blas() -> str:
         return "numpy's BLAS"
 
 
-
 # out <- a @ w.T + beta * out, float32: a (m, k), w (n, k) as a linear layer stores it, out (m, n).
 Gemm = Callable[[np.ndarray, np.ndarray, np.ndarray, float], None]
-_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
-
-
-def numpy_gemm(a: np.ndarray, w: np.ndarray, out: np.ndarray, beta: float) -> None:
-    if beta == 0.0:
-        np.matmul(a, w.T, out=out)
-    else:
-        out += a @ w.T
-
-
-def _leading(array: np.ndarray, rows: int, cols: int) -> int:
-    """The row stride of a float32 matrix BLAS can read in place, in elements; ValueError otherwise."""
-    if array.dtype != np.float32 or array.shape != (rows, cols) or array.ndim != 2:
-        raise ValueError(f"expected a float32 ({rows}, {cols}) matrix, got {array.dtype} {array.shape}")
-    if array.strides[1] != 4 or array.strides[0] % 4 or array.strides[0] < 4 * cols:
-        raise ValueError(f"matrix strides {array.strides} are not BLAS row-major")
-    return array.strides[0] // 4
-
-
-class CblasGemm:
-    """Products in the OpenBLAS MLX uses, so the process keeps one BLAS thread pool (see hold_numpy_blas)."""
-
-    def __init__(self, lib: Path) -> None:
-        handle = ctypes.CDLL(str(lib))
-        fn = handle.cblas_sgemm
-        ptr, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-        fn.argtypes = [i, i, i, i, i, i, f, ptr, i, ptr, i, f, ptr, i]
-        fn.restype = None
-        self._sgemm = fn
-        config = getattr(handle, "openblas_get_config", None)
-        self.name = "OpenBLAS"
-        if config is not None:
-            config.restype = ctypes.c_char_p
-            self.name = " ".join(bytes(config()).decode(errors="replace").split()[:2])
-
-    def __call__(self, a: np.ndarray, w: np.ndarray, out: np.ndarray, beta: float) -> None:
-        m, k = a.shape
-        n = w.shape[0]
-        lda, ldw, ldo = _leading(a, m, k), _leading(w, n, k), _leading(out, m, n)
-        self._sgemm(
-            _ROW_MAJOR, _NO_TRANS, _TRANS, m, n, k, 1.0, a.ctypes.data, lda, w.ctypes.data, ldw, beta,
-            out.ctypes.data, ldo,
-        )
+numpy_gemm: Gemm = NumpyProducts().linear
 
 
 def encoder_gemm() -> tuple[Gemm, str]:
     """The products for the encoders' numpy forward pass, and what they run on (for health)."""
     lib = loaded_openblas()
-    if lib is None:
-        return numpy_gemm, numpy_blas()
-    try:
-        gemm = CblasGemm(lib)
-    except (OSError, AttributeError):
+    products = products_for(lib)
+    if lib is None or not isinstance(products, CblasProducts):
         return numpy_gemm, numpy_blas()
     hold_numpy_blas()
-    return gemm, f"{gemm.name} ({lib.name})"
+    return products.linear, f"{products.library_name} ({lib.name})"
 
 
 def hold_numpy_blas() -> None:

@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 
 from adapters import _blas, _gemm
+from adapters._cblas import CblasProducts
 
 RNG = np.random.default_rng(5)
 
 
-def _openblas() -> _gemm.CblasGemm:
+def _openblas() -> _gemm.Gemm:
     lib = _blas.find_openblas()
     if lib is None:
         pytest.skip(f"OpenBLAS is not installed (apt-get install {_blas.APT_PACKAGE})")
-    return _gemm.CblasGemm(lib)
+    return CblasProducts(lib).linear
 
 
 @pytest.mark.parametrize("gemm", ["numpy", "openblas"])
