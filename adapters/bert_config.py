@@ -15,6 +15,26 @@ import mlx.core as mx
 
 from adapters.errors import ModelLoadError
 
+# Eigen's rational erf(z) = z * P(z^2) / Q(z^2) on [-4, 4] (beyond it erf is +/-1 in float32), lowest power
+# first; max error 6.5e-8 in float64. Both forward passes' GELU use it: it keeps GELU to multiply-adds.
+ERF_NUM = (
+    -1.60960333262415e-02,
+    -2.95459980854025e-03,
+    -7.34990630326855e-04,
+    -5.69250639462346e-05,
+    -2.10102402082508e-06,
+    2.77068142495902e-08,
+    -2.72614225801306e-10,
+)
+ERF_DEN = (
+    -1.42647390514189e-02,
+    -7.37332916720468e-03,
+    -1.68282697438203e-03,
+    -2.13374055278905e-04,
+    -1.45660718464996e-05,
+)
+SQRT_HALF = 0.7071067811865476
+
 
 @dataclass(frozen=True, slots=True)
 class BertConfig:

@@ -13,47 +13,30 @@ from typing import cast
 import mlx.core as mx
 import mlx.nn as nn
 
+from adapters.bert_config import ERF_DEN, ERF_NUM, SQRT_HALF
 from adapters.errors import ModelLoadError
 
-# Eigen's rational erf on [-4, 4] (beyond it erf is +/-1 in float32): max error 6.5e-8 in float64.
-# Transcendentals are 35-65x slower than an add on MLX CPU; this keeps GELU to multiply-adds.
-_ERF_NUM = (
-    -1.60960333262415e-02,
-    -2.95459980854025e-03,
-    -7.34990630326855e-04,
-    -5.69250639462346e-05,
-    -2.10102402082508e-06,
-    2.77068142495902e-08,
-    -2.72614225801306e-10,
-)
-_ERF_DEN = (
-    -1.42647390514189e-02,
-    -7.37332916720468e-03,
-    -1.68282697438203e-03,
-    -2.13374055278905e-04,
-    -1.45660718464996e-05,
-)
-_SQRT_HALF = 0.7071067811865476
+# Transcendentals are 35-65x slower than an add on MLX CPU: GELU uses the rational erf (adapters/bert_config.py).
 
 
 def erf_rational(x: mx.array) -> mx.array:
     z = mx.clip(x, -4.0, 4.0)
     z2 = z * z
-    num: mx.array | float = _ERF_NUM[-1]
-    for c in reversed(_ERF_NUM[:-1]):
+    num: mx.array | float = ERF_NUM[-1]
+    for c in reversed(ERF_NUM[:-1]):
         num = num * z2 + c
-    den: mx.array | float = _ERF_DEN[-1]
-    for c in reversed(_ERF_DEN[:-1]):
+    den: mx.array | float = ERF_DEN[-1]
+    for c in reversed(ERF_DEN[:-1]):
         den = den * z2 + c
     return z * num / den
 
 
 def gelu_fast(x: mx.array) -> mx.array:
-    return 0.5 * x * (1.0 + erf_rational(x * _SQRT_HALF))
+    return 0.5 * x * (1.0 + erf_rational(x * SQRT_HALF))
 
 
 def gelu_exact(x: mx.array) -> mx.array:
-    return 0.5 * x * (1.0 + mx.erf(x * _SQRT_HALF))
+    return 0.5 * x * (1.0 + mx.erf(x * SQRT_HALF))
 
 
 Activation = Callable[[mx.array], mx.array]

@@ -16,31 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from adapters._gemm import Gemm, numpy_gemm
+from adapters.bert_config import ERF_DEN, ERF_NUM, SQRT_HALF
 from adapters.errors import ModelLoadError
 
-_SQRT_HALF = 0.7071067811865476
-# Eigen's rational erf(z) = z * P(z^2) / Q(z^2) on [-4, 4] (beyond it erf is +/-1 in float32), lowest power
-# first. GELU(x) = x * (0.5 + 0.5 * erf(x / sqrt 2)) is evaluated on x itself: z = x / sqrt 2, so the k-th
+# GELU(x) = x * (0.5 + 0.5 * erf(x / sqrt 2)) is evaluated on x itself: z = x / sqrt 2, so the k-th
 # coefficient of P takes 0.5^k (z^2 = x^2 / 2) and P also takes the 0.5 / sqrt 2 in front.
-_ERF_NUM = (
-    -1.60960333262415e-02,
-    -2.95459980854025e-03,
-    -7.34990630326855e-04,
-    -5.69250639462346e-05,
-    -2.10102402082508e-06,
-    2.77068142495902e-08,
-    -2.72614225801306e-10,
-)
-_ERF_DEN = (
-    -1.42647390514189e-02,
-    -7.37332916720468e-03,
-    -1.68282697438203e-03,
-    -2.13374055278905e-04,
-    -1.45660718464996e-05,
-)
-_GELU_NUM = tuple(np.float32(c * 0.5**k * 0.5 * _SQRT_HALF) for k, c in enumerate(_ERF_NUM))[::-1]
-_GELU_DEN = tuple(np.float32(c * 0.5**k) for k, c in enumerate(_ERF_DEN))[::-1]
-_GELU_CLIP = np.float32(4.0 / _SQRT_HALF)
+_GELU_NUM = tuple(np.float32(c * 0.5**k * 0.5 * SQRT_HALF) for k, c in enumerate(ERF_NUM))[::-1]
+_GELU_DEN = tuple(np.float32(c * 0.5**k) for k, c in enumerate(ERF_DEN))[::-1]
+_GELU_CLIP = np.float32(4.0 / SQRT_HALF)
 _BLOCK_ELEMENTS = 1 << 15  # an activation block and its scratch stay in a core's L2 cache
 # Buffers kept between calls: a few batch shapes, this many bytes in all. A batch of long texts (64 x 256
 # tokens: ~200 MB of attention scores) gets buffers for that call only.

@@ -12,24 +12,10 @@ import pytest
 
 from adapters.errors import ModelLoadError
 from adapters.mlx_bert import CrossEncoder, SentenceEncoder, erf_rational, gelu_exact, gelu_fast
-from tests.support.tiny_bert import reference_embedding, reference_hidden, reference_logit, write_tiny_bert
+from tests.support.tiny_bert import cosine, reference_embedding, reference_hidden, reference_logit
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 TEXTS = ["the cat sits on the mat.", "a feline is resting on the rug", "what is the capital of france?", "rain"]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture(scope="module")
-def tiny_cross_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-cross"), seed=1, cross_encoder=True)
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def test_rational_erf_stays_within_a_millionth_of_erf() -> None:
@@ -46,41 +32,41 @@ def test_fast_gelu_matches_exact_gelu_closely() -> None:
 
 @pytest.mark.parametrize(("fast_gelu", "numpy_softmax"), [(False, False), (True, False), (True, True)])
 def test_tiny_encoder_matches_a_float64_reference_bert(
-    tiny_dir: Path, fast_gelu: bool, numpy_softmax: bool, monkeypatch: pytest.MonkeyPatch
+    tiny_bert_dir: Path, fast_gelu: bool, numpy_softmax: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import adapters.mlx_bert
 
     # Batches this small normally keep MLX's attention; from one score on, the numpy softmax serves them.
     monkeypatch.setattr(adapters.mlx_bert, "NUMPY_SOFTMAX_FROM", 1 if numpy_softmax else 1 << 20)
-    enc = SentenceEncoder.load(tiny_dir, fast_gelu=fast_gelu, forward="mlx")
+    enc = SentenceEncoder.load(tiny_bert_dir, fast_gelu=fast_gelu, forward="mlx")
     out = enc.encode(TEXTS)
     assert out.vectors.shape == (len(TEXTS), 32)
     for text, vector in zip(TEXTS, out.vectors, strict=True):
         ids = enc.tokenizer.encode(text).ids
-        assert _cos(vector, reference_embedding(tiny_dir, ids)) > 0.99999
+        assert cosine(vector, reference_embedding(tiny_bert_dir, ids)) > 0.99999
     assert np.allclose(np.linalg.norm(out.vectors, axis=1), 1.0, atol=1e-5)
     assert out.tokens == sum(len(enc.tokenizer.encode(t).ids) for t in TEXTS)
 
 
-def test_padding_to_the_longest_in_a_batch_leaves_each_vector_unchanged(tiny_dir: Path) -> None:
-    enc = SentenceEncoder.load(tiny_dir)
+def test_padding_to_the_longest_in_a_batch_leaves_each_vector_unchanged(tiny_bert_dir: Path) -> None:
+    enc = SentenceEncoder.load(tiny_bert_dir)
     batch = enc.encode(TEXTS).vectors
     for text, vector in zip(TEXTS, batch, strict=True):
-        assert _cos(enc.encode([text]).vectors[0], vector) > 0.99999
+        assert cosine(enc.encode([text]).vectors[0], vector) > 0.99999
 
 
-def test_inputs_past_the_max_length_are_cut_and_counted(tiny_dir: Path) -> None:
-    enc = SentenceEncoder.load(tiny_dir)
+def test_inputs_past_the_max_length_are_cut_and_counted(tiny_bert_dir: Path) -> None:
+    enc = SentenceEncoder.load(tiny_bert_dir)
     assert enc.max_length == 24  # sentence_bert_config.json wins over max_position_embeddings
     long_text = " ".join(["cat"] * 60)
     out = enc.encode([long_text, "dog"])
     assert out.truncated == 1
     full_ids = enc.tokenizer.encode(" ".join(["cat"] * 22)).ids  # [CLS] + 22 words + [SEP] = 24 tokens
-    assert _cos(out.vectors[0], reference_embedding(tiny_dir, full_ids)) > 0.99999
+    assert cosine(out.vectors[0], reference_embedding(tiny_bert_dir, full_ids)) > 0.99999
 
 
-def test_a_token_budget_splits_a_batch_into_passes_without_changing_results(tiny_dir: Path) -> None:
-    enc = SentenceEncoder.load(tiny_dir)
+def test_a_token_budget_splits_a_batch_into_passes_without_changing_results(tiny_bert_dir: Path) -> None:
+    enc = SentenceEncoder.load(tiny_bert_dir)
     texts = [f"the cat {'sits ' * (i % 7)}on the mat" for i in range(20)]
     whole = enc.encode(texts).vectors
     assert enc.forward_passes == 1
@@ -88,17 +74,17 @@ def test_a_token_budget_splits_a_batch_into_passes_without_changing_results(tiny
     split = enc.encode(texts, token_budget=40, on_chunk=lambda done, total: reports.append((done, total)))
     assert enc.forward_passes > 2
     assert [r[0] for r in reports] == sorted(r[0] for r in reports) and reports[-1] == (20, 20)
-    assert min(_cos(a, b) for a, b in zip(whole, split.vectors, strict=True)) > 0.99999
+    assert min(cosine(a, b) for a, b in zip(whole, split.vectors, strict=True)) > 0.99999
 
 
-def test_one_long_text_is_not_padded_into_a_batch_of_short_ones(tiny_dir: Path) -> None:
-    enc = SentenceEncoder.load(tiny_dir)
+def test_one_long_text_is_not_padded_into_a_batch_of_short_ones(tiny_bert_dir: Path) -> None:
+    enc = SentenceEncoder.load(tiny_bert_dir)
     enc.encode(["rain"] * 8 + [" ".join(["cat"] * 60)], token_budget=4096)
     assert enc.forward_passes == 2
 
 
-def test_batch_limit_caps_texts_per_pass(tiny_dir: Path) -> None:
-    enc = SentenceEncoder.load(tiny_dir)
+def test_batch_limit_caps_texts_per_pass(tiny_bert_dir: Path) -> None:
+    enc = SentenceEncoder.load(tiny_bert_dir)
     enc.encode(["rain"] * 10, batch_limit=4)
     assert enc.forward_passes == 3
 
@@ -116,19 +102,19 @@ def test_cross_encoder_scores_pairs_like_bert_for_sequence_classification(tiny_c
     assert np.allclose(scored.scores, 1 / (1 + np.exp(-logits)), atol=1e-6)
 
 
-def test_an_encoder_directory_without_a_head_is_refused_as_a_cross_encoder(tiny_dir: Path) -> None:
+def test_an_encoder_directory_without_a_head_is_refused_as_a_cross_encoder(tiny_bert_dir: Path) -> None:
     with pytest.raises(ModelLoadError, match="classifier"):
-        CrossEncoder.load(tiny_dir)
+        CrossEncoder.load(tiny_bert_dir)
 
 
-def test_missing_or_mismatched_files_raise_a_load_error_naming_the_file(tiny_dir: Path, tmp_path: Path) -> None:
+def test_missing_or_mismatched_files_raise_a_load_error_naming_the_file(tiny_bert_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="does not exist"):
         SentenceEncoder.load(tmp_path / "nope")
-    broken = shutil.copytree(tiny_dir, tmp_path / "broken")
+    broken = shutil.copytree(tiny_bert_dir, tmp_path / "broken")
     (broken / "tokenizer.json").unlink()
     with pytest.raises(ModelLoadError, match=r"tokenizer\.json"):
         SentenceEncoder.load(broken)
-    wrong = shutil.copytree(tiny_dir, tmp_path / "wrong")
+    wrong = shutil.copytree(tiny_bert_dir, tmp_path / "wrong")
     cfg = json.loads((wrong / "config.json").read_text())
     (wrong / "config.json").write_text(json.dumps({**cfg, "hidden_size": 48}))
     with pytest.raises(ModelLoadError, match="does not fit"):
@@ -154,7 +140,7 @@ def test_minilm_matches_sentence_transformers_reference_vectors() -> None:
     for fast_gelu, forward in ((False, "mlx"), (True, "mlx"), (True, "numpy")):
         enc = SentenceEncoder.load(_pack("all-minilm-l6-v2"), fast_gelu=fast_gelu, forward=forward)
         out = enc.encode(ref["sentences"])
-        assert min(_cos(a, b) for a, b in zip(out.vectors, expected, strict=True)) >= 0.9999
+        assert min(cosine(a, b) for a, b in zip(out.vectors, expected, strict=True)) >= 0.9999
         assert out.truncated == 1  # the 300-word sentence
     assert enc.max_length == ref["max_seq_length"] == 256
 
@@ -185,11 +171,11 @@ def test_cross_encoder_loads_minilm_weights_in_the_sequence_classification_layou
 
 
 def test_the_numpy_softmax_serves_a_batch_by_its_count_of_scores_not_by_its_length(
-    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import adapters.mlx_bert
 
-    enc = SentenceEncoder.load(tiny_dir, forward="mlx")
+    enc = SentenceEncoder.load(tiny_bert_dir, forward="mlx")
     width = len(enc.tokenizer.encode("rain").ids)
     heads, layers = enc.config.num_attention_heads, enc.config.num_hidden_layers
     monkeypatch.setattr(adapters.mlx_bert, "NUMPY_SOFTMAX_FROM", 2 * heads * width * width)
@@ -201,4 +187,4 @@ def test_the_numpy_softmax_serves_a_batch_by_its_count_of_scores_not_by_its_leng
     batch = enc.encode(["rain"] * 4).vectors
     assert len(calls) == layers  # four of them: enough scores for numpy, once per layer
     for vector in batch:
-        assert _cos(vector, single) > 0.99999
+        assert cosine(vector, single) > 0.99999

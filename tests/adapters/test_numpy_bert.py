@@ -9,24 +9,10 @@ import pytest
 from adapters.errors import ModelLoadError
 from adapters.mlx_bert import CrossEncoder, SentenceEncoder
 from adapters.numpy_bert import Gelu, activation
-from tests.support.tiny_bert import reference_embedding, reference_logit, write_tiny_bert
+from tests.support.tiny_bert import cosine, reference_embedding, reference_logit
 
 # Odd lengths side by side (padding), one word, and past the tiny model's 24-token limit (cut to it).
 TEXTS = ["rain", "the cat sits on the mat.", "a feline is resting on the rug today", " ".join(["cat"] * 60)]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture(scope="module")
-def tiny_cross_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-cross"), seed=1, cross_encoder=True)
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def _exact_gelu(x: np.ndarray) -> np.ndarray:
@@ -54,31 +40,31 @@ def test_the_other_activations_follow_their_definitions() -> None:
         activation("swish")
 
 
-def test_the_numpy_forward_pass_is_the_default_on_a_cpu_and_says_so(tiny_dir: Path) -> None:
-    enc = SentenceEncoder.load(tiny_dir)
+def test_the_numpy_forward_pass_is_the_default_on_a_cpu_and_says_so(tiny_bert_dir: Path) -> None:
+    enc = SentenceEncoder.load(tiny_bert_dir)
     assert enc.numpy_model is not None
     assert "numpy forward pass" in enc.layout and "(cpu)" in enc.layout
-    assert SentenceEncoder.load(tiny_dir, forward="mlx").numpy_model is None
+    assert SentenceEncoder.load(tiny_bert_dir, forward="mlx").numpy_model is None
 
 
 def test_numpy_encoder_matches_a_float64_reference_bert_for_odd_lengths_one_text_and_the_longest(
-    tiny_dir: Path,
+    tiny_bert_dir: Path,
 ) -> None:
-    enc = SentenceEncoder.load(tiny_dir, forward="numpy")
+    enc = SentenceEncoder.load(tiny_bert_dir, forward="numpy")
     out = enc.encode(TEXTS)
     assert out.truncated == 1
     for text, vector in zip(TEXTS, out.vectors, strict=True):
         ids = enc.tokenizer.encode(text).ids[: enc.max_length]
-        assert _cos(vector, reference_embedding(tiny_dir, ids)) > 0.99999
-        assert _cos(enc.encode([text]).vectors[0], vector) > 0.99999  # batch of one, no padding
+        assert cosine(vector, reference_embedding(tiny_bert_dir, ids)) > 0.99999
+        assert cosine(enc.encode([text]).vectors[0], vector) > 0.99999  # batch of one, no padding
     assert np.allclose(np.linalg.norm(out.vectors, axis=1), 1.0, atol=1e-6)
 
 
-def test_numpy_and_mlx_forward_passes_give_the_same_vectors(tiny_dir: Path) -> None:
+def test_numpy_and_mlx_forward_passes_give_the_same_vectors(tiny_bert_dir: Path) -> None:
     texts = [f"the cat {'sits ' * (i % 5)}on the mat" for i in range(11)]
-    numpy_vectors = SentenceEncoder.load(tiny_dir, forward="numpy").encode(texts).vectors
-    mlx_vectors = SentenceEncoder.load(tiny_dir, forward="mlx").encode(texts).vectors
-    assert min(_cos(a, b) for a, b in zip(numpy_vectors, mlx_vectors, strict=True)) > 0.999999
+    numpy_vectors = SentenceEncoder.load(tiny_bert_dir, forward="numpy").encode(texts).vectors
+    mlx_vectors = SentenceEncoder.load(tiny_bert_dir, forward="mlx").encode(texts).vectors
+    assert min(cosine(a, b) for a, b in zip(numpy_vectors, mlx_vectors, strict=True)) > 0.999999
 
 
 def test_numpy_cross_encoder_scores_pairs_like_the_reference(tiny_cross_dir: Path) -> None:
@@ -93,25 +79,25 @@ def test_numpy_cross_encoder_scores_pairs_like_the_reference(tiny_cross_dir: Pat
     assert np.allclose(ce.score("where is paris", docs).scores, 1 / (1 + np.exp(-logits)), atol=1e-6)
 
 
-def test_batch_shapes_keep_a_bounded_set_of_buffers(tiny_dir: Path) -> None:
-    enc = SentenceEncoder.load(tiny_dir, forward="numpy")
+def test_batch_shapes_keep_a_bounded_set_of_buffers(tiny_bert_dir: Path) -> None:
+    enc = SentenceEncoder.load(tiny_bert_dir, forward="numpy")
     assert enc.numpy_model is not None
     for n in range(1, 13):
         enc.encode(["rain"] * n)
     assert len(enc.numpy_model._buffers) == 8
 
 
-def test_the_numpy_forward_pass_refuses_weights_that_are_not_float32(tiny_dir: Path) -> None:
+def test_the_numpy_forward_pass_refuses_weights_that_are_not_float32(tiny_bert_dir: Path) -> None:
     with pytest.raises(ModelLoadError, match="needs float32 weights"):
-        SentenceEncoder.load(tiny_dir, forward="numpy", dtype="float16")
+        SentenceEncoder.load(tiny_bert_dir, forward="numpy", dtype="float16")
 
 
 def test_buffers_too_large_to_keep_serve_their_call_and_are_let_go(
-    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import adapters.numpy_bert
 
-    enc = SentenceEncoder.load(tiny_dir, forward="numpy")
+    enc = SentenceEncoder.load(tiny_bert_dir, forward="numpy")
     assert enc.numpy_model is not None
     small = enc.encode(["rain"]).vectors[0]
     kept = dict(enc.numpy_model._buffers)
@@ -120,6 +106,8 @@ def test_buffers_too_large_to_keep_serve_their_call_and_are_let_go(
     long_text = " ".join(["cat"] * 60)
     vector = enc.encode([long_text] * 3).vectors[0]
     assert enc.numpy_model._buffers == kept  # the larger shape's buffers were not kept
-    assert _cos(vector, reference_embedding(tiny_dir, enc.tokenizer.encode(long_text).ids[: enc.max_length])) > 0.99999
-    assert _cos(enc.encode(["rain"]).vectors[0], small) > 0.999999
-
+    assert (
+        cosine(vector, reference_embedding(tiny_bert_dir, enc.tokenizer.encode(long_text).ids[: enc.max_length]))
+        > 0.99999
+    )
+    assert cosine(enc.encode(["rain"]).vectors[0], small) > 0.999999

@@ -181,3 +181,7 @@ def reference_logit(path: Path, ids: list[int], type_ids: list[int]) -> float:
     cls = reference_hidden(path, ids, type_ids)[0]
     pooled = np.tanh(cls @ raw["bert.pooler.dense.weight"].T + raw["bert.pooler.dense.bias"])
     return float(pooled @ raw["classifier.weight"][0] + raw["classifier.bias"][0])
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
