@@ -32,7 +32,7 @@ from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_p
 from mlx_lm.sample_utils import make_sampler
 
 from adapters.errors import InvalidRequestError, ModelLoadError, safe_detail
-from adapters.mlx_layout import choose_layout
+from adapters.mlx_layout import choose_layout, return_freed_memory
 from adapters.mlx_prompt import PromptEncoder
 from adapters.mlx_runtime import Steering
 
@@ -101,7 +101,7 @@ class ChatModel:
             raise ModelLoadError(f"chat model at {path} has no chat template in tokenizer_config.json")
         between()
         model, layout = choose_layout(model, between)
-        mx.clear_cache()  # MLX's buffers the numpy decoder copied (fused) are free now: give them back
+        return_freed_memory()  # the weights the conversion dropped (quantized, copied into fused matrices)
         context = config.get("max_position_embeddings")
         chat = cls(model, tokenizer, path=path, context_length=int(context) if context else None, layout=layout)
         chat.calibrate()

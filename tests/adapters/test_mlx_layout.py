@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import ctypes
+import subprocess
+import sys
 from pathlib import Path
 
 import mlx.core as mx
@@ -66,3 +69,29 @@ def test_a_config_the_numpy_decoder_does_not_compute_keeps_mlx_lms_model_with_nu
     )
     assert converted is model
     assert np.allclose(np.array(converted(PROMPT)), expected, atol=1e-5)
+
+
+FREED_HEAP = """
+import re
+from adapters.mlx_layout import return_freed_memory
+
+def rss_mib():
+    return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) // 1024
+
+big = bytearray(16 << 20)
+del big  # glibc now serves blocks below 16 MB from the heap, as after a model's weights are freed
+blocks = [bytearray(1 << 20) for _ in range(256)]
+pin = [bytearray(1 << 10) for _ in range(64)]  # above them: the freed blocks are not the heap's top
+del blocks
+held = rss_mib()
+return_freed_memory()
+print(held, rss_mib())
+"""
+
+
+def test_the_memory_a_conversion_frees_goes_back_to_the_system() -> None:
+    if not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "malloc_trim"):
+        pytest.skip("glibc's malloc_trim is not here")
+    run = subprocess.run([sys.executable, "-c", FREED_HEAP], capture_output=True, text=True, timeout=60, check=True)
+    held, after = map(int, run.stdout.split())
+    assert held - after >= 128, (held, after)  # of the 256 MiB freed
