@@ -112,4 +112,3 @@ def _load(opt_out: bool, system: str) -> str:
 def loaded_openblas() -> Path | None:
     """The OpenBLAS library load_openblas() put in front of MLX's BLAS, if it did."""
     return _loaded
-

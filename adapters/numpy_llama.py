@@ -80,7 +80,13 @@ class NumpyLlama:
     """A llama decoder's forward pass over float32 numpy weights; called like mlx-lm's model."""
 
     def __init__(
-        self, embed: np.ndarray, layers: list[Layer], norm: np.ndarray, head: np.ndarray, *, config: dict[str, Any],
+        self,
+        embed: np.ndarray,
+        layers: list[Layer],
+        norm: np.ndarray,
+        head: np.ndarray,
+        *,
+        config: dict[str, Any],
         products: Products,
     ) -> None:
         self.embed, self.layers, self.norm, self.head = embed, layers, norm, head
@@ -169,8 +175,11 @@ class NumpyLlama:
         queries = np.empty((kv, tokens, group, d), np.float32)
         self._rope(qkv[:, :q_width].reshape(tokens, kv, group, d), start, queries.transpose(1, 0, 2, 3), self._scale)
         end = start + tokens
-        self._rope(qkv[:, q_width : q_width + k_width].reshape(tokens, kv, d), start,
-                   cache.keys[:, start:end].transpose(1, 0, 2))
+        self._rope(
+            qkv[:, q_width : q_width + k_width].reshape(tokens, kv, d),
+            start,
+            cache.keys[:, start:end].transpose(1, 0, 2),
+        )
         cache.values[:, start:end] = qkv[:, q_width + k_width :].reshape(tokens, kv, d).transpose(1, 0, 2)
         cache.offset = end
         rows = tokens * group
@@ -235,8 +244,14 @@ def _unsupported(model: Any) -> str | None:
 def _layer_weights(layer: Any) -> list[mx.array]:
     attn, mlp = layer.self_attn, layer.mlp
     return [
-        layer.input_layernorm.weight, attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight,
-        attn.o_proj.weight, layer.post_attention_layernorm.weight, mlp.gate_proj.weight, mlp.up_proj.weight,
+        layer.input_layernorm.weight,
+        attn.q_proj.weight,
+        attn.k_proj.weight,
+        attn.v_proj.weight,
+        attn.o_proj.weight,
+        layer.post_attention_layernorm.weight,
+        mlp.gate_proj.weight,
+        mlp.up_proj.weight,
         mlp.down_proj.weight,
     ]
 
@@ -257,8 +272,12 @@ def numpy_decoder(model: Any, products: Products) -> tuple[NumpyLlama | None, st
         norm1, q, k, v, o, norm2, gate, up, down = _layer_weights(layer)
         layers.append(
             Layer(
-                attn_norm=_view(norm1), qkv=np.concatenate([_view(q), _view(k), _view(v)]), out=_view(o),
-                mlp_norm=_view(norm2), gate_up=np.concatenate([_view(gate), _view(up)]), down=_view(down),
+                attn_norm=_view(norm1),
+                qkv=np.concatenate([_view(q), _view(k), _view(v)]),
+                out=_view(o),
+                mlp_norm=_view(norm2),
+                gate_up=np.concatenate([_view(gate), _view(up)]),
+                down=_view(down),
             )
         )
     embed = _view(model.model.embed_tokens.weight)

@@ -49,6 +49,7 @@ def quantiles(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     if not ordered:
         return {"n": 0}
+
     def rank(q: float) -> float:
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
@@ -206,5 +207,14 @@ async def main() -> None:
     print(json.dumps(out, indent=1))
 
 
+FLAGS = ("--reference-blas", "--quick", "--embed-only")
+USAGE = f"usage: python -m benchmarks.mlx_profile [{'] ['.join(FLAGS)}]"
+
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(USAGE)
+        sys.exit(0)
+    unknown = [a for a in sys.argv[1:] if a not in FLAGS]
+    if unknown:  # a profile takes a minute or more and loads every pack: nothing starts on a typo
+        sys.exit(f"{USAGE}\nunknown: {' '.join(unknown)}")
     anyio.run(main)

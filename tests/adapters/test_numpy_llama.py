@@ -21,9 +21,17 @@ TOLERANCE = 2e-4  # float32 sums in another order, over a few layers
 
 def _llama(**changes: object) -> llama.Model:
     config: dict[str, object] = {
-        "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 3, "intermediate_size": 96,
-        "num_attention_heads": 8, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "vocab_size": 300,
-        "rope_theta": 10000.0, "max_position_embeddings": 512, **changes,
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 3,
+        "intermediate_size": 96,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "vocab_size": 300,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 512,
+        **changes,
     }
     model = llama.Model(llama.ModelArgs(**config))  # type: ignore[arg-type]
     mx.random.seed(7)
@@ -111,8 +119,10 @@ def test_a_prompt_past_the_models_positions_is_refused_before_any_work() -> None
     [
         ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope scaling"),
         ({"attention_bias": True}, "attention or MLP biases"),
-        ({"layer_types": ["full_attention", "sliding_attention", "full_attention"], "sliding_window": 8},
-         "sliding-window layers"),
+        (
+            {"layer_types": ["full_attention", "sliding_attention", "full_attention"], "sliding_window": 8},
+            "sliding-window layers",
+        ),
     ],
 )
 def test_a_llama_config_the_decoder_does_not_compute_keeps_mlx_lms_model(
@@ -124,8 +134,14 @@ def test_a_llama_config_the_decoder_does_not_compute_keeps_mlx_lms_model(
 
 def test_another_architecture_keeps_mlx_lms_model() -> None:
     args = qwen2.ModelArgs(
-        model_type="qwen2", hidden_size=32, num_hidden_layers=1, intermediate_size=48, num_attention_heads=4,
-        rms_norm_eps=1e-6, vocab_size=50, num_key_value_heads=2,
+        model_type="qwen2",
+        hidden_size=32,
+        num_hidden_layers=1,
+        intermediate_size=48,
+        num_attention_heads=4,
+        rms_norm_eps=1e-6,
+        vocab_size=50,
+        num_key_value_heads=2,
     )
     decoder, said = numpy_decoder(qwen2.Model(args), NumpyProducts())
     assert decoder is None and said == "qwen2 architecture"
@@ -160,5 +176,3 @@ def test_the_numpy_decoder_generates_smollm2s_greedy_tokens_with_its_logits() ->
         assert got.argmax() == expected.argmax()
         assert np.abs(got - expected).max() < 1e-3 * max(1.0, float(np.abs(expected).max()))
         token = int(expected.argmax())
-
-
