@@ -72,16 +72,21 @@ def test_a_config_the_numpy_decoder_does_not_compute_keeps_mlx_lms_model_with_nu
 
 
 FREED_HEAP = """
+import ctypes
 import re
+
 from adapters.mlx_layout import return_freed_memory
 
 def rss_mib():
     return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) // 1024
 
-big = bytearray(16 << 20)
-del big  # glibc now serves blocks below 16 MB from the heap, as after a model's weights are freed
+# glibc as it stands after a model's weights were freed: blocks below its (raised) mmap threshold come from
+# the heap, and free() gives no heap pages back by itself. Set outright, so the test does not depend on
+# what the imports before it allocated and freed.
+libc = ctypes.CDLL(None)
+libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
 blocks = [bytearray(1 << 20) for _ in range(256)]
-pin = [bytearray(1 << 10) for _ in range(64)]  # above them: the freed blocks are not the heap's top
 del blocks
 held = rss_mib()
 return_freed_memory()
