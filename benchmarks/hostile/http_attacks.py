@@ -77,29 +77,28 @@ class Target:
         return {"authorization": f"Bearer {self.tokens[who]}"}
 
 
+async def _get_status(t: Target, path: str, hdrs: dict[str, str]) -> int | str:
+    """The status of a GET with these headers, or the network error's name (the body is never read)."""
+    try:
+        async with t.http.stream("GET", t.base + path, headers=hdrs, timeout=5) as r:
+            return r.status_code
+    except NETWORK_ERRORS as exc:
+        return type(exc).__name__
+
+
 async def bad_host(t: Target) -> None:
     host = t.rng.choice(
         [f"attacker.example:{t.port}", "127.0.0.1:x", f"127.0.0.1.attacker.example:{t.port}", "h" * 4000, "localhost"]
     )
     path = t.rng.choice(["/mcp" if t.transport != "sse" else "/sse", "/health", "/metrics"])
-    hdrs = {**headers(t.tokens["alice"]), "host": host}
-    try:
-        async with t.http.stream("GET", t.base + path, headers=hdrs, timeout=5) as r:
-            status: int | str = r.status_code
-    except NETWORK_ERRORS as exc:
-        status = type(exc).__name__
+    status = await _get_status(t, path, {**headers(t.tokens["alice"]), "host": host})
     t.tally.answer("bad_host", status, {421, 400})
 
 
 async def bad_origin(t: Target) -> None:
     origin = t.rng.choice(["http://attacker.example", "null", "http://127.0.0.1.attacker.example", "https://localhost"])
     path = t.rng.choice(["/health", "/metrics", "/mcp" if t.transport != "sse" else "/sse"])
-    hdrs = {**headers(t.tokens["alice"]), "origin": origin}
-    try:
-        async with t.http.stream("GET", t.base + path, headers=hdrs, timeout=5) as r:
-            status: int | str = r.status_code
-    except NETWORK_ERRORS as exc:
-        status = type(exc).__name__
+    status = await _get_status(t, path, {**headers(t.tokens["alice"]), "origin": origin})
     t.tally.answer("bad_origin", status, {403})
 
 
