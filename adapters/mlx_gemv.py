@@ -11,44 +11,29 @@ MLX's weights when their input is one row; prompt chunks (many rows) keep MLX's 
 
 from __future__ import annotations
 
-import ctypes
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-_ROW_MAJOR, _NO_TRANS = 101, 111
-_Sgemv = Callable[..., None]
-
-
-def load_sgemv(library: Path) -> _Sgemv:
-    """cblas_sgemv of an already loaded BLAS library (dlopen returns the same handle)."""
-    fn = ctypes.CDLL(str(library)).cblas_sgemv
-    ptr, i32, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-    fn.argtypes = [i32, i32, i32, i32, f32, ptr, i32, ptr, i32, f32, ptr, i32]
-    fn.restype = None
-    return cast(_Sgemv, fn)
+from adapters._cblas import Products
 
 
 class _RowProduct:
     """y = W x for one row x, W an (out, in) float32 matrix held by an MLX array that stays alive here."""
 
-    def __init__(self, sgemv: _Sgemv, weight: mx.array) -> None:
-        self._sgemv = sgemv
+    def __init__(self, products: Products, weight: mx.array) -> None:
+        self._products = products  # a one-row linear product is cblas_sgemv (adapters/_cblas.py)
         self.weight = weight  # the MLX array whose buffer the view below reads
         self._matrix = np.asarray(weight)
         self.out_dims, self.in_dims = self._matrix.shape
 
     def __call__(self, x: mx.array, bias: mx.array | None = None) -> mx.array:
-        row = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(self.in_dims))
+        row = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(1, self.in_dims))
         y = np.array(bias, dtype=np.float32) if bias is not None else np.empty(self.out_dims, dtype=np.float32)
-        beta = 1.0 if bias is not None else 0.0
-        out, inn, matrix = self.out_dims, self.in_dims, self._matrix.ctypes.data
-        self._sgemv(_ROW_MAJOR, _NO_TRANS, out, inn, 1.0, matrix, inn, row.ctypes.data, 1, beta, y.ctypes.data, 1)
-        return mx.array(y).reshape(*x.shape[:-1], out)
+        self._products.linear(row, self._matrix, y.reshape(1, self.out_dims), 1.0 if bias is not None else 0.0)
+        return mx.array(y).reshape(*x.shape[:-1], self.out_dims)
 
 
 def _usable(weight: mx.array) -> bool:
@@ -69,7 +54,7 @@ def _as_linear(self: Any, x: mx.array) -> mx.array:
     return product(x)
 
 
-def use_sgemv_for_one_row(model: nn.Module, sgemv: _Sgemv) -> int:
+def use_sgemv_for_one_row(model: nn.Module, products: Products) -> int:
     """Give every float32 linear layer and embedding (tied output projection) of `model` the one-row path."""
     subclasses: dict[type, type] = {}
     switched = 0
@@ -85,7 +70,7 @@ def use_sgemv_for_one_row(model: nn.Module, sgemv: _Sgemv) -> int:
         cls = type(module)
         if cls not in subclasses:
             subclasses[cls] = type(f"RowProduct{cls.__name__}", (cls,), method)
-        module._row_product = _RowProduct(sgemv, module.weight)
+        module._row_product = _RowProduct(products, module.weight)
         module.__class__ = subclasses[cls]
         switched += 1
     return switched

@@ -25,9 +25,9 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from adapters._blas import loaded_openblas
-from adapters._cblas import products_for
+from adapters._cblas import CblasProducts, products_for
 from adapters.mlx_attention import use_numpy_softmax
-from adapters.mlx_gemv import load_sgemv, use_sgemv_for_one_row
+from adapters.mlx_gemv import use_sgemv_for_one_row
 from adapters.mlx_mlp import use_numpy_swiglu
 from adapters.numpy_llama import numpy_decoder
 
@@ -66,7 +66,7 @@ def choose_layout(
     numpy_parts = [part for part, n in switched if n]
     computed = f"numpy {' and '.join(numpy_parts)}" if numpy_parts else "mlx attention"
     library = loaded_openblas()
-    if library is not None and use_sgemv_for_one_row(model, load_sgemv(library)):
+    if library is not None and use_sgemv_for_one_row(model, CblasProducts(library)):
         computed += ", sgemv for one row"
     return model, f"{weights}, {computed} (cpu)"
 

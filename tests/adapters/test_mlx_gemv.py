@@ -11,7 +11,8 @@ from mlx_lm import load as mlx_lm_load
 from mlx_lm.models.cache import make_prompt_cache
 
 from adapters._blas import APT_PACKAGE, find_openblas
-from adapters.mlx_gemv import load_sgemv, use_sgemv_for_one_row
+from adapters._cblas import CblasProducts
+from adapters.mlx_gemv import use_sgemv_for_one_row
 from tests.support.tiny_lm import build_tiny_lm
 
 
@@ -20,7 +21,7 @@ def sgemv() -> object:
     library = find_openblas()
     if library is None:
         pytest.skip(f"no OpenBLAS installed (apt-get install {APT_PACKAGE})")
-    return load_sgemv(library)
+    return CblasProducts(library)
 
 
 def _layer(bias: bool) -> nn.Linear:
