@@ -10,7 +10,9 @@ run there (a generated token in ~0.57x the time, a prompt read ~1.4x as fast at 
 by side). On Metal or CUDA the quantized kernels are fast and the weights stay as stored.
 
 Dequantizing takes a couple of seconds on a small CPU, so it goes one matrix at a time and calls
-`between()` after each: the owner thread serves the embeddings waiting meanwhile.
+`between()` after each: the owner thread serves the embeddings waiting meanwhile. The numpy decoder takes
+each matrix straight from the quantized pack and lets go of each MLX layer once it is converted, so the
+load never holds the model in float32 twice.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from adapters._cblas import CblasProducts, products_for
 from adapters.mlx_attention import use_numpy_softmax
 from adapters.mlx_gemv import use_sgemv_for_one_row
 from adapters.mlx_mlp import use_numpy_swiglu
-from adapters.numpy_llama import numpy_decoder
+from adapters.numpy_llama import QUANTIZED, float32_weight, numpy_decoder
 
 
 def _nothing() -> object:
@@ -43,25 +45,25 @@ def choose_layout(
 
     `whole_numpy=False` keeps mlx-lm's model on a CPU even where the numpy decoder could run (to compare them).
     """
-    quantized = [(name, m) for name, m in model.named_modules() if isinstance(m, _QUANTIZED)]
+    quantized = [(name, m) for name, m in model.named_modules() if isinstance(m, QUANTIZED)]
     if quantized:
         stored = "/".join(str(b) for b in sorted({m.bits for _, m in quantized})) + "-bit quantized"
     else:
         stored = str(next(iter(_dtypes(model)), "float32")).removeprefix("mlx.core.")
     if mx.default_device() != mx.cpu:
         return model, f"{stored} as stored (gpu)"
+    weights = "float32 as stored" if stored == "float32" else f"float32 converted from {stored} at load"
+    if whole_numpy:
+        decoder, said = numpy_decoder(model, products_for(loaded_openblas()), between, release=True)
+        if decoder is not None:
+            return decoder, f"{weights}, {said} (cpu)"
+        weights += f", mlx-lm model (numpy decoder: {said} not supported)"
     for name, module in quantized:
         model.update_modules(tree_unflatten([(name, _float32(module))]))
         between()
     if _dtypes(model) != {mx.float32}:
         model.set_dtype(mx.float32)
     mx.eval(model.parameters())
-    weights = "float32 as stored" if stored == "float32" else f"float32 converted from {stored} at load"
-    if whole_numpy:
-        decoder, said = numpy_decoder(model, products_for(loaded_openblas()))
-        if decoder is not None:
-            return decoder, f"{weights}, {said} (cpu)"
-        weights += f", mlx-lm model (numpy decoder: {said} not supported)"
     switched = (("softmax", use_numpy_softmax(model)), ("SwiGLU", use_numpy_swiglu(model)))
     numpy_parts = [part for part, n in switched if n]
     computed = f"numpy {' and '.join(numpy_parts)}" if numpy_parts else "mlx attention"
@@ -69,9 +71,6 @@ def choose_layout(
     if library is not None and use_sgemv_for_one_row(model, CblasProducts(library)):
         computed += ", sgemv for one row"
     return model, f"{weights}, {computed} (cpu)"
-
-
-_QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
 
 
 def return_freed_memory() -> None:
@@ -92,15 +91,7 @@ def return_freed_memory() -> None:
 
 def _float32(module: Any) -> nn.Module:
     """A float32 Linear or Embedding equal to a quantized one, evaluated now."""
-    weight = mx.dequantize(
-        module.weight,
-        module.scales,
-        module.biases,
-        group_size=module.group_size,
-        bits=module.bits,
-        mode=getattr(module, "mode", "affine"),
-        dtype=mx.float32,
-    )
+    weight = float32_weight(module)
     out_dims, in_dims = weight.shape
     if isinstance(module, nn.QuantizedEmbedding):
         plain: nn.Module = nn.Embedding(out_dims, in_dims)

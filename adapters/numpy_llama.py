@@ -15,10 +15,12 @@ grouped KV heads, SwiGLU, no biases, full attention in every layer); anything el
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 
 from adapters._cblas import Products
@@ -235,53 +237,131 @@ def _unsupported(model: Any) -> str | None:
     found = [what for what, present in checks.items() if present]
     if found:
         return ", ".join(found)
-    weights = [p for layer in model.model.layers for p in _layer_weights(layer)]
-    if any(w.dtype != mx.float32 or w.ndim not in (1, 2) for w in weights):
-        return "weights not float32"
+    modules = [m for layer in model.model.layers for m in _layer_modules(layer)]
+    if not all(isinstance(m, QUANTIZED) or _floating_matrix(m.weight) for m in modules):
+        return "weights neither floating point nor quantized matrices"
     return None
 
 
-def _layer_weights(layer: Any) -> list[mx.array]:
+QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
+
+
+def _floating_matrix(weight: mx.array) -> bool:
+    return bool(mx.issubdtype(weight.dtype, mx.floating)) and weight.ndim in (1, 2)
+
+
+def _layer_modules(layer: Any) -> list[Any]:
     attn, mlp = layer.self_attn, layer.mlp
     return [
-        layer.input_layernorm.weight,
-        attn.q_proj.weight,
-        attn.k_proj.weight,
-        attn.v_proj.weight,
-        attn.o_proj.weight,
-        layer.post_attention_layernorm.weight,
-        mlp.gate_proj.weight,
-        mlp.up_proj.weight,
-        mlp.down_proj.weight,
+        layer.input_layernorm,
+        attn.q_proj,
+        attn.k_proj,
+        attn.v_proj,
+        attn.o_proj,
+        layer.post_attention_layernorm,
+        mlp.gate_proj,
+        mlp.up_proj,
+        mlp.down_proj,
     ]
 
 
-def _view(weight: mx.array) -> np.ndarray:
-    """A numpy view of an evaluated MLX array's buffer (it keeps the MLX array alive), copied if not contiguous."""
-    return np.ascontiguousarray(np.asarray(weight, dtype=np.float32))
+def float32_weight(module: Any, rows: slice = slice(None)) -> mx.array:
+    """A module's weight (those rows of it) in float32, evaluated; dequantized by MLX when it is quantized."""
+    if isinstance(module, QUANTIZED):
+        biases = getattr(module, "biases", None)
+        weight = mx.dequantize(
+            module.weight[rows],
+            module.scales[rows],
+            None if biases is None else biases[rows],
+            group_size=module.group_size,
+            bits=module.bits,
+            mode=getattr(module, "mode", "affine"),
+            dtype=mx.float32,
+        )
+    else:
+        weight = module.weight[rows].astype(mx.float32)
+    mx.eval(weight)
+    return weight
 
 
-def numpy_decoder(model: Any, products: Products) -> tuple[NumpyLlama | None, str]:
-    """The numpy decoder equal to a float32 mlx-lm model, or None and why it cannot be."""
+_ROWS_AT_ONCE = 2048  # rows dequantized at once: MLX's temporaries stay a few MB, not a whole embedding's
+
+
+class _Weights:
+    """Modules' weights as float32 numpy arrays; `between()` after each quantized one."""
+
+    def __init__(self, between: Callable[[], object]) -> None:
+        self.between = between
+
+    def __call__(self, module: Any) -> np.ndarray:
+        if not isinstance(module, QUANTIZED):
+            # A view of the MLX array's buffer (it keeps the array alive), copied only if not contiguous.
+            return np.ascontiguousarray(np.asarray(float32_weight(module)))
+        return self.stacked([module])
+
+    def stacked(self, modules: list[Any]) -> np.ndarray:
+        """The modules' weights one under the other in one array, written in place part by part."""
+        rows = [int(m.weight.shape[0]) for m in modules]
+        out = np.empty((sum(rows), self._columns(modules[0])), np.float32)
+        start = 0
+        for module, n in zip(modules, rows, strict=True):
+            self._fill(module, out[start : start + n])
+            start += n
+        return out
+
+    def _fill(self, module: Any, out: np.ndarray) -> None:
+        if not isinstance(module, QUANTIZED):
+            out[:] = np.asarray(float32_weight(module))
+            return
+        for start in range(0, out.shape[0], _ROWS_AT_ONCE):
+            out[start : start + _ROWS_AT_ONCE] = np.asarray(float32_weight(module, slice(start, start + _ROWS_AT_ONCE)))
+        self.between()
+
+    @staticmethod
+    def _columns(module: Any) -> int:
+        if isinstance(module, QUANTIZED):  # packed: the width is what one dequantized row has
+            return int(float32_weight(module, slice(0, 1)).shape[1])
+        return int(module.weight.shape[1])
+
+
+def _nothing() -> object:
+    return None
+
+
+def numpy_decoder(
+    model: Any, products: Products, between: Callable[[], object] = _nothing, *, release: bool = False
+) -> tuple[NumpyLlama | None, str]:
+    """The numpy decoder equal to a float32 mlx-lm model, or None and why it cannot be.
+
+    Quantized or half-precision weights are taken in float32, one matrix at a time. With `release`, each of
+    `model`'s layers is let go once its numpy matrices are built, so a load never holds the model twice
+    (SmolLM2-135M: ~1.0 GB at the peak otherwise); `model` is then no longer usable.
+    """
     reason = _unsupported(model)
     if reason is not None:
         return None, reason
     args = model.args
+    weights = _Weights(between)
+    # The embedding first: at the end it would add its copy to the peak of all the layers' copies.
+    embed = weights(model.model.embed_tokens)
+    stack = model.model.layers
     layers = []
-    for layer in model.model.layers:
-        norm1, q, k, v, o, norm2, gate, up, down = _layer_weights(layer)
+    for i, layer in enumerate(stack):
+        norm1, q, k, v, o, norm2, gate, up, down = _layer_modules(layer)
         layers.append(
             Layer(
-                attn_norm=_view(norm1),
-                qkv=np.concatenate([_view(q), _view(k), _view(v)]),
-                out=_view(o),
-                mlp_norm=_view(norm2),
-                gate_up=np.concatenate([_view(gate), _view(up)]),
-                down=_view(down),
+                attn_norm=weights(norm1),
+                qkv=weights.stacked([q, k, v]),
+                out=weights(o),
+                mlp_norm=weights(norm2),
+                gate_up=weights.stacked([gate, up]),
+                down=weights(down),
             )
         )
-    embed = _view(model.model.embed_tokens.weight)
-    head = embed if args.tie_word_embeddings else _view(model.lm_head.weight)
+        if release:
+            stack[i] = None
+            mx.clear_cache()
+    head = embed if args.tie_word_embeddings else weights(model.lm_head)
     config = {
         "heads": args.num_attention_heads,
         "kv_heads": args.num_key_value_heads,
@@ -291,5 +371,5 @@ def numpy_decoder(model: Any, products: Products) -> tuple[NumpyLlama | None, st
         "rope_theta": args.rope_theta,
         "max_positions": args.max_position_embeddings or 4096,
     }
-    decoder = NumpyLlama(embed, layers, _view(model.model.norm.weight), head, config=config, products=products)
+    decoder = NumpyLlama(embed, layers, weights(model.model.norm), head, config=config, products=products)
     return decoder, f"numpy decoder, products by {products.name}"

@@ -54,9 +54,10 @@ def main(rounds: int) -> dict[str, Any]:
     from adapters.mlx_layout import choose_layout
     from server.paths import default_models_dir
 
-    model, tokenizer = load(str(default_models_dir(os.environ) / "smollm2-135m-instruct"))
-    decoder, decoder_layout = choose_layout(model)
-    mlx_model, mlx_layout = choose_layout(model, whole_numpy=False)  # float32 already: MLX's CPU substitutions
+    pack = str(default_models_dir(os.environ) / "smollm2-135m-instruct")
+    model, tokenizer = load(pack)
+    decoder, decoder_layout = choose_layout(model)  # lets go of the MLX model's layers as it goes
+    mlx_model, mlx_layout = choose_layout(load(pack)[0], whole_numpy=False)  # MLX's CPU substitutions
     text = " ".join(f"Paragraph {i}: local models answer questions and summarise documents." for i in range(400))
     ids = tokenizer.encode(text)[:PROMPT_TOKENS]
     figures: dict[str, list[tuple[float, float]]] = {"mlx": [], "numpy": []}

@@ -12,8 +12,8 @@ from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
 from adapters._blas import find_openblas
 from adapters._cblas import NumpyProducts, Products, products_for
-from adapters.mlx_layout import _QUANTIZED, _float32
-from adapters.numpy_llama import NumpyLlama, numpy_decoder
+from adapters.mlx_layout import _float32
+from adapters.numpy_llama import QUANTIZED, NumpyLlama, numpy_decoder
 from server.paths import default_models_dir
 
 TOLERANCE = 2e-4  # float32 sums in another order, over a few layers
@@ -147,10 +147,22 @@ def test_another_architecture_keeps_mlx_lms_model() -> None:
     assert decoder is None and said == "qwen2 architecture"
 
 
-def test_a_quantized_model_is_refused_until_it_is_float32() -> None:
+def test_half_precision_weights_are_taken_in_float32() -> None:
     model = _llama()
-    model.model.layers[0].mlp.down_proj.weight = model.model.layers[0].mlp.down_proj.weight.astype(mx.float16)
-    assert numpy_decoder(model, NumpyProducts()) == (None, "weights not float32")
+    half = model.model.layers[0].mlp.down_proj.weight.astype(mx.float16)
+    model.model.layers[0].mlp.down_proj.weight = half
+    decoder, _ = numpy_decoder(model, NumpyProducts())
+    assert decoder is not None
+    assert decoder.layers[0].down.dtype == np.float32
+    assert np.array_equal(decoder.layers[0].down, np.array(half.astype(mx.float32)))
+
+
+def test_weights_that_are_neither_floating_point_nor_quantized_keep_mlx_lms_model() -> None:
+    model = _llama()
+    model.model.layers[1].self_attn.o_proj.weight = mx.zeros((64, 64), dtype=mx.int32)
+    said = "weights neither floating point nor quantized matrices"
+    assert numpy_decoder(model, NumpyProducts(), release=True) == (None, said)
+    assert all(layer is not None for layer in model.model.layers)  # refused before anything was let go
 
 
 @pytest.mark.packs
@@ -160,7 +172,7 @@ def test_the_numpy_decoder_generates_smollm2s_greedy_tokens_with_its_logits() ->
     if not (path / "config.json").is_file():
         pytest.skip(f"model pack smollm2-135m-instruct is not installed in {path.parent}")
     model, tokenizer = mlx_lm_load(str(path))
-    for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, _QUANTIZED)]:
+    for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, QUANTIZED)]:
         model.update_modules(tree_unflatten([(name, _float32(module))]))
     mx.eval(model.parameters())
     decoder = _decoder(model, products)
