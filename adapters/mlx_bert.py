@@ -167,7 +167,7 @@ class _BertRunner:
     def _load_parts(
         path: Path, *, fast_gelu: bool, dtype: str, pooler: bool
     ) -> tuple[BertModel, Tokenizer, BertConfig, dict[str, mx.array]]:
-        """The MLX model and its tokenizer; `fast_gelu` picks the rational erf (the numpy pass always uses it)."""
+        """The MLX model and its tokenizer; `fast_gelu` picks the rational erf (the numpy pass has its own GELU)."""
         if not path.is_dir():
             raise ModelLoadError(f"model directory {path} does not exist")
         cfg = BertConfig.from_dict(read_json(path / "config.json"))

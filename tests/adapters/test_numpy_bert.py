@@ -28,6 +28,15 @@ def test_gelu_in_place_stays_within_a_millionth_of_erf_gelu_across_block_edges()
     assert np.all(np.isfinite(y))
 
 
+def test_gelu_saturates_to_zero_and_to_x_far_out_without_overflow_warnings() -> None:
+    xs = np.array([-3e38, -1e30, -1e6, -100.0, -20.0, -9.0, -0.0, 0.0, 1e-30, 9.0, 20.0, 100.0, 1e6, 1e30, 3e38])
+    y = xs.astype(np.float32)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # an overflow it did not expect raises
+        Gelu()(y)
+    assert np.all(np.abs(y - _exact_gelu(xs.astype(np.float32))) <= 1e-6 * np.maximum(1.0, np.abs(xs)))
+    assert np.all(y[xs <= -20.0] == 0.0) and np.array_equal(y[xs >= 9.0], xs[xs >= 9.0].astype(np.float32))
+
+
 def test_the_other_activations_follow_their_definitions() -> None:
     x = np.linspace(-5, 5, 101, dtype=np.float32)
     relu, tanh_gelu = x.copy(), x.copy()
