@@ -11,7 +11,7 @@ of MLX when there is one, so the process keeps one BLAS thread pool.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,6 +33,7 @@ _GELU_R = (
     1.5957684323805268,
 )
 _MINUS_R = tuple(np.float32(-c) for c in _GELU_R)  # -q(x) comes out of the polynomial: no negation pass
+_COLUMN_MAX_WIDTH = 32  # rows up to this long take their maxima column by column (softmax_rows)
 _BLOCK_ELEMENTS = 1 << 15  # an activation block and its scratch stay in a core's L2 cache
 # Buffers kept between calls: a few batch shapes, this many bytes in all. A batch of long texts (64 x 256
 # tokens: ~200 MB of attention scores) gets buffers for that call only.
@@ -104,6 +105,26 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, 
     x += bias
 
 
+def softmax_rows(scores: np.ndarray, scratch: np.ndarray) -> None:
+    """scores (rows, width) <- softmax of each row, in place; `scratch` holds one value per row.
+
+    Attention rows are short (a text's tokens) and many (inputs x heads x tokens): numpy's reductions along a
+    short last axis cost ~90 ns a row, so short rows' maxima come from elementwise maxima of their columns, and
+    every row's sum from a product with a vector of ones (~10x faster for 13-token rows, 5,000 of them)."""
+    width = scores.shape[1]
+    if 1 < width <= _COLUMN_MAX_WIDTH:
+        np.maximum(scores[:, 0], scores[:, 1], out=scratch)
+        for j in range(2, width):
+            np.maximum(scratch, scores[:, j], out=scratch)
+    else:
+        np.max(scores, axis=1, out=scratch)
+    rows = scratch[:, None]
+    scores -= rows
+    np.exp(scores, out=scores)
+    np.matmul(scores, np.ones(width, np.float32), out=scratch)
+    scores /= rows
+
+
 @dataclass(frozen=True, slots=True)
 class LayerWeights:
     qkv: np.ndarray  # (3 * hidden, hidden), (out, in) like every linear weight: queries, keys, values
@@ -147,6 +168,10 @@ class NumpyBert:
     gemm: Gemm = numpy_gemm
     products: str = "numpy"  # what computes the matrix products, for health
     _buffers: dict[tuple[int, int], _Buffers] = field(default_factory=dict)
+
+    def twin(self) -> NumpyBert:
+        """The same model over the same weights, with its own buffers and scratch: one per thread."""
+        return replace(self, act=Gelu() if isinstance(self.act, Gelu) else self.act, _buffers={})
 
     def _buffers_for(self, batch: int, width: int) -> _Buffers:
         key = (batch, width)
@@ -203,15 +228,10 @@ class NumpyBert:
         np.multiply(queries, np.float32(buf.context.shape[-1] ** -0.5), out=queries)
         q, k, v = buf.qkv.reshape(batch, width, 3, heads, -1).transpose(2, 0, 3, 1, 4)
         np.matmul(q, k.swapaxes(-1, -2), out=buf.scores)
-        s = buf.scores
         if key_bias is not None:
-            s += key_bias
-        np.max(s, axis=-1, keepdims=True, out=buf.maxima)
-        s -= buf.maxima
-        np.exp(s, out=s)
-        np.sum(s, axis=-1, keepdims=True, out=buf.maxima)
-        s /= buf.maxima
-        np.matmul(s, v, out=buf.context.transpose(0, 2, 1, 3))
+            np.add(buf.scores, key_bias, out=buf.scores)
+        softmax_rows(buf.scores.reshape(-1, width), buf.maxima.reshape(-1))
+        np.matmul(buf.scores, v, out=buf.context.transpose(0, 2, 1, 3))
         np.add(buf.x, w.attn_out_bias, out=buf.x)
         self.gemm(buf.context.reshape(buf.x.shape), w.attn_out, buf.x, 1.0)
         layer_norm(buf.x, *w.attn_norm, self.eps, buf.rows)
