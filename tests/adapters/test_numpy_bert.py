@@ -8,7 +8,7 @@ import pytest
 
 from adapters.errors import ModelLoadError
 from adapters.mlx_bert import CrossEncoder, SentenceEncoder
-from adapters.numpy_bert import Gelu, activation, softmax_rows
+from adapters.numpy_bert import Gelu, activation, layer_norm, softmax_rows
 from tests.support.tiny_bert import cosine, reference_embedding, reference_logit
 
 # Odd lengths side by side (padding), one word, and past the tiny model's 24-token limit (cut to it).
@@ -49,6 +49,17 @@ def test_softmax_rows_matches_a_plain_softmax_for_short_and_long_rows_with_maske
     softmax_rows(got, scratch)
     assert np.all(np.isfinite(got))
     assert np.allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_layer_norm_in_place_matches_a_float64_layer_norm_for_rows_far_from_zero() -> None:
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((37, 384)) * 3.0 + rng.uniform(-50, 50, size=(37, 1))).astype(np.float32)
+    weight, bias = rng.standard_normal(384).astype(np.float32), rng.standard_normal(384).astype(np.float32)
+    x64 = x.astype(np.float64)
+    centred = x64 - x64.mean(axis=1, keepdims=True)
+    expected = centred / np.sqrt((centred**2).mean(axis=1, keepdims=True) + 1e-12) * weight + bias
+    layer_norm(x, weight, bias, 1e-12, np.empty((37, 1), np.float32))
+    assert np.allclose(x, expected, atol=2e-5)
 
 
 def test_the_other_activations_follow_their_definitions() -> None:
