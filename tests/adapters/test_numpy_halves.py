@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adapters.mlx_bert import SentenceEncoder
+from adapters.mlx_bert import CrossEncoder, SentenceEncoder
 from adapters.numpy_bert import NumpyBert
 from adapters.numpy_halves import SPLIT_FROM, Halves
 
@@ -114,3 +114,15 @@ def test_the_twin_shares_the_weights_but_not_the_buffers(encoder: SentenceEncode
     second = twin(ids, types, mask)
     assert first is not second and np.array_equal(first, second)
     assert twin.act is not model.act
+
+
+def test_a_cross_encoders_batch_in_halves_scores_like_the_whole_batch(tiny_cross_dir: Path) -> None:
+    scorer = CrossEncoder.load(tiny_cross_dir, forward="numpy")
+    assert scorer.numpy_model is not None
+    ids, types, mask = _batch(7, 20)
+    types[:, 10:] = 1  # the document's segment
+    whole = scorer._numpy_rows(scorer.numpy_model, ids, types, mask).copy()
+    halves = Halves(scorer.numpy_model, _Held())
+    assert np.allclose(halves(scorer._numpy_rows, ids, types, mask), whole, atol=1e-6)
+    halves.close()
+    scorer.close()
