@@ -6,7 +6,7 @@ batch of at least SPLIT_FROM tokens is cut in two between its rows: a worker thr
 twin of the model (the same weights, its own buffers and scratch) while the calling thread runs the other, and
 OpenBLAS is held to the calling thread meanwhile, so each half's products run on its own core and no pool
 worker spins beside them. numpy's loops and the CBLAS calls release the GIL; the halves' rows are independent
-(attention stays within a row), so the result is the whole batch's, bit for bit.
+(attention stays within a row), so each row comes out as it does from the whole batch.
 """
 
 from __future__ import annotations
