@@ -38,7 +38,7 @@ from adapters.mlx_activations import (
 )
 from adapters.mlx_attention import softmax
 from adapters.numpy_bert import NumpyBert, from_weights, mean_pool_normalise, pooled_first_token
-from adapters.numpy_halves import Halves
+from adapters.numpy_halves import SPLIT_FROM, Halves
 
 __all__ = ["CrossEncoder", "SentenceEncoder", "erf_rational", "gelu_exact", "gelu_fast"]
 
@@ -168,7 +168,8 @@ class _BertRunner:
         dtype = str(self.model.word.weight.dtype).removeprefix("mlx.core.")
         device = "cpu" if mx.default_device() == mx.cpu else "gpu"
         if self.numpy_model is not None:
-            return f"{dtype}, numpy forward pass, products in {self.numpy_model.products} ({device})"
+            halves = f", batches of {SPLIT_FROM}+ tokens in halves on two threads" if self._halves else ""
+            return f"{dtype}, numpy forward pass, products in {self.numpy_model.products}{halves} ({device})"
         softmax = f", numpy softmax from {NUMPY_SOFTMAX_FROM} scores" if self.model.numpy_softmax else ""
         return f"{dtype}{softmax} ({device})"
 

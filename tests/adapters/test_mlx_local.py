@@ -361,11 +361,13 @@ async def main() -> None:
     with anyio.fail_after(60):
         out = await adapter.embed(EmbedRequest(model="enc", texts=texts))
         started = [t for t in threading.enumerate() if t.name.startswith("encoder-half")]
+        layout = dict((await adapter.probe()).details)["enc layout"]
         kept = adapter._slots["enc"].model  # still referenced: only closing it can stop its thread
         await adapter.aclose()
     alive = sum(t.is_alive() for t in started)
     assert kept is not None
-    print(json.dumps({"blas": adapter.blas, "rows": len(out.vectors), "started": len(started), "alive": alive}))
+    report = {"blas": adapter.blas, "rows": len(out.vectors), "started": len(started), "alive": alive}
+    print(json.dumps({**report, "layout": layout}))
 
 anyio.run(main)
 """
@@ -381,6 +383,7 @@ def test_closing_the_adapter_stops_the_thread_that_ran_half_of_a_big_batch(model
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["blas"].startswith("openblas") and report["rows"] == 20
     assert report["started"] == 1 and report["alive"] == 0
+    assert "batches of 256+ tokens in halves on two threads" in report["layout"]
 
 
 def _installed_pack(name: str) -> Path:
