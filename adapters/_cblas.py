@@ -9,6 +9,8 @@ Without such a library, numpy's own matmul computes them.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Protocol
 
@@ -61,6 +63,10 @@ class CblasProducts:
         self._sgemv = handle.cblas_sgemv
         self._sgemv.argtypes = [i32, i32, i32, i32, f32, ptr, i32, ptr, i32, f32, ptr, i32]
         self._sgemv.restype = None
+        self._get_threads = getattr(handle, "openblas_get_num_threads", None)
+        self._set_threads = getattr(handle, "openblas_set_num_threads", None)
+        if self._get_threads is not None and self._set_threads is not None:
+            self._get_threads.restype, self._set_threads.argtypes = i32, [i32]
         self.name = f"OpenBLAS ({library.name})"
         # The library's own words where it has them (e.g. "OpenBLAS 0.3.21"), for health.
         self.library_name = "OpenBLAS"
@@ -68,6 +74,14 @@ class CblasProducts:
         if config is not None:
             config.restype = ctypes.c_char_p
             self.library_name = " ".join(bytes(config()).decode(errors="replace").split()[:2])
+
+    def one_thread(self) -> AbstractContextManager[None]:
+        """Products on their calling thread alone while the block runs (two threads may then each run one).
+
+        The library's thread count is the process's: only the thread that runs every product may hold it."""
+        if self._get_threads is None or self._set_threads is None:
+            return nullcontext()
+        return _threads_held(self._get_threads, self._set_threads)
 
     def linear(self, a: np.ndarray, w: np.ndarray, out: np.ndarray, beta: float) -> None:
         m, k = a.shape
@@ -119,6 +133,16 @@ class CblasProducts:
             out.ctypes.data,
             ldo,
         )
+
+
+@contextmanager
+def _threads_held(get: Callable[[], int], set_: Callable[[int], object]) -> Iterator[None]:
+    before = int(get())
+    set_(1)
+    try:
+        yield
+    finally:
+        set_(before)
 
 
 def products_for(library: Path | None) -> Products:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import numpy as np
 
@@ -41,6 +42,12 @@ def encoder_gemm() -> tuple[Gemm, str]:
         return numpy_gemm, numpy_blas()
     hold_numpy_blas()
     return products.linear, f"{products.library_name} ({lib.name})"
+
+
+def encoder_one_thread() -> Callable[[], AbstractContextManager[None]] | None:
+    """Where the encoders' products can be held to their calling thread (OpenBLAS's CBLAS), what holds them."""
+    products = products_for(loaded_openblas())
+    return products.one_thread if isinstance(products, CblasProducts) else None
 
 
 def hold_numpy_blas() -> None:

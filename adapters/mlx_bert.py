@@ -21,7 +21,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 from tokenizers import Tokenizer
 
-from adapters._gemm import encoder_gemm
+from adapters._gemm import encoder_gemm, encoder_one_thread
 from adapters.bert_batches import Batch, chunks, pad
 from adapters.bert_config import BertConfig, input_limit, read_json, rename
 from adapters.errors import ModelLoadError, safe_detail
@@ -38,6 +38,7 @@ from adapters.mlx_activations import (
 )
 from adapters.mlx_attention import softmax
 from adapters.numpy_bert import NumpyBert, from_weights, mean_pool_normalise, pooled_first_token
+from adapters.numpy_halves import SPLIT_FROM, Halves
 
 __all__ = ["CrossEncoder", "SentenceEncoder", "erf_rational", "gelu_exact", "gelu_fast"]
 
@@ -152,6 +153,14 @@ class _BertRunner:
         self.max_length = max_length
         self.forward_passes = 0
         self._pad_id = tokenizer.token_to_id("[PAD]") or 0
+        one_thread = encoder_one_thread() if numpy_model is not None else None
+        # Batches big enough go through on both cores (adapters/numpy_halves.py), where the products can be held.
+        self._halves = Halves(numpy_model, one_thread) if numpy_model is not None and one_thread else None
+
+    def close(self) -> None:
+        """Stop the thread that runs half of a batch, if one was started; later batches run on the caller alone."""
+        if self._halves is not None:
+            self._halves.close()
 
     @property
     def layout(self) -> str:
@@ -159,7 +168,8 @@ class _BertRunner:
         dtype = str(self.model.word.weight.dtype).removeprefix("mlx.core.")
         device = "cpu" if mx.default_device() == mx.cpu else "gpu"
         if self.numpy_model is not None:
-            return f"{dtype}, numpy forward pass, products in {self.numpy_model.products} ({device})"
+            halves = f", batches of {SPLIT_FROM}+ tokens in halves on two threads" if self._halves else ""
+            return f"{dtype}, numpy forward pass, products in {self.numpy_model.products}{halves} ({device})"
         softmax = f", numpy softmax from {NUMPY_SOFTMAX_FROM} scores" if self.model.numpy_softmax else ""
         return f"{dtype}{softmax} ({device})"
 
@@ -167,7 +177,7 @@ class _BertRunner:
     def _load_parts(
         path: Path, *, fast_gelu: bool, dtype: str, pooler: bool
     ) -> tuple[BertModel, Tokenizer, BertConfig, dict[str, mx.array]]:
-        """The MLX model and its tokenizer; `fast_gelu` picks the rational erf (the numpy pass always uses it)."""
+        """The MLX model and its tokenizer; `fast_gelu` picks the rational erf (the numpy pass has its own GELU)."""
         if not path.is_dir():
             raise ModelLoadError(f"model directory {path} does not exist")
         cfg = BertConfig.from_dict(read_json(path / "config.json"))
@@ -201,13 +211,18 @@ class _BertRunner:
     def _head(self, hidden: mx.array, mask: mx.array) -> mx.array:
         raise NotImplementedError
 
-    def _numpy_head(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _numpy_head(self, model: NumpyBert, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def _numpy_rows(self, model: NumpyBert, ids: np.ndarray, type_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self._numpy_head(model, model(ids, type_ids, mask), mask)
 
     def _rows(self, batch: Batch) -> np.ndarray:
         """One padded batch through the encoder and the head: one row of output per input."""
         if self.numpy_model is not None:
-            return self._numpy_head(self.numpy_model(batch.ids, batch.type_ids, batch.mask), batch.mask)
+            if self._halves is not None and self._halves.splits(batch.ids):
+                return self._halves(self._numpy_rows, batch.ids, batch.type_ids, batch.mask)
+            return self._numpy_rows(self.numpy_model, batch.ids, batch.type_ids, batch.mask)
         mask = mx.array(batch.mask)
         hidden = self.model(mx.array(batch.ids), mx.array(batch.type_ids), mask)
         return np.array(self._head(hidden, mask).astype(mx.float32))
@@ -273,7 +288,7 @@ class SentenceEncoder(_BertRunner):
     def _head(self, hidden: mx.array, mask: mx.array) -> mx.array:
         return _mean_pool_normalise(hidden, mask)
 
-    def _numpy_head(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _numpy_head(self, model: NumpyBert, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return mean_pool_normalise(hidden, mask)
 
     @property
@@ -302,6 +317,8 @@ class CrossEncoder(_BertRunner):
     def __init__(self, *args: Any, classifier: nn.Linear, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.classifier = classifier
+        # numpy views taken here, on the loading thread: the numpy head may run on the halves' worker.
+        self._classifier_np = (np.asarray(classifier.weight), np.asarray(classifier.bias))
 
     @classmethod
     def load(
@@ -326,10 +343,9 @@ class CrossEncoder(_BertRunner):
     def _head(self, hidden: mx.array, mask: mx.array) -> mx.array:
         return self.classifier(mx.tanh(self.model.pooler(hidden[:, 0]))).astype(mx.float32)[:, 0]
 
-    def _numpy_head(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        assert self.numpy_model is not None
-        pooled = pooled_first_token(self.numpy_model, hidden)
-        weight, bias = np.asarray(self.classifier.weight), np.asarray(self.classifier.bias)
+    def _numpy_head(self, model: NumpyBert, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        pooled = pooled_first_token(model, hidden)
+        weight, bias = self._classifier_np
         return (pooled @ weight.T + bias).astype(np.float32)[:, 0]
 
     def logits(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:

@@ -267,6 +267,9 @@ class MLXAdapter:
 
     def _drop_models(self) -> None:
         for slot in self._slots.values():
+            close = getattr(slot.model, "close", None)
+            if callable(close):
+                close()  # an encoder's half-batch worker thread (adapters/numpy_halves.py)
             slot.model = None
             if slot.state in ("ready", "loading"):
                 slot.state = "idle"

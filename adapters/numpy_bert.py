@@ -3,61 +3,66 @@
 MLX's CPU elementwise loops are scalar (GELU over a batch's 1,536-wide feed-forward activation took ~3-4 ms
 a layer) and each of its products and softmax hand-overs carries overhead. Here the whole forward pass stays
 in numpy: products into buffers kept per batch shape with the biases and residuals already in them, layer
-norms in place, and GELU (erf by Eigen's rational approximation, within 1e-7 of erf) over row blocks that
-stay in the core's cache. The products themselves go where adapters/_gemm.py says: the OpenBLAS in front
+norms in place, and GELU (x times a logistic of an odd polynomial, within 2e-7 of erf's GELU) over row blocks
+that stay in the core's cache. The products themselves go where adapters/_gemm.py says: the OpenBLAS in front
 of MLX when there is one, so the process keeps one BLAS thread pool.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from adapters._gemm import Gemm, numpy_gemm
-from adapters.bert_config import ERF_DEN, ERF_NUM, SQRT_HALF
 from adapters.errors import ModelLoadError
 
-# GELU(x) = x * (0.5 + 0.5 * erf(x / sqrt 2)) is evaluated on x itself: z = x / sqrt 2, so the k-th
-# coefficient of P takes 0.5^k (z^2 = x^2 / 2) and P also takes the 0.5 / sqrt 2 in front.
-_GELU_NUM = tuple(np.float32(c * 0.5**k * 0.5 * SQRT_HALF) for k, c in enumerate(ERF_NUM))[::-1]
-_GELU_DEN = tuple(np.float32(c * 0.5**k) for k, c in enumerate(ERF_DEN))[::-1]
-_GELU_CLIP = np.float32(4.0 / SQRT_HALF)
+# GELU(x) = x * Phi(x), Phi the standard normal CDF, written as x / (1 + exp(-q(x))) with q = logit(Phi): q is
+# odd and smooth, so q(x) = x * R(x^2) with R a degree-6 polynomial (coefficients below, highest power first).
+# R was fitted to logit(Phi(x)) / x on [0, 6] minimising the largest error it makes in GELU (6.7e-8 in float64).
+# R is positive for every x (its least value is R(0) = 2 sqrt(2 / pi)), so far out exp saturates the right way.
+# Eleven multiply-adds, one exp (vectorised by numpy) and one divide: 15 passes where erf's rational form took 26.
+_GELU_R = (
+    3.61125427720591e-09,
+    -2.6689378260448494e-07,
+    7.938234599340914e-06,
+    -0.00011048043200857498,
+    -6.625960378360337e-05,
+    0.07266856652587553,
+    1.5957684323805268,
+)
+_MINUS_R = tuple(np.float32(-c) for c in _GELU_R)  # -q(x) comes out of the polynomial: no negation pass
+_COLUMN_MAX_WIDTH = 32  # rows up to this long take their maxima column by column (softmax_rows)
 _BLOCK_ELEMENTS = 1 << 15  # an activation block and its scratch stay in a core's L2 cache
 # Buffers kept between calls: a few batch shapes, this many bytes in all. A batch of long texts (64 x 256
 # tokens: ~200 MB of attention scores) gets buffers for that call only.
 _KEPT_SHAPES, _KEPT_BYTES = 8, 64 << 20
 
 
-def _horner(coefficients: tuple[np.float32, ...], x2: np.ndarray, out: np.ndarray) -> None:
-    """out <- polynomial in x2, highest power first."""
-    np.multiply(x2, coefficients[0], out=out)
-    for c in coefficients[1:-1]:
-        out += c
-        out *= x2
-    out += coefficients[-1]
-
-
 class Gelu:
-    """Exact (erf) GELU in place, block by block, with scratch reused across calls."""
+    """Exact (erf) GELU in place within 1e-6 (relative past |x| = 1), block by block, with scratch reused."""
 
     def __init__(self) -> None:
-        self._scratch = np.empty((4, _BLOCK_ELEMENTS), dtype=np.float32)
+        self._scratch = np.empty((2, _BLOCK_ELEMENTS), dtype=np.float32)
 
     def __call__(self, y: np.ndarray) -> None:
         flat = y.reshape(-1)
-        for start in range(0, flat.size, _BLOCK_ELEMENTS):
-            block = flat[start : start + _BLOCK_ELEMENTS]
-            z, z2, num, den = (s[: block.size] for s in self._scratch)
-            np.clip(block, -_GELU_CLIP, _GELU_CLIP, out=z)
-            np.multiply(z, z, out=z2)
-            _horner(_GELU_NUM, z2, num)
-            _horner(_GELU_DEN, z2, den)
-            num *= z
-            num /= den
-            num += np.float32(0.5)
-            block *= num
+        # exp(-q) overflows to inf for x below about -9: x / inf is the -0.0 GELU tends to there.
+        with np.errstate(over="ignore"):
+            for start in range(0, flat.size, _BLOCK_ELEMENTS):
+                block = flat[start : start + _BLOCK_ELEMENTS]
+                x2, e = (s[: block.size] for s in self._scratch)
+                np.multiply(block, block, out=x2)
+                np.multiply(x2, _MINUS_R[0], out=e)
+                for c in _MINUS_R[1:-1]:
+                    e += c
+                    e *= x2
+                e += _MINUS_R[-1]
+                e *= block
+                np.exp(e, out=e)
+                e += np.float32(1.0)
+                np.divide(block, e, out=block)
 
 
 def _gelu_tanh(y: np.ndarray) -> None:
@@ -88,16 +93,41 @@ def activation(hidden_act: str) -> Callable[[np.ndarray], None]:
 
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, scratch: np.ndarray) -> None:
-    """x <- LayerNorm(x) over the last axis, in place; `scratch` holds one value per row."""
-    np.mean(x, axis=-1, keepdims=True, out=scratch)
+    """x <- LayerNorm(x) over the last axis, in place; `scratch` holds one value per row.
+
+    Row means by a product with a vector of 1/width, and a multiply by 1/std where a divide costs about two
+    multiplies: ~20% faster than np.mean and a divide over 384-wide rows."""
+    rows = scratch[:, 0]
+    np.matmul(x, np.full(x.shape[1], 1.0 / x.shape[1], np.float32), out=rows)
     x -= scratch
-    np.einsum("ij,ij->i", x, x, out=scratch[:, 0])
-    scratch *= np.float32(1.0 / x.shape[-1])
-    scratch += np.float32(eps)
-    np.sqrt(scratch, out=scratch)
-    x /= scratch
+    np.einsum("ij,ij->i", x, x, out=rows)
+    rows *= np.float32(1.0 / x.shape[-1])
+    rows += np.float32(eps)
+    np.sqrt(rows, out=rows)
+    np.reciprocal(rows, out=rows)
+    x *= scratch
     x *= weight
     x += bias
+
+
+def softmax_rows(scores: np.ndarray, scratch: np.ndarray) -> None:
+    """scores (rows, width) <- softmax of each row, in place; `scratch` holds one value per row.
+
+    Attention rows are short (a text's tokens) and many (inputs x heads x tokens): numpy's reductions along a
+    short last axis cost ~90 ns a row, so short rows' maxima come from elementwise maxima of their columns, and
+    every row's sum from a product with a vector of ones (~10x faster for 13-token rows, 5,000 of them)."""
+    width = scores.shape[1]
+    if 1 < width <= _COLUMN_MAX_WIDTH:
+        np.maximum(scores[:, 0], scores[:, 1], out=scratch)
+        for j in range(2, width):
+            np.maximum(scratch, scores[:, j], out=scratch)
+    else:
+        np.max(scores, axis=1, out=scratch)
+    rows = scratch[:, None]
+    scores -= rows
+    np.exp(scores, out=scores)
+    np.matmul(scores, np.ones(width, np.float32), out=scratch)
+    scores /= rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +173,10 @@ class NumpyBert:
     gemm: Gemm = numpy_gemm
     products: str = "numpy"  # what computes the matrix products, for health
     _buffers: dict[tuple[int, int], _Buffers] = field(default_factory=dict)
+
+    def twin(self) -> NumpyBert:
+        """The same model over the same weights, with its own buffers and scratch: one per thread."""
+        return replace(self, act=Gelu() if isinstance(self.act, Gelu) else self.act, _buffers={})
 
     def _buffers_for(self, batch: int, width: int) -> _Buffers:
         key = (batch, width)
@@ -199,15 +233,10 @@ class NumpyBert:
         np.multiply(queries, np.float32(buf.context.shape[-1] ** -0.5), out=queries)
         q, k, v = buf.qkv.reshape(batch, width, 3, heads, -1).transpose(2, 0, 3, 1, 4)
         np.matmul(q, k.swapaxes(-1, -2), out=buf.scores)
-        s = buf.scores
         if key_bias is not None:
-            s += key_bias
-        np.max(s, axis=-1, keepdims=True, out=buf.maxima)
-        s -= buf.maxima
-        np.exp(s, out=s)
-        np.sum(s, axis=-1, keepdims=True, out=buf.maxima)
-        s /= buf.maxima
-        np.matmul(s, v, out=buf.context.transpose(0, 2, 1, 3))
+            np.add(buf.scores, key_bias, out=buf.scores)
+        softmax_rows(buf.scores.reshape(-1, width), buf.maxima.reshape(-1))
+        np.matmul(buf.scores, v, out=buf.context.transpose(0, 2, 1, 3))
         np.add(buf.x, w.attn_out_bias, out=buf.x)
         self.gemm(buf.context.reshape(buf.x.shape), w.attn_out, buf.x, 1.0)
         layer_norm(buf.x, *w.attn_norm, self.eps, buf.rows)

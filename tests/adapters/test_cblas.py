@@ -56,3 +56,15 @@ def test_a_matrix_blas_cannot_read_in_place_is_refused_not_misread(cblas: CblasP
 def test_without_a_blas_library_the_products_are_numpys(tmp_path: Path) -> None:
     assert products_for(None).name == "numpy"
     assert products_for(tmp_path / "libmissing.so").name == "numpy"
+
+
+def test_one_thread_holds_the_library_to_its_caller_and_gives_the_count_back_even_on_error(
+    cblas: CblasProducts,
+) -> None:
+    get = cblas._get_threads
+    assert get is not None
+    before = get()
+    with pytest.raises(RuntimeError, match="inside"), cblas.one_thread():
+        assert get() == 1
+        raise RuntimeError("inside")
+    assert get() == before

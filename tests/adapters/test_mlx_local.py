@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ import anyio
 import numpy as np
 import pytest
 
+from adapters._blas import find_openblas
 from adapters.base import AdapterContext, AdapterLimits
 from adapters.errors import (
     AdapterUnavailableError,
@@ -339,6 +341,49 @@ async def test_aclose_is_idempotent_and_later_calls_are_refused(models_dir: Path
     with pytest.raises(AdapterUnavailableError, match="closed"):
         await _embed(adapter, ["rain"])
     assert not (await adapter.probe()).ok
+
+
+HALVES = """
+import json, sys, threading
+from pathlib import Path
+import anyio
+from adapters.base import AdapterContext
+from adapters.manifest import MLXManifest
+from adapters.mlx_local import MLXAdapter
+from adapters.types import EmbedRequest
+
+async def main() -> None:
+    enc = {"name": "enc", "role": "encoder", "pack": "tiny-encoder", "capabilities": ["embed"]}
+    manifest = MLXManifest(kind="mlx", name="mlx", models=[enc], options={})
+    adapter = MLXAdapter(manifest, AdapterContext(models_dir=Path(sys.argv[1])))
+    # 20 texts cut to the tiny model's 24 tokens: 480 tokens, a batch that goes through in halves.
+    texts = tuple(f"text {i} " + "cat " * 30 for i in range(20))
+    with anyio.fail_after(60):
+        out = await adapter.embed(EmbedRequest(model="enc", texts=texts))
+        started = [t for t in threading.enumerate() if t.name.startswith("encoder-half")]
+        layout = dict((await adapter.probe()).details)["enc layout"]
+        kept = adapter._slots["enc"].model  # still referenced: only closing it can stop its thread
+        await adapter.aclose()
+    alive = sum(t.is_alive() for t in started)
+    assert kept is not None
+    report = {"blas": adapter.blas, "rows": len(out.vectors), "started": len(started), "alive": alive}
+    print(json.dumps({**report, "layout": layout}))
+
+anyio.run(main)
+"""
+
+
+def test_closing_the_adapter_stops_the_thread_that_ran_half_of_a_big_batch(models_dir: Path) -> None:
+    if find_openblas() is None:
+        pytest.skip("batches go through in halves only with OpenBLAS in front of MLX")
+    # A process of its own: OpenBLAS goes in front of MLX only where MLX is not imported yet.
+    run = subprocess.run(
+        [sys.executable, "-c", HALVES, str(models_dir)], capture_output=True, text=True, timeout=120, check=True
+    )
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["blas"].startswith("openblas") and report["rows"] == 20
+    assert report["started"] == 1 and report["alive"] == 0
+    assert "batches of 256+ tokens in halves on two threads" in report["layout"]
 
 
 def _installed_pack(name: str) -> Path:

@@ -8,7 +8,7 @@ import pytest
 
 from adapters.errors import ModelLoadError
 from adapters.mlx_bert import CrossEncoder, SentenceEncoder
-from adapters.numpy_bert import Gelu, activation
+from adapters.numpy_bert import Gelu, activation, layer_norm, softmax_rows
 from tests.support.tiny_bert import cosine, reference_embedding, reference_logit
 
 # Odd lengths side by side (padding), one word, and past the tiny model's 24-token limit (cut to it).
@@ -26,6 +26,40 @@ def test_gelu_in_place_stays_within_a_millionth_of_erf_gelu_across_block_edges()
     Gelu()(y)
     assert np.all(np.abs(y - _exact_gelu(xs)) <= 1e-6 * np.maximum(1.0, np.abs(xs)))  # relative past |x| = 1
     assert np.all(np.isfinite(y))
+
+
+def test_gelu_saturates_to_zero_and_to_x_far_out_without_overflow_warnings() -> None:
+    xs = np.array([-3e38, -1e30, -1e6, -100.0, -20.0, -9.0, -0.0, 0.0, 1e-30, 9.0, 20.0, 100.0, 1e6, 1e30, 3e38])
+    y = xs.astype(np.float32)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # an overflow it did not expect raises
+        Gelu()(y)
+    assert np.all(np.abs(y - _exact_gelu(xs.astype(np.float32))) <= 1e-6 * np.maximum(1.0, np.abs(xs)))
+    assert np.all(y[xs <= -20.0] == 0.0) and np.array_equal(y[xs >= 9.0], xs[xs >= 9.0].astype(np.float32))
+
+
+@pytest.mark.parametrize("width", [1, 2, 13, 32, 33, 100])
+def test_softmax_rows_matches_a_plain_softmax_for_short_and_long_rows_with_masked_and_large_scores(width: int) -> None:
+    rng = np.random.default_rng(width)
+    scores = (rng.standard_normal((7 * 12 * width, width)) * 30.0).astype(np.float32)
+    scores[::5, -1] -= np.float32(1e4)  # a padded key, as the additive mask leaves it
+    scores[1::7] += np.float32(500.0)  # large enough to overflow exp without the rows' maxima taken off
+    shifted = scores.astype(np.float64) - scores.max(axis=1, keepdims=True)
+    expected = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    got, scratch = scores.copy(), np.empty(len(scores), np.float32)
+    softmax_rows(got, scratch)
+    assert np.all(np.isfinite(got))
+    assert np.allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_layer_norm_in_place_matches_a_float64_layer_norm_for_rows_far_from_zero() -> None:
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((37, 384)) * 3.0 + rng.uniform(-50, 50, size=(37, 1))).astype(np.float32)
+    weight, bias = rng.standard_normal(384).astype(np.float32), rng.standard_normal(384).astype(np.float32)
+    x64 = x.astype(np.float64)
+    centred = x64 - x64.mean(axis=1, keepdims=True)
+    expected = centred / np.sqrt((centred**2).mean(axis=1, keepdims=True) + 1e-12) * weight + bias
+    layer_norm(x, weight, bias, 1e-12, np.empty((37, 1), np.float32))
+    assert np.allclose(x, expected, atol=2e-5)
 
 
 def test_the_other_activations_follow_their_definitions() -> None:
