@@ -101,7 +101,7 @@ class EmbedCall:
 
     def output(self, value: EmbedResult, adapter: str, attempts: Sequence[Attempt]) -> EmbedOutput:
         vectors = [v if isinstance(v, list) else list(v) for v in value.vectors]
-        out = EmbedOutput.model_construct(
+        out = EmbedOutput.built(
             model=value.model,
             adapter=adapter,
             dimensions=value.dimensions,
@@ -156,7 +156,7 @@ class RerankCall:
             if self.return_documents:
                 item["document"] = self.documents[s.index]
             items.append(item)
-        return RerankOutput.model_construct(
+        return RerankOutput.built(
             model=value.model,
             adapter=adapter,
             method=value.method,
@@ -199,7 +199,7 @@ class ChatCall:
 
     def output(self, value: ChatResult, adapter: str, attempts: Sequence[Attempt]) -> ChatOutput:
         t = value.timings
-        return ChatOutput.model_construct(
+        return ChatOutput.built(
             model=value.model,
             adapter=adapter,
             message={"role": "assistant", "content": value.content},

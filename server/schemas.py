@@ -14,12 +14,12 @@ still makes a jsonschema client descend into every row (~0.27 vs 0.07 ms a
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any, Literal, NotRequired
+from typing import Annotated, Any, ClassVar, Literal, NotRequired
 
 import orjson
 from mcp_types import CallToolResult, TextContent
 from pydantic import BaseModel, Field, PrivateAttr, WithJsonSchema
-from typing_extensions import TypedDict
+from typing_extensions import Self, TypedDict
 
 # Usage, route and timings are plain objects described in words: a nested model becomes a $ref
 # that every client resolves on every result (~0.1 ms a call), and an item or value schema makes a
@@ -47,6 +47,35 @@ Timings = Annotated[
 
 class _Result(BaseModel):
     """A tool result: built by the call path from trusted values, so it is constructed without re-validation."""
+
+    _field_names: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls._field_names = tuple(cls.model_fields)
+
+    @classmethod
+    def built(cls, **values: Any) -> Self:
+        """What `model_construct(**values)` makes when every field is given, in ~1/8 of its time.
+
+        model_construct walks each field's aliases and defaults and copies the private defaults (~15 us
+        an embed result); the call path always passes every field, so the instance is put together
+        directly: the same `__dict__` (in field order), fields set, extra and private attributes.
+        """
+        m = cls.__new__(cls)
+        object.__setattr__(m, "__dict__", {name: values[name] for name in cls._field_names})
+        object.__setattr__(m, "__pydantic_fields_set__", set(cls._field_names))
+        object.__setattr__(m, "__pydantic_extra__", None)
+        object.__setattr__(m, "__pydantic_private__", cls._private_defaults())
+        return m
+
+    @classmethod
+    def _private_defaults(cls) -> dict[str, Any] | None:
+        private = cls.__private_attributes__
+        if not private:
+            return None
+        return {name: a.get_default(call_default_factory=True) for name, a in private.items()}
 
     def structured(self) -> dict[str, Any]:
         """The structured content: the fields as they are (no per-value serialisation pass)."""
