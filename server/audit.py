@@ -104,9 +104,9 @@ class AuditOptions:
     max_file_bytes: int = 64 * 1024 * 1024
     checkpoint_every: int = 1000
     checkpoint_interval_s: float = 10.0
-    # the value redactor, and the cheap whole-record scan that says whether it is needed at all
+    # the value redactor, and the cheap scan of a record's body that says whether it is needed at all
     redact: Callable[[Any], Any] | None = None
-    needs_redaction: Callable[[str], bool] | None = None
+    needs_redaction: Callable[[Any], bool] | None = None
     clock: Callable[[], float] = time.monotonic
     lock_timeout_s: float = LOCK_TIMEOUT_S
 

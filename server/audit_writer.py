@@ -39,7 +39,7 @@ NAME_CHECK_S = 1.0
 
 
 class TrailWriter:
-    def __init__(self, path: Path, max_file_bytes: int, redact: Redact, needs_redaction: Callable[[str], bool]) -> None:
+    def __init__(self, path: Path, max_file_bytes: int, redact: Redact, needs_redaction: Callable[[Any], bool]) -> None:
         self.path = path
         self.max_file_bytes = max_file_bytes
         self._redact = redact
@@ -128,11 +128,10 @@ class TrailWriter:
         seq = self.seq + 1
         record = {"seq": seq, "ts": round(time.time(), 6)}
         record.update(body)
-        raw = canonical(record)
-        if self._needs_redaction(raw.decode()):
+        if self._needs_redaction(body):
             record = {"seq": seq, "ts": record["ts"]}
             record.update(self._redact(body))
-            raw = canonical(record)
+        raw = canonical(record)
         mac = mac_of(self.key, prev, raw)
         # the MAC covers the canonical record; `prev` and `mac` ride along (verifiers re-canonicalise)
         tail = f',"prev":"{prev}","mac":"{mac}"}}\n'.encode()
