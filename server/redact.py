@@ -96,10 +96,7 @@ class Redactor:
             value = value.values()
         elif not isinstance(value, list | tuple):
             return False
-        for item in value:
-            if self.needs(item):
-                return True
-        return False
+        return any(self.needs(item) for item in value)
 
     def _string_needs(self, text: str) -> bool:
         known = self._known.get(text)

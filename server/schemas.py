@@ -14,12 +14,12 @@ still makes a jsonschema client descend into every row (~0.27 vs 0.07 ms a
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any, ClassVar, Literal, NotRequired
+from typing import Annotated, Any, ClassVar, Literal, NotRequired, Self
 
 import orjson
 from mcp_types import CallToolResult, TextContent
 from pydantic import BaseModel, Field, PrivateAttr, WithJsonSchema
-from typing_extensions import Self, TypedDict
+from typing_extensions import TypedDict
 
 # Usage, route and timings are plain objects described in words: a nested model becomes a $ref
 # that every client resolves on every result (~0.1 ms a call), and an item or value schema makes a
