@@ -101,7 +101,7 @@ class EmbedCall:
 
     def output(self, value: EmbedResult, adapter: str, attempts: Sequence[Attempt]) -> EmbedOutput:
         vectors = [v if isinstance(v, list) else list(v) for v in value.vectors]
-        out = EmbedOutput.built(
+        return EmbedOutput.built(
             model=value.model,
             adapter=adapter,
             dimensions=value.dimensions,
@@ -111,9 +111,8 @@ class EmbedCall:
             truncated=value.truncated,
             usage={"input_tokens": value.usage.input_tokens, "output_tokens": 0},
             route=_route(attempts),
+            private={"_vectors_json": orjson.dumps(vectors)},
         )
-        out._vectors_json = orjson.dumps(vectors)
-        return out
 
 
 def _packed(vectors: list[Any]) -> str:

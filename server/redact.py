@@ -55,6 +55,7 @@ _ANY_SHAPE = re.compile(
 KNOWN_CAP = 4096
 KNOWN_MAX_CHARS = 256
 _HEX = "0123456789abcdef"
+_SCALARS = (int, float, bool)
 
 
 class Redactor:
@@ -96,7 +97,19 @@ class Redactor:
             value = value.values()
         elif not isinstance(value, list | tuple):
             return False
-        return any(self.needs(item) for item in value)
+        known = self._known
+        for item in value:  # the flat case inline: a record is mostly strings, numbers and None
+            if item is None or item.__class__ in _SCALARS:
+                continue
+            if item.__class__ is str:
+                found = known.get(item)
+                if found is False:
+                    continue
+                if found or self._string_needs(item):
+                    return True
+            elif self.needs(item):
+                return True
+        return False
 
     def _string_needs(self, text: str) -> bool:
         known = self._known.get(text)
