@@ -27,7 +27,7 @@ from server.audit_chain import (
     checkpoints_path,
     key_id,
     lock_path,
-    mac_of,
+    RecordMac,
     rotated_name,
     segment_files,
 )
@@ -45,6 +45,7 @@ class TrailWriter:
         self._redact = redact
         self._needs_redaction = needs_redaction
         self.key = b""
+        self._mac = RecordMac(b"")
         self.seq, self.prev, self.segment, self.size = 0, GENESIS, 1, -1
         self.cp = CheckpointEnd(0, GENESIS, 0, -1, False)
         self.fd = self.cp_fd = self.lock_fd = -1
@@ -61,6 +62,7 @@ class TrailWriter:
         self.lock_fd = open_lock(lock_path(self.path))
         with held(self.lock_fd, timeout_s, lock_path(self.path)):
             self.key = key()
+            self._mac = RecordMac(self.key)
             self.fd = open_append(self.path)
             self.cp_fd = open_append(checkpoints_path(self.path))
             self.segment = segment_files(self.path)[-1][0]
@@ -132,7 +134,7 @@ class TrailWriter:
             record = {"seq": seq, "ts": record["ts"]}
             record.update(self._redact(body))
         raw = canonical(record)
-        mac = mac_of(self.key, prev, raw)
+        mac = self._mac(prev, raw)
         # the MAC covers the canonical record; `prev` and `mac` ride along (verifiers re-canonicalise)
         tail = f',"prev":"{prev}","mac":"{mac}"}}\n'.encode()
         return raw[:-1] + tail, seq, mac
