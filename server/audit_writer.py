@@ -22,12 +22,12 @@ from typing import Any
 
 from server.audit_chain import (
     GENESIS,
+    RecordMac,
     canonical,
     checkpoint_mac,
     checkpoints_path,
     key_id,
     lock_path,
-    RecordMac,
     rotated_name,
     segment_files,
 )
