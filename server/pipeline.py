@@ -5,7 +5,8 @@
     3 audit start   written before any backend is touched; fail-closed if it cannot write
     4 cache         embed/rerank unless switched off, never in privacy mode: a stored answer is a hit
     5 router        ordered attempts under deadlines, fallback on retryable errors; a miss's answer is stored
-    6 finish        shielded from cancellation: audit finish (with `cache`: hit | miss), metrics, span end
+    6 finish        never cut by cancellation: metrics, span end, audit finish (with `cache`: hit | miss),
+                    written at once when the sink need not wait, else shielded
 
 A hit has passed 1-3 like any call, is published with a `cached` route entry
 under the candidate it was stored for, and its finish record carries the same
