@@ -61,6 +61,14 @@ def parts(gateway: Any) -> dict[str, Callable[[], contextlib.AbstractContextMana
     async def no_write(self: Any, body: Any, durable: bool = True, *, alone: bool = False) -> None:
         return None
 
+    def no_write_now(self: Any, body: Any, durable: bool = True, *, alone: bool = False) -> bool:
+        return True
+
+    @contextlib.contextmanager
+    def no_audit() -> Iterator[None]:
+        with _patched(AuditLog, "write", no_write), _patched(AuditLog, "write_now", no_write_now):
+            yield
+
     async def no_check(self: Any, name: str, result: Any) -> None:
         return None
 
@@ -90,7 +98,7 @@ def parts(gateway: Any) -> dict[str, Callable[[], contextlib.AbstractContextMana
             yield
 
     return {
-        "audit sink write (2 records)": lambda: _patched(AuditLog, "write", no_write),
+        "audit sink write (2 records)": no_audit,
         "client's outputSchema check": lambda: _patched(client_session.ClientSession, "validate_tool_result", no_check),
         "metrics": no_metrics,
         "spans (no tracer installed)": no_spans,

@@ -104,9 +104,9 @@ class AuditOptions:
     max_file_bytes: int = 64 * 1024 * 1024
     checkpoint_every: int = 1000
     checkpoint_interval_s: float = 10.0
-    # the value redactor, and the cheap whole-record scan that says whether it is needed at all
+    # the value redactor, and the cheap scan of a record's body that says whether it is needed at all
     redact: Callable[[Any], Any] | None = None
-    needs_redaction: Callable[[str], bool] | None = None
+    needs_redaction: Callable[[Any], bool] | None = None
     clock: Callable[[], float] = time.monotonic
     lock_timeout_s: float = LOCK_TIMEOUT_S
 
@@ -208,6 +208,8 @@ class AuditLog:
         record becomes durable together with its finish record, before the result is returned.
         `alone` says no other call is in flight: on a fast disk the sync then runs on the event loop.
         """
+        if self.write_now(body, durable, alone=alone):
+            return
         self._refuse_if_failed()
         try:
             if not try_lock(self._w.lock_fd):
@@ -215,6 +217,41 @@ class AuditLog:
         except OSError as exc:
             self._fail("audit log cannot be locked", exc)
             raise self._refusal() from exc
+        self._append_locked(body)
+        if not durable:
+            return
+        if self.fsync != "never" and alone and self._inline_ok():
+            self._sync_inline(self._written_gen)  # the lock was busy a moment; the sync still needs no thread
+        elif self.fsync == "always":
+            await self._sync(self._written_gen)
+        elif self.fsync == "group":
+            await self._group_commit(self._written_gen)
+        elif self._checkpoint_due():
+            await self._sync(self._written_gen)
+
+    def write_now(self, body: dict[str, Any], durable: bool = True, *, alone: bool = False) -> bool:
+        """`write()` when it can finish without waiting: True once done; False, with nothing written, otherwise.
+
+        It waits for nothing when the trail's lock is free and, for a durable record, the sync can run
+        right here (fsync `never`, or a lone writer on a fast disk, see INLINE_SYNC_MAX_S). A caller
+        that must not be cancelled half way (a call's finish) then needs no shielding at all.
+        """
+        if durable and self.fsync != "never" and not (alone and self._inline_ok()):
+            return False
+        self._refuse_if_failed()
+        try:
+            if not try_lock(self._w.lock_fd):
+                return False
+        except OSError as exc:
+            self._fail("audit log cannot be locked", exc)
+            raise self._refusal() from exc
+        self._append_locked(body)
+        if durable and (self.fsync != "never" or self._checkpoint_due()):
+            self._sync_inline(self._written_gen)  # nobody can join or interleave: nothing here suspends
+        return True
+
+    def _append_locked(self, body: dict[str, Any]) -> None:
+        """Append under the lock the caller took; the lock is released either way."""
         try:
             self._w.append(body)
         except OSError as exc:
@@ -222,16 +259,6 @@ class AuditLog:
             raise self._refusal() from exc
         finally:
             unlock(self._w.lock_fd)
-        if not durable:
-            return
-        if self.fsync != "never" and alone and self._inline_ok():
-            await self._sync(self._written_gen, inline=True)  # never suspends: nobody can join or interleave
-        elif self.fsync == "always":
-            await self._sync(self._written_gen)
-        elif self.fsync == "group":
-            await self._group_commit(self._written_gen)
-        elif self._checkpoint_due():
-            await self._sync(self._written_gen)
 
     async def _wait_for_lock(self) -> None:
         """The trail's lock when another process holds it (for microseconds), without blocking the loop for long.
@@ -256,34 +283,62 @@ class AuditLog:
     def _inline_ok(self) -> bool:
         return not self._leader and self.group_commit_s == 0 and self.sync_s <= INLINE_SYNC_MAX_S
 
-    async def _sync(self, target: int, inline: bool = False) -> None:
+    async def _sync(self, target: int) -> None:
         w = self._w
         seq, mac, segment = w.seq, w.prev, w.segment  # what this sync makes durable
         try:
-            await self._fsync_fd(w.fd, inline)
-            # a checkpoint waits for nobody: when another process holds the lock, the next sync signs
-            if self._checkpoint_due() and try_lock(w.lock_fd):
-                try:
-                    signed = w.checkpoint(seq, mac, segment)
-                finally:
-                    unlock(w.lock_fd)
-                self._cp_time, self._needs_checkpoint = self._clock(), False
-                if signed:
-                    await self._fsync_fd(w.cp_fd, inline)
+            await self._fsync_fd(w.fd, False)
+            if self._checkpoint_signed(seq, mac, segment):
+                await self._fsync_fd(w.cp_fd, False)
         except OSError as exc:
             self._fail("audit log fsync failed", exc)
             raise self._refusal() from exc
         self._synced_gen = max(self._synced_gen, target)
 
+    def _sync_inline(self, target: int) -> None:
+        """`_sync()` on the event loop, for a lone writer on a fast disk (or fsync `never`: checkpoints only)."""
+        w = self._w
+        seq, mac, segment = w.seq, w.prev, w.segment
+        try:
+            self._fsync_inline(w.fd)
+            if self._checkpoint_signed(seq, mac, segment):
+                self._fsync_inline(w.cp_fd)
+        except OSError as exc:
+            self._fail("audit log fsync failed", exc)
+            raise self._refusal() from exc
+        self._synced_gen = max(self._synced_gen, target)
+
+    def _checkpoint_signed(self, seq: int, mac: str, segment: int) -> bool:
+        """Sign (seq, mac) when a checkpoint is due; the caller syncs the checkpoints file when this says so.
+
+        A checkpoint waits for nobody: when another process holds the lock, the next sync signs.
+        """
+        w = self._w
+        if not (self._checkpoint_due() and try_lock(w.lock_fd)):
+            return False
+        try:
+            signed = w.checkpoint(seq, mac, segment)
+        finally:
+            unlock(w.lock_fd)
+        self._cp_time, self._needs_checkpoint = self._clock(), False
+        return signed
+
+    def _fsync_inline(self, fd: int) -> None:
+        if self.fsync == "never":
+            return
+        self._note_sync(_timed_sync(fd))
+        self.inline_syncs += 1
+
     async def _fsync_fd(self, fd: int, inline: bool) -> None:
         if self.fsync == "never":
             return
         if inline:
-            took = _timed_sync(fd)
-            self.inline_syncs += 1
-        else:
-            # a duplicate, because rotation may close the original while the thread syncs
-            took = await anyio.to_thread.run_sync(_fsync_owned, os.dup(fd))
+            self._fsync_inline(fd)
+            return
+        # a duplicate, because rotation may close the original while the thread syncs
+        self._note_sync(await anyio.to_thread.run_sync(_fsync_owned, os.dup(fd)))
+
+    def _note_sync(self, took: float) -> None:
         times = self._sync_times
         times.append(took)
         self.sync_s = sorted(times)[len(times) // 2]

@@ -22,12 +22,12 @@ from typing import Any
 
 from server.audit_chain import (
     GENESIS,
+    RecordMac,
     canonical,
     checkpoint_mac,
     checkpoints_path,
     key_id,
     lock_path,
-    mac_of,
     rotated_name,
     segment_files,
 )
@@ -39,12 +39,13 @@ NAME_CHECK_S = 1.0
 
 
 class TrailWriter:
-    def __init__(self, path: Path, max_file_bytes: int, redact: Redact, needs_redaction: Callable[[str], bool]) -> None:
+    def __init__(self, path: Path, max_file_bytes: int, redact: Redact, needs_redaction: Callable[[Any], bool]) -> None:
         self.path = path
         self.max_file_bytes = max_file_bytes
         self._redact = redact
         self._needs_redaction = needs_redaction
         self.key = b""
+        self._mac = RecordMac(b"")
         self.seq, self.prev, self.segment, self.size = 0, GENESIS, 1, -1
         self.cp = CheckpointEnd(0, GENESIS, 0, -1, False)
         self.fd = self.cp_fd = self.lock_fd = -1
@@ -61,6 +62,7 @@ class TrailWriter:
         self.lock_fd = open_lock(lock_path(self.path))
         with held(self.lock_fd, timeout_s, lock_path(self.path)):
             self.key = key()
+            self._mac = RecordMac(self.key)
             self.fd = open_append(self.path)
             self.cp_fd = open_append(checkpoints_path(self.path))
             self.segment = segment_files(self.path)[-1][0]
@@ -128,12 +130,11 @@ class TrailWriter:
         seq = self.seq + 1
         record = {"seq": seq, "ts": round(time.time(), 6)}
         record.update(body)
-        raw = canonical(record)
-        if self._needs_redaction(raw.decode()):
+        if self._needs_redaction(body):
             record = {"seq": seq, "ts": record["ts"]}
             record.update(self._redact(body))
-            raw = canonical(record)
-        mac = mac_of(self.key, prev, raw)
+        raw = canonical(record)
+        mac = self._mac(prev, raw)
         # the MAC covers the canonical record; `prev` and `mac` ride along (verifiers re-canonicalise)
         tail = f',"prev":"{prev}","mac":"{mac}"}}\n'.encode()
         return raw[:-1] + tail, seq, mac

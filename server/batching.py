@@ -131,7 +131,7 @@ EMBED = EmbedBatching()
 RERANK = RerankBatching()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Pending(Generic[Req, Res]):
     req: Req
     deadline: float
@@ -141,7 +141,7 @@ class _Pending(Generic[Req, Res]):
     abandoned: bool = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Lane(Generic[Req, Res]):
     """One (adapter, capability, batch key) while it has work: its queue and the batch upstream now."""
 

@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -156,11 +156,18 @@ class ClientLogs:
     @contextmanager
     def scoped(self, session: SessionState | None) -> Iterator[None]:
         """Records emitted inside go to `session` only (None: to nobody)."""
-        token = _current.set(_UNBOUND if session is None else session)
+        token = self.bind(session)
         try:
             yield
         finally:
-            _current.reset(token)
+            self.unbind(token)
+
+    def bind(self, session: SessionState | None) -> Token[SessionState | _Unbound | None]:
+        """`scoped()` without its generator, for the call path: `unbind()` the token in a `finally`."""
+        return _current.set(_UNBOUND if session is None else session)
+
+    def unbind(self, token: Token[SessionState | _Unbound | None]) -> None:
+        _current.reset(token)
 
     def _levels_changed(self) -> None:
         """The forwarder and the root logger let through what the most talkative session asked for."""

@@ -40,5 +40,5 @@ def audit_options(cfg: AuditConfig, redactor: Redactor) -> AuditOptions:
         checkpoint_every=cfg.checkpoint_every,
         checkpoint_interval_s=cfg.checkpoint_interval_s,
         redact=redactor.value,
-        needs_redaction=redactor.found_in,
+        needs_redaction=redactor.needs,
     )

@@ -5,7 +5,8 @@
     3 audit start   written before any backend is touched; fail-closed if it cannot write
     4 cache         embed/rerank unless switched off, never in privacy mode: a stored answer is a hit
     5 router        ordered attempts under deadlines, fallback on retryable errors; a miss's answer is stored
-    6 finish        shielded from cancellation: audit finish (with `cache`: hit | miss), metrics, span end
+    6 finish        never cut by cancellation: metrics, span end, audit finish (with `cache`: hit | miss),
+                    written at once when the sink need not wait, else shielded
 
 A hit has passed 1-3 like any call, is published with a `cached` route entry
 under the candidate it was stored for, and its finish record carries the same
@@ -96,6 +97,15 @@ async def audit(state: AppState, event: str, body: dict[str, Any]) -> None:
     state.metrics.child(state.metrics.audit_records, event).inc()
 
 
+def audit_now(state: AppState, event: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """`audit()` when the sink can write (and sync) without waiting; otherwise the record, for `audit()`."""
+    record = {"event": event, **body}
+    if not state.audit.write_now(record, event != "start", alone=state.in_flight <= 1):
+        return record
+    state.metrics.child(state.metrics.audit_records, event).inc()
+    return None
+
+
 async def run_call(state: AppState, call: ToolCall[Out]) -> Out:
     with call_span(call.tool, call.capability, call.model) as span:
         run = _Run(state, call, call.size(), span)
@@ -125,7 +135,9 @@ async def _admit(run: _Run) -> list[Candidate]:
     start["candidates"] = [c.label for c in candidates]
     if state.settings.manifests.performance.audit.capture_content:
         start["request"] = call.canonical()  # opted in by the manifest; still passes the redactor
-    await audit(state, "start", {**run.base(), **start})
+    record = audit_now(state, "start", {**run.base(), **start})
+    if record is not None:
+        await audit(state, "start", record)
     return candidates
 
 
@@ -215,8 +227,10 @@ async def _execute(run: _Run, candidates: list[Candidate]) -> Out:
         log.exception("unexpected failure in %s", call.tool)
         raise InternalError(f"internal error in {call.tool}; the gateway is still serving") from exc
     finally:
-        with anyio.CancelScope(shield=True):
-            await _finish(run, chosen, outcome, error, result)
+        record = audit_now(run.state, "finish", _finish(run, chosen, outcome, error, result))
+        if record is not None:  # the sink has to wait (lock, thread or group sync): cancellation must not cut it
+            with anyio.CancelScope(shield=True):
+                await audit(run.state, "finish", record)
 
 
 async def _serve(run: _Run, candidates: list[Candidate], deadline_s: float) -> tuple[Any, Candidate]:
@@ -236,7 +250,8 @@ async def _serve(run: _Run, candidates: list[Candidate], deadline_s: float) -> t
     return value, chosen
 
 
-async def _finish(run: _Run, chosen: Candidate | None, outcome: str, error: str, result: _Result | None) -> None:
+def _finish(run: _Run, chosen: Candidate | None, outcome: str, error: str, result: _Result | None) -> dict[str, Any]:
+    """Metrics and the span for the call; its finish record, to be written."""
     attempts = run.attempts
     adapter = chosen.adapter if chosen else (attempts[-1].adapter if attempts else "none")
     _attempt_metrics(run)
@@ -254,7 +269,7 @@ async def _finish(run: _Run, chosen: Candidate | None, outcome: str, error: str,
     }
     if run.cache is not None:
         finish["cache"] = run.cache
-    await audit(run.state, "finish", {**run.base(), **finish})
+    return {**run.base(), **finish}
 
 
 def _attempt_metrics(run: _Run) -> None:

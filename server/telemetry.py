@@ -8,11 +8,13 @@ unless the user installs and configures an SDK.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.environment_variables import OTEL_PYTHON_TRACER_PROVIDER
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -26,8 +28,18 @@ OPERATION = {"chat": "chat", "embed": "embeddings", "rerank": "rerank"}
 tracer = trace.get_tracer("model_gateway")
 
 
+# Without OTEL_PYTHON_TRACER_PROVIDER in the environment (read once, as OpenTelemetry itself reads it on
+# first use), the global provider is whatever `trace.set_tracer_provider()` installed, or nothing yet:
+# its module slot says which without `get_tracer_provider()`'s os.environ lookup, a raised and caught
+# KeyError, twice a call.
+_PROVIDER_SLOT = not os.environ.get(OTEL_PYTHON_TRACER_PROVIDER) and hasattr(trace, "_TRACER_PROVIDER")
+
+
 def tracing_configured() -> bool:
     """False until an OpenTelemetry SDK provider is installed: then spans are skipped, not just no-ops."""
+    if _PROVIDER_SLOT:
+        provider = trace._TRACER_PROVIDER
+        return provider is not None and not isinstance(provider, trace.ProxyTracerProvider)
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 

@@ -102,10 +102,12 @@ class GatewayTool(Tool):
         http = request_state(request.request)
         hangup = http.hangup() if http is not None and request.request_id is not None else nullcontext()
         token = _running.set(request)
+        logs = state.client_logs.bind(session_of(state, request))
         try:
-            with state.client_logs.scoped(session_of(state, request)), hangup:
+            with hangup:
                 return await self._run(arguments, context, state, request, convert_result)
         finally:
+            state.client_logs.unbind(logs)
             _running.reset(token)
         # reached only when the hang-up cancelled the call: nobody reads this answer
         raise MCPError(code=CLIENT_GONE, message=CLIENT_GONE_MESSAGE)

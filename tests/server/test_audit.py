@@ -394,3 +394,25 @@ async def test_an_active_file_moved_away_by_something_else_is_followed(
     await log.aclose()
     assert [r["call_id"] for r in records(path)] == ["1", "2"]
     assert path.exists() and verify(path, KEY).ok
+
+
+async def test_write_now_writes_only_what_needs_no_wait_and_says_when_it_wrote_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, KEY, AuditOptions(fsync="group"))
+    other = open_lock(lock_path(path))
+    try:
+        assert log.write_now({"event": "start", "call_id": "1"}, False)
+        assert log.write_now({"event": "finish", "call_id": "1"}, alone=True)  # a lone writer syncs right here
+        assert log._synced_gen == log._written_gen == 2 and log.inline_syncs >= 1
+        assert not log.write_now({"event": "finish", "call_id": "2"}, alone=False)  # others may share a sync
+        log.sync_s = 0.05
+        assert not log.write_now({"event": "finish", "call_id": "3"}, alone=True)  # a slow disk: the thread
+        log.sync_s = 0.0
+        assert try_lock(other)  # another process appending
+        assert not log.write_now({"event": "start", "call_id": "4"}, False)
+        unlock(other)
+    finally:
+        os.close(other)
+        await log.aclose()
+    assert [r["call_id"] for r in records(path)] == ["1", "1"]
+    assert verify(path, KEY).ok

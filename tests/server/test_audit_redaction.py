@@ -98,3 +98,46 @@ def test_the_one_pass_scan_agrees_with_full_redaction(text: str) -> None:
 
     redactor = Redactor(["sk-live-not-a-shape"])
     assert redactor.found_in(text) == (redactor.text(text) != text)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"tool": "embed", "usage": {"input_tokens": 4, "output_tokens": 0}, "attempts": [["stub", "ok"]]},
+        {"call_id": "0123456789abcdef" * 2, "response_sha256": "e" * 64, "latency_ms": 0.3, "error": None},
+        {"token": "abcdefgh12", "model": "m"},  # a key is never masked: nothing to do
+        {"model": "api_key=abcdefgh12"},
+        {"attempts": [["cloud", "failed", "Authorization: Bearer abcdefghijk"]]},
+        {"request": {"input": ["my key is sk-abcdefgh12345"]}},
+        {"request_sha256": "00aa" + "sk-live-not-a-shape" + "ff"},  # mixed: not hex, so scanned whole
+        {"digest": "ab12" + "deadbeefcafe" + "99"},  # hex holding a known secret
+        ("plain", ["words", ("only", 3, 4.5, True, None)]),
+        {"caps": "SK-ABCDEFGH12345"},
+    ],
+)
+def test_the_per_string_scan_agrees_with_redacting_the_value(value: object) -> None:
+    redactor = Redactor(["sk-live-not-a-shape", "deadbeefcafe"])
+    for _ in range(2):  # the second time from what it remembered
+        assert redactor.needs(value) == (redactor.value(value) != _plain(value))
+
+
+def _plain(value: object) -> object:
+    """The value as `Redactor.value` shapes it when it masks nothing (tuples become lists)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def test_the_per_string_scan_remembers_a_bounded_number_of_short_strings() -> None:
+    from server import redact
+
+    redactor = Redactor()
+    long_text = "x" * (redact.KNOWN_MAX_CHARS + 1)
+    assert not redactor.needs({"a": long_text, "id": "ab" * 16})
+    assert long_text not in redactor._known and "ab" * 16 not in redactor._known  # neither kept
+    for i in range(redact.KNOWN_CAP):
+        redactor.needs(f"name-{i}")
+    assert len(redactor._known) == redact.KNOWN_CAP
+    assert redactor.needs("secret=abcdefgh12") and len(redactor._known) == 1  # full: started over

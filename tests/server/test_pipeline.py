@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,36 @@ async def test_a_cancelled_call_stops_the_upstream_work_and_is_audited_as_cancel
     finish = [r for r in records if r["event"] == "finish"]
     assert finish[-1]["outcome"] == "cancelled" and finish[-1]["tool"] == "chat"
     assert health["in_flight"] == 0
+
+
+async def test_a_call_cancelled_while_its_finish_record_waits_for_the_trail_is_still_audited(tmp_path: Path) -> None:
+    from server.audit_chain import lock_path
+    from server.statefile import open_lock, try_lock, unlock
+
+    slow = FakeAdapter("a")
+    slow.delay_s = 30
+    server, ref = fake_server(tmp_path, {"a": slow})
+    async with Client(server) as c:
+        path = ref.get().audit.path
+        other = open_lock(lock_path(path))
+        call_scope = anyio.CancelScope()
+
+        async def call() -> None:
+            with call_scope:
+                await c.call_tool("chat", {"messages": [{"role": "user", "content": "hi"}]})
+
+        try:
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(call)
+                    await slow.entered.wait()
+                    assert try_lock(other)  # another process appends: the finish record has to wait
+                    call_scope.cancel()
+                    await slow.cancel_seen.wait()  # the call is cancelled; its finish waits on the lock
+                    assert not any('"finish"' in line for line in path.read_text().splitlines())
+                    unlock(other)
+        finally:
+            os.close(other)
+        records = [json.loads(x) for x in path.read_text().splitlines()]
+    finish = [r for r in records if r["event"] == "finish"]
+    assert len(finish) == 1 and finish[0]["outcome"] == "cancelled"
