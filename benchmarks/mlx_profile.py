@@ -1,7 +1,9 @@
 """MLX adapter profile: embed latency by batch size, chat speed by prompt length, and embeds during a long chat.
 
-`python -m benchmarks.mlx_profile [--reference-blas] [--quick] [--embed-only]` (needs `model-gateway models pull`).
-Prints one JSON object (`--embed-only`: the encoder's figures alone):
+`python -m benchmarks.mlx_profile [--reference-blas] [--quick] [--embed-only] [--chat-load-only]` (needs
+`model-gateway models pull`). Prints one JSON object (`--embed-only`: the encoder's figures alone;
+`--chat-load-only`: the chat model's load alone, in this fresh process: its time and the process's peak and
+resident memory after it):
 
 - `embed_<n>_ms_p50`: one embed call of n short texts, median of 7 (encoder-only adapter);
 - `chat_short_*`: three 64-token replies to ~30-token questions (different questions, so only the template's
@@ -43,6 +45,16 @@ QUESTIONS = (
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mib() -> float | None:
+    """The process's resident memory now (Linux), or None."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    kib = next((line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")), None)
+    return None if kib is None else round(int(kib) / 1024, 1)
 
 
 def quantiles(samples: list[float]) -> dict[str, float]:
@@ -198,16 +210,35 @@ async def chat_profile(out: dict[str, Any], rounds: int) -> None:
         await mlx.aclose()
 
 
+async def chat_load(out: dict[str, Any]) -> None:
+    mlx = adapter([LM])
+    try:
+        out["rss_mib_before"] = rss_mib()
+        started = time.perf_counter()
+        with anyio.fail_after(300):
+            await mlx.chat(chat_request("Hi", 1))
+        out["load_and_first_chat_s"] = round(time.perf_counter() - started, 2)
+        out["rss_mib_peak"] = round(peak_rss_mib(), 1)
+        out["rss_mib_after"] = rss_mib()
+        out["layout"] = dict((await mlx.probe()).details).get(f"{LM} layout")
+    finally:
+        await mlx.aclose()
+
+
 async def main() -> None:
     rounds = 3 if "--quick" in sys.argv else 7
     out: dict[str, Any] = {}
+    if "--chat-load-only" in sys.argv:
+        await chat_load(out)
+        print(json.dumps(out, indent=1))
+        return
     await encoder_profile(out, rounds)
     if "--embed-only" not in sys.argv:
         await chat_profile(out, rounds)
     print(json.dumps(out, indent=1))
 
 
-FLAGS = ("--reference-blas", "--quick", "--embed-only")
+FLAGS = ("--reference-blas", "--quick", "--embed-only", "--chat-load-only")
 USAGE = f"usage: python -m benchmarks.mlx_profile [{'] ['.join(FLAGS)}]"
 
 if __name__ == "__main__":
