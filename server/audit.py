@@ -287,9 +287,9 @@ class AuditLog:
         w = self._w
         seq, mac, segment = w.seq, w.prev, w.segment  # what this sync makes durable
         try:
-            await self._fsync_fd(w.fd, False)
+            await self._fsync_fd(w.fd)
             if self._checkpoint_signed(seq, mac, segment):
-                await self._fsync_fd(w.cp_fd, False)
+                await self._fsync_fd(w.cp_fd)
         except OSError as exc:
             self._fail("audit log fsync failed", exc)
             raise self._refusal() from exc
@@ -329,11 +329,9 @@ class AuditLog:
         self._note_sync(_timed_sync(fd))
         self.inline_syncs += 1
 
-    async def _fsync_fd(self, fd: int, inline: bool) -> None:
+    async def _fsync_fd(self, fd: int) -> None:
+        """fsync in a worker thread (the inline sync is `_fsync_inline`)."""
         if self.fsync == "never":
-            return
-        if inline:
-            self._fsync_inline(fd)
             return
         # a duplicate, because rotation may close the original while the thread syncs
         self._note_sync(await anyio.to_thread.run_sync(_fsync_owned, os.dup(fd)))

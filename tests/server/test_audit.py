@@ -47,9 +47,9 @@ async def test_group_commit_shares_one_fsync_among_concurrent_writers(tmp_path: 
     synced: list[int] = []
     original = log._fsync_fd
 
-    async def counting(fd: int, inline: bool) -> None:
+    async def counting(fd: int) -> None:
         synced.append(fd)
-        await original(fd, inline)
+        await original(fd)
 
     log._fsync_fd = counting  # type: ignore[method-assign]
     log_fd = log._w.fd
