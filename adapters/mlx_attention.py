@@ -20,6 +20,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from adapters.mlx_swap import SubclassSwap
+
 _ATTRIBUTES = ("q_proj", "k_proj", "v_proj", "o_proj", "rope", "n_heads", "n_kv_heads", "scale")
 
 
@@ -63,16 +65,13 @@ def _attend(self: Any, x: mx.array, mask: Any = None, cache: Any = None) -> mx.a
 
 def use_numpy_softmax(model: nn.Module) -> int:
     """Switch every llama-style attention layer of a float32 model to the numpy softmax; returns how many."""
-    subclasses: dict[type, type] = {}
+    swap = SubclassSwap("NumpySoftmax", {"__call__": _attend})
     switched = 0
     for _, module in model.named_modules():
         if type(module).__name__ != "Attention" or not all(hasattr(module, a) for a in _ATTRIBUTES):
             continue
         if module.q_proj.weight.dtype != mx.float32:
             continue
-        cls = type(module)
-        if cls not in subclasses:
-            subclasses[cls] = type(f"NumpySoftmax{cls.__name__}", (cls,), {"__call__": _attend})
-        module.__class__ = subclasses[cls]
+        swap(module)
         switched += 1
     return switched

@@ -18,6 +18,7 @@ import mlx.nn as nn
 import numpy as np
 
 from adapters._cblas import Products
+from adapters.mlx_swap import SubclassSwap
 
 
 class _RowProduct:
@@ -56,21 +57,19 @@ def _as_linear(self: Any, x: mx.array) -> mx.array:
 
 def use_sgemv_for_one_row(model: nn.Module, products: Products) -> int:
     """Give every float32 linear layer and embedding (tied output projection) of `model` the one-row path."""
-    subclasses: dict[type, type] = {}
+    linear = SubclassSwap("RowProduct", {"__call__": _linear_call})
+    embedding = SubclassSwap("RowProduct", {"as_linear": _as_linear})
     switched = 0
     for _, module in model.named_modules():
         if isinstance(module, nn.Linear):
-            method = {"__call__": _linear_call}
+            swap = linear
         elif isinstance(module, nn.Embedding):
-            method = {"as_linear": _as_linear}
+            swap = embedding
         else:
             continue
         if not _usable(module.weight):
             continue
-        cls = type(module)
-        if cls not in subclasses:
-            subclasses[cls] = type(f"RowProduct{cls.__name__}", (cls,), method)
         module._row_product = _RowProduct(products, module.weight)
-        module.__class__ = subclasses[cls]
+        swap(module)
         switched += 1
     return switched

@@ -18,6 +18,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from adapters.mlx_swap import SubclassSwap
+
 _ATTRIBUTES = ("gate_proj", "up_proj", "down_proj")
 _PROBE_TOLERANCE = 1e-4
 
@@ -41,17 +43,14 @@ def _feed_forward(self: Any, x: mx.array) -> mx.array:
 
 def use_numpy_swiglu(model: nn.Module) -> int:
     """Switch every float32 SwiGLU feed-forward layer to the numpy activation; returns how many."""
-    subclasses: dict[type, type] = {}
+    swap = SubclassSwap("NumpySwiGLU", {"__call__": _feed_forward})
     switched = 0
     for _, module in model.named_modules():
         if not all(isinstance(getattr(module, a, None), nn.Linear) for a in _ATTRIBUTES):
             continue
         if module.gate_proj.weight.dtype != mx.float32 or not _computes_swiglu(module):
             continue
-        cls = type(module)
-        if cls not in subclasses:
-            subclasses[cls] = type(f"NumpySwiGLU{cls.__name__}", (cls,), {"__call__": _feed_forward})
-        module.__class__ = subclasses[cls]
+        swap(module)
         switched += 1
     return switched
 
