@@ -101,7 +101,7 @@ class EmbedCall:
 
     def output(self, value: EmbedResult, adapter: str, attempts: Sequence[Attempt]) -> EmbedOutput:
         vectors = [v if isinstance(v, list) else list(v) for v in value.vectors]
-        return EmbedOutput.built(
+        out = EmbedOutput.model_construct(
             model=value.model,
             adapter=adapter,
             dimensions=value.dimensions,
@@ -111,8 +111,9 @@ class EmbedCall:
             truncated=value.truncated,
             usage={"input_tokens": value.usage.input_tokens, "output_tokens": 0},
             route=_route(attempts),
-            private={"_vectors_json": orjson.dumps(vectors)},
         )
+        out._vectors_json = orjson.dumps(vectors)
+        return out
 
 
 def _packed(vectors: list[Any]) -> str:
@@ -155,7 +156,7 @@ class RerankCall:
             if self.return_documents:
                 item["document"] = self.documents[s.index]
             items.append(item)
-        return RerankOutput.built(
+        return RerankOutput.model_construct(
             model=value.model,
             adapter=adapter,
             method=value.method,
@@ -198,7 +199,7 @@ class ChatCall:
 
     def output(self, value: ChatResult, adapter: str, attempts: Sequence[Attempt]) -> ChatOutput:
         t = value.timings
-        return ChatOutput.built(
+        return ChatOutput.model_construct(
             model=value.model,
             adapter=adapter,
             message={"role": "assistant", "content": value.content},

@@ -14,7 +14,7 @@ still makes a jsonschema client descend into every row (~0.27 vs 0.07 ms a
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any, ClassVar, Literal, NotRequired, Self
+from typing import Annotated, Any, Literal, NotRequired
 
 import orjson
 from mcp_types import CallToolResult, TextContent
@@ -47,34 +47,6 @@ Timings = Annotated[
 
 class _Result(BaseModel):
     """A tool result: built by the call path from trusted values, so it is constructed without re-validation."""
-
-    _field_names: ClassVar[tuple[str, ...]] = ()
-
-    @classmethod
-    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
-        super().__pydantic_init_subclass__(**kwargs)
-        cls._field_names = tuple(cls.model_fields)
-
-    @classmethod
-    def built(cls, private: dict[str, Any] | None = None, **values: Any) -> Self:
-        """What `model_construct(**values)` makes when every field is given, with `private` set after.
-
-        model_construct walks each field's aliases and defaults, and a private attribute set afterwards
-        goes through pydantic's __setattr__; the call path always passes every field, so the instance is
-        put together directly: the same `__dict__` (in field order), fields set, extra and private values.
-        """
-        m = cls.__new__(cls)
-        object.__setattr__(m, "__dict__", {name: values[name] for name in cls._field_names})
-        object.__setattr__(m, "__pydantic_fields_set__", set(cls._field_names))
-        object.__setattr__(m, "__pydantic_extra__", None)
-        if private is None or private.keys() != cls.__private_attributes__.keys():
-            private = {**cls._private_defaults(), **(private or {})} or None
-        object.__setattr__(m, "__pydantic_private__", private)
-        return m
-
-    @classmethod
-    def _private_defaults(cls) -> dict[str, Any]:
-        return {name: a.get_default(call_default_factory=True) for name, a in cls.__private_attributes__.items()}
 
     def structured(self) -> dict[str, Any]:
         """The structured content: the fields as they are (no per-value serialisation pass)."""
@@ -123,17 +95,12 @@ class EmbedOutput(_Result):
     _vectors_json: bytes = PrivateAttr(b"[]")
 
     def evidence(self) -> dict[str, Any]:
-        return {"model": self.model, "vectors_sha256": hashlib.sha256(self._vectors()).hexdigest()}
+        return {"model": self.model, "vectors_sha256": hashlib.sha256(self._vectors_json).hexdigest()}
 
     def _text(self, structured: dict[str, Any]) -> dict[str, Any]:
         if self.embeddings is None:
             return structured
-        return {**structured, "embeddings": orjson.Fragment(self._vectors())}
-
-    def _vectors(self) -> bytes:
-        # read from the private dict itself: `self._vectors_json` goes through a failed attribute lookup first
-        private = self.__pydantic_private__
-        return private["_vectors_json"] if private else b"[]"
+        return {**structured, "embeddings": orjson.Fragment(self._vectors_json)}
 
 
 class RerankItem(TypedDict):
